@@ -1,0 +1,130 @@
+// Package shim is containerd-shim-custom-v2: the binary's modes (start,
+// delete, serve, -info, -version) and the Task API service over the
+// backends in pkg/runtime.
+package shim
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/log"
+)
+
+// Name is the runtime name containerd uses for this shim.
+const Name = "io.containerd.custom.v2"
+
+// Version is set at build time (-ldflags "-X ...shim.Version=v0.1.0").
+var (
+	Version  = "dev"
+	Revision = ""
+)
+
+// flags are what containerd passes on the command line (every line since
+// 1.x passes the same ones; 2.3+ sends BootstrapParams on stdin as well).
+type flags struct {
+	namespace string
+	id        string
+	address   string // containerd's gRPC address
+	bundle    string // only with "delete"
+	socket    string // serve: our socket path, for cleanup
+	debug     bool
+	version   bool
+	info      bool
+	action    string
+}
+
+func parseFlags(args []string) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("containerd-shim-custom-v2", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&f.namespace, "namespace", "", "namespace that owns the shim")
+	fs.StringVar(&f.id, "id", "", "id of the task")
+	fs.StringVar(&f.address, "address", "", "grpc address back to containerd")
+	fs.StringVar(&f.bundle, "bundle", "", "path to the bundle if not the working directory")
+	fs.StringVar(&f.socket, "socket", "", "socket path to serve")
+	fs.String("publish-binary", "", "ignored: events go to $TTRPC_ADDRESS")
+	fs.BoolVar(&f.debug, "debug", false, "enable debug output in logs")
+	fs.BoolVar(&f.version, "v", false, "show the shim version and exit")
+	fs.BoolVar(&f.version, "version", false, "show the shim version and exit")
+	fs.BoolVar(&f.info, "info", false, "read runtime options on stdin, print RuntimeInfo and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	f.action = fs.Arg(0)
+	return f, nil
+}
+
+// Main runs the binary and exits.
+func Main() {
+	os.Exit(Run(context.Background(), os.Args[1:]))
+}
+
+// Run runs one invocation and returns the exit code.
+func Run(ctx context.Context, args []string) int {
+	f, err := parseFlags(args)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", Name, err)
+		return 2
+	}
+	if f.version {
+		fmt.Printf("containerd-shim-custom-v2:\n  Version:  %s\n  Revision: %s\n  Runtime:  %s\n", Version, Revision, Name)
+		return 0
+	}
+	if f.info {
+		if err := runInfo(ctx, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", Name, err)
+			return 1
+		}
+		return 0
+	}
+	if f.action == "check" {
+		return runCheck(os.Stdout)
+	}
+	if f.namespace == "" {
+		fmt.Fprintf(os.Stderr, "%s: shim namespace cannot be empty\n", Name)
+		return 2
+	}
+	ctx = namespaces.WithNamespace(ctx, f.namespace)
+	_ = log.SetFormat(log.TextFormat)
+	if f.debug {
+		_ = log.SetLevel("debug")
+	}
+	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"runtime": Name, "namespace": f.namespace}))
+
+	switch f.action {
+	case "start":
+		err = runStart(ctx, f, os.Stdin, os.Stdout)
+	case "delete":
+		err = runDelete(ctx, f, os.Stdout)
+	case "":
+		err = runServe(ctx, f)
+	default:
+		err = fmt.Errorf("unknown action %q", f.action)
+	}
+	if err != nil {
+		// containerd reads stdout and stderr together for "start": the
+		// error is all it gets, so it must say everything.
+		fmt.Fprintf(os.Stderr, "%s: %v\n", Name, err)
+		return 1
+	}
+	return 0
+}
+
+// trimUnix turns a unix:// address into a path.
+func trimUnix(address string) string {
+	return strings.TrimPrefix(address, "unix://")
+}
+
+// namespaceOf returns the request's namespace, else the shim's.
+func namespaceOf(ctx, fallback context.Context) string {
+	if ns, ok := namespaces.Namespace(ctx); ok {
+		return ns
+	}
+	ns, _ := namespaces.Namespace(fallback)
+	return ns
+}

@@ -1,0 +1,157 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	goruntime "runtime"
+	"runtime/debug"
+	"time"
+
+	runcshim "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
+	"github.com/containerd/containerd/v2/pkg/sys/reaper"
+	"github.com/containerd/fifo"
+	gorunc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+)
+
+// runServe is the long-running shim server. containerd's "start" call
+// started it with the listening socket as fd 3, in the bundle of the first
+// task it hosts.
+func runServe(ctx context.Context, f *flags) error {
+	// Few goroutines and a tight heap: a node runs one shim per pod.
+	debug.SetGCPercent(40)
+	if err := openLogFifo(ctx); err != nil {
+		return err
+	}
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("pid", os.Getpid()))
+
+	// Containers' processes are reparented to us; we reap them all.
+	if err := reaper.SetSubreaper(1); err != nil {
+		return fmt.Errorf("become subreaper: %w", err)
+	}
+	signals := make(chan os.Signal, 128)
+	signal.Notify(signals, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGPIPE, unix.SIGUSR1)
+	// Every child goes through the reaper: go-runc must wait through it, or
+	// its wait4 races the reaper's and loses exits.
+	gorunc.Monitor = reaper.Default
+	exits := reaper.Default.Subscribe()
+
+	platform, err := runcshim.NewPlatform()
+	if err != nil {
+		return err
+	}
+	defer platform.Close()
+
+	shutdown := make(chan struct{})
+	var once = make(chan struct{}, 1)
+	svc, err := NewService(ctx, ServiceConfig{
+		Namespace: f.namespace,
+		Events:    newTTRPCSender(os.Getenv("TTRPC_ADDRESS")),
+		Platform:  platform,
+		Shutdown: func() {
+			select {
+			case once <- struct{}{}:
+				close(shutdown)
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	go func() {
+		for e := range exits {
+			svc.HandleExit(e)
+		}
+	}()
+
+	server, err := ttrpc.NewServer(
+		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		ttrpc.WithUnaryServerInterceptor(errorInterceptor),
+	)
+	if err != nil {
+		return fmt.Errorf("create ttrpc server: %w", err)
+	}
+	Register(server, svc)
+	l, err := net.FileListener(os.NewFile(3, "socket"))
+	if err != nil {
+		return fmt.Errorf("inherit listening socket: %w", err)
+	}
+	serveErr := make(chan error, 1)
+	go func() {
+		serveErr <- server.Serve(ctx, l)
+	}()
+	log.G(ctx).WithField("socket", f.socket).Debug("serving task api")
+
+	reason := waitForShutdown(ctx, signals, shutdown, serveErr)
+	log.G(ctx).WithField("reason", reason).Debug("shim shutting down")
+
+	// Flush events before anything else goes: containerd may be waiting
+	// for the TaskDelete of the task it just deleted.
+	if err := svc.Close(); err != nil {
+		log.G(ctx).WithError(err).Error("flush events")
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	if err := server.Shutdown(sctx); err != nil {
+		server.Close()
+	}
+	cancel()
+	if f.socket != "" {
+		if err := os.Remove(f.socket); err != nil && !os.IsNotExist(err) {
+			log.G(ctx).WithError(err).Warn("remove shim socket")
+		}
+	}
+	return nil
+}
+
+func waitForShutdown(ctx context.Context, signals chan os.Signal, shutdown chan struct{}, serveErr chan error) string {
+	for {
+		select {
+		case <-shutdown:
+			return "shutdown requested"
+		case err := <-serveErr:
+			if err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, ttrpc.ErrServerClosed) {
+				log.G(ctx).WithError(err).Error("ttrpc server failed")
+			}
+			return "server stopped"
+		case s := <-signals:
+			switch s {
+			case unix.SIGCHLD:
+				if err := reaper.Reap(); err != nil {
+					log.G(ctx).WithError(err).Error("reap exited children")
+				}
+			case unix.SIGUSR1:
+				dumpStacks(ctx)
+			case unix.SIGTERM, unix.SIGINT:
+				return "signal " + s.String()
+			}
+		}
+	}
+}
+
+// openLogFifo sends our logs (and, through stderr, panics) into the
+// bundle's "log" fifo, which containerd copies into its own log.
+func openLogFifo(ctx context.Context) error {
+	// The fifo handle stays open for the life of the process; fd 2 is the
+	// copy everything writes to.
+	if _, err := fifo.OpenFifoDup2(ctx, "log", unix.O_WRONLY, 0o700, int(os.Stderr.Fd())); err != nil {
+		return fmt.Errorf("open shim log fifo: %w", err)
+	}
+	log.L.Logger.SetOutput(os.Stderr)
+	return nil
+}
+
+func dumpStacks(ctx context.Context) {
+	buf := make([]byte, 1<<20)
+	n := goruntime.Stack(buf, true)
+	log.G(ctx).Infof("=== goroutine stack dump ===\n%s\n=== end ===", buf[:n])
+}
+
+// HandleExit is fed every exit the reaper reports.
+func (s *Service) HandleExit(e gorunc.Exit) { s.exits.HandleExit(e) }
