@@ -196,6 +196,9 @@ func describeTOMLError(err error) string {
 	if errors.As(err, &derr) {
 		row, col := derr.Position()
 		if k := derr.Key(); len(k) > 0 {
+			if strings.Contains(derr.Error(), "unknown field") {
+				return fmt.Sprintf("line %d column %d: unknown option key %q", row, col, strings.Join(k, "."))
+			}
 			return fmt.Sprintf("line %d column %d: field %q: %s", row, col, strings.Join(k, "."), derr.Error())
 		}
 		return fmt.Sprintf("line %d column %d: %s", row, col, derr.Error())

@@ -192,16 +192,14 @@ func (t *exitTracker) initExit(e runtime.Exit, c *container, p *process) {
 }
 
 // publishExit records the exit and publishes TaskExit (TaskOOM first when
-// the cgroup saw an OOM kill the watcher has not reported yet).
+// the cgroup saw an OOM kill the watcher has not reported yet). TaskExit is
+// queued before the process is marked stopped, so nothing that waits for
+// the exit (Wait, Delete and its TaskDelete) can get ahead of it.
 func (t *exitTracker) publishExit(e runtime.Exit, c *container, p *process) {
 	p.mu.Lock()
-	first := p.setExitedLocked(e.Status, e.Timestamp)
-	pio := p.io
-	p.mu.Unlock()
-	if pio != nil {
-		pio.Exited(t.s.platform)
-	}
-	if !first {
+	if p.state == stateStopped || p.state == stateDeleted {
+		// Already recorded (a runtime reported it too).
+		p.mu.Unlock()
 		return
 	}
 	if p.isInit() {
@@ -217,6 +215,12 @@ func (t *exitTracker) publishExit(e runtime.Exit, c *container, p *process) {
 		ExitStatus:  uint32(e.Status),
 		ExitedAt:    protobuf.ToTimestamp(e.Timestamp),
 	})
+	p.setExitedLocked(e.Status, e.Timestamp)
+	pio := p.io
+	p.mu.Unlock()
+	if pio != nil {
+		pio.Exited(t.s.platform)
+	}
 	if !p.isInit() {
 		t.execDone(c)
 	}

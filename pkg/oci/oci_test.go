@@ -1,0 +1,224 @@
+package oci
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+func anyOf(t *testing.T, v any) *anypb.Any {
+	t.Helper()
+	a, err := typeurl.MarshalAnyToProto(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestParseConfig(t *testing.T) {
+	cases := []struct {
+		name    string
+		toml    string
+		wantErr string // substring; "" means success
+		check   func(*Config) bool
+	}{
+		{name: "empty is defaults", toml: "", check: func(c *Config) bool {
+			return c.Backend == "runc" && c.Runc.BinaryName == "runc" && c.Runsc.Platform == "systrap" && c.Runc.Root == DefaultRuncRoot
+		}},
+		{name: "runsc", toml: "backend = \"runsc\"\n[runsc]\nplatform = \"ptrace\"\nflags = { overlay2 = \"none\" }\n", check: func(c *Config) bool {
+			return c.Backend == "runsc" && c.Runsc.Platform == "ptrace" && c.Runsc.Flags["overlay2"] == "none"
+		}},
+		{name: "crun through runc backend", toml: "[runc]\nbinary_name = \"crun\"\n", check: func(c *Config) bool {
+			return c.Backend == "runc" && c.Runc.BinaryName == "crun"
+		}},
+		{name: "CRI TypeUrl key tolerated", toml: "TypeUrl = \"x\"\nbackend = \"runc\"\n", check: func(c *Config) bool { return c.Backend == "runc" }},
+		{name: "unknown key", toml: "backend = \"runc\"\nbinary = \"x\"\n", wantErr: `unknown option key "binary"`},
+		{name: "unknown nested key", toml: "[runc]\nroott = \"/x\"\n", wantErr: `runc.roott`},
+		{name: "bad syntax", toml: "backend = runc\n", wantErr: "line 1"},
+		{name: "wrong type", toml: "backend = 3\n", wantErr: `line 1`},
+		{name: "unknown backend", toml: "backend = \"kata\"\n", wantErr: `field "backend": unknown backend "kata"`},
+		{name: "unknown platform", toml: "[runsc]\nplatform = \"xen\"\n", wantErr: `field "runsc.platform"`},
+		{name: "flag with dashes", toml: "[runsc.flags]\n\"--debug\" = \"true\"\n", wantErr: `field "runsc.flags"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(tc.toml), "test.toml")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "test.toml") {
+					t.Fatalf("want error with %q naming the file, got %v", tc.wantErr, err)
+				}
+				if !errdefs.IsInvalidArgument(err) {
+					t.Fatalf("want InvalidArgument, got %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.check(c) {
+				t.Fatalf("unexpected config %+v", c)
+			}
+		})
+	}
+}
+
+func TestConfigFromOptions(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(ConfigEnv, "")
+	good := filepath.Join(dir, "good.toml")
+	os.WriteFile(good, []byte("backend = \"runsc\"\n"), 0o644)
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("backend = \n"), 0o644)
+
+	t.Run("nil options use built-in defaults", func(t *testing.T) {
+		c, err := ConfigFromOptions(nil)
+		if err != nil || c.Backend != "runc" {
+			t.Fatalf("%v %v", c, err)
+		}
+	})
+	t.Run("nil options use the file named by the environment", func(t *testing.T) {
+		t.Setenv(ConfigEnv, good)
+		c, err := ConfigFromOptions(nil)
+		if err != nil || c.Backend != "runsc" || c.Source != good {
+			t.Fatalf("%+v %v", c, err)
+		}
+	})
+	t.Run("ConfigPath", func(t *testing.T) {
+		c, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: good}))
+		if err != nil || c.Backend != "runsc" {
+			t.Fatalf("%v %v", c, err)
+		}
+	})
+	t.Run("ConfigPath missing", func(t *testing.T) {
+		_, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: filepath.Join(dir, "nope.toml")}))
+		if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "nope.toml") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("ConfigPath bad TOML names the file", func(t *testing.T) {
+		_, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: bad}))
+		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), bad) {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("ConfigBody", func(t *testing.T) {
+		c, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte("[runc]\nbinary_name = \"crun\"\n")}))
+		if err != nil || c.Runc.BinaryName != "crun" {
+			t.Fatalf("%v %v", c, err)
+		}
+	})
+	t.Run("runc options", func(t *testing.T) {
+		c, err := ConfigFromOptions(anyOf(t, &runcoptions.Options{BinaryName: "/usr/bin/crun", Root: "/r", IoUid: 7, ShimCgroup: "/s"}))
+		if err != nil || c.Backend != "runc" || c.Runc.BinaryName != "/usr/bin/crun" || c.Runc.Root != "/r" || c.Runc.IoUID != 7 || c.Runc.ShimCgroup != "/s" {
+			t.Fatalf("%+v %v", c, err)
+		}
+	})
+	t.Run("runc options naming runsc", func(t *testing.T) {
+		c, err := ConfigFromOptions(anyOf(t, &runcoptions.Options{BinaryName: "/usr/local/bin/runsc"}))
+		if err != nil || c.Backend != "runsc" || c.Runsc.BinaryName != "/usr/local/bin/runsc" {
+			t.Fatalf("%+v %v", c, err)
+		}
+	})
+	t.Run("wrong options type", func(t *testing.T) {
+		_, err := ConfigFromOptions(anyOf(t, &runcoptions.CheckpointOptions{}))
+		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "unsupported runtime options type") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("garbage options", func(t *testing.T) {
+		_, err := ConfigFromOptions(&anypb.Any{TypeUrl: runcOptionsURL, Value: []byte{0xff, 0xff}})
+		if !errdefs.IsInvalidArgument(err) {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+func writeSpec(t *testing.T, dir, content string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReadAndValidateSpec(t *testing.T) {
+	cases := []struct {
+		name, json, wantErr string
+		mkRootfs            bool
+		kind                func(error) bool
+	}{
+		{"syntax", `{"ociVersion": "1.0.0",`, "invalid JSON at offset", false, errdefs.IsInvalidArgument},
+		{"type", `{"process": {"args": "sh"}}`, `field "process.args"`, false, errdefs.IsInvalidArgument},
+		{"no process", `{"root": {"path": "rootfs"}}`, `field "process": missing`, true, errdefs.IsInvalidArgument},
+		{"empty args", `{"process": {"args": [], "cwd": "/"}, "root": {"path": "rootfs"}}`, `field "process.args"`, true, errdefs.IsInvalidArgument},
+		{"relative cwd", `{"process": {"args": ["sh"], "cwd": "x"}, "root": {"path": "rootfs"}}`, `field "process.cwd"`, true, errdefs.IsInvalidArgument},
+		{"no root", `{"process": {"args": ["sh"], "cwd": "/"}}`, `field "root.path"`, true, errdefs.IsInvalidArgument},
+		{"missing rootfs", `{"process": {"args": ["sh"], "cwd": "/"}, "root": {"path": "rootfs"}}`, `rootfs`, false, errdefs.IsInvalidArgument},
+		{"bad mount", `{"process": {"args": ["sh"], "cwd": "/"}, "root": {"path": "rootfs"}, "mounts": [{"destination": "proc"}]}`, `field "mounts[0].destination"`, true, errdefs.IsInvalidArgument},
+		{"ok", `{"process": {"args": ["sh"], "cwd": "/"}, "root": {"path": "rootfs"}}`, "", true, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeSpec(t, dir, tc.json)
+			if tc.mkRootfs {
+				os.Mkdir(filepath.Join(dir, "rootfs"), 0o755)
+			}
+			s, err := ReadSpec(dir)
+			if err == nil {
+				err = ValidateSpec(dir, s, false)
+			}
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "config.json") || !tc.kind(err) {
+				t.Fatalf("want %q naming config.json, got %v", tc.wantErr, err)
+			}
+		})
+	}
+	t.Run("missing config.json", func(t *testing.T) {
+		if _, err := ReadSpec(t.TempDir()); !errdefs.IsNotFound(err) {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("huge annotations", func(t *testing.T) {
+		s := &specs.Spec{Process: &specs.Process{Args: []string{"sh"}}, Root: &specs.Root{Path: "/"},
+			Annotations: map[string]string{"big": strings.Repeat("x", maxAnnotationsLength+1)}}
+		if err := ValidateSpec(t.TempDir(), s, true); !errdefs.IsInvalidArgument(err) {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+func TestGroupAndBackendAnnotations(t *testing.T) {
+	if g := GroupID("c1", nil); g != "c1" {
+		t.Fatal(g)
+	}
+	if g := GroupID("c1", map[string]string{AnnotationSandboxID: "pod"}); g != "pod" {
+		t.Fatal(g)
+	}
+	if g := GroupID("c1", map[string]string{AnnotationSandboxID: "pod", AnnotationGroup: "mine"}); g != "mine" {
+		t.Fatal(g)
+	}
+	c := DefaultConfig()
+	if err := SelectBackend(c, map[string]string{AnnotationBackend: "runsc"}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("annotation must be refused unless allowed: %v", err)
+	}
+	c.AllowBackendAnnotation = true
+	if err := SelectBackend(c, map[string]string{AnnotationBackend: "runsc"}); err != nil || c.Backend != "runsc" {
+		t.Fatalf("%v %s", err, c.Backend)
+	}
+	if err := SelectBackend(c, map[string]string{AnnotationBackend: "vm"}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("got %v", err)
+	}
+}
