@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# deps.sh - install the integration-test dependencies (idempotent, fast when cached).
+#
+#   * Debian packages: runc busybox-static criu containernetworking-plugins
+#     iproute2 procps (apt is skipped entirely when all are installed; needs root
+#     otherwise).
+#   * containerd, ctr and containerd-shim-runc-v2 for every version in
+#     $CONTAINERD_VERSIONS (default "2.4.2 2.2.9"), built from the Go module proxy
+#     into .tools/containerd/<version>/bin/ unless already there.
+#
+# .tools/ lives at the repository root (gitignored); the script works from any cwd.
+# env: CONTAINERD_VERSIONS, TOOLS_DIR (default <repo>/.tools)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tools=${TOOLS_DIR:-$root/.tools}
+versions=${CONTAINERD_VERSIONS:-2.4.2 2.2.9}
+pkgs=(runc busybox-static criu containernetworking-plugins iproute2 procps)
+
+log() { printf 'deps.sh: %s\n' "$*" >&2; }
+
+# ---- Debian packages -----------------------------------------------------------
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  [ "$(id -u)" -eq 0 ] || { log "missing packages: ${missing[*]} (run as root)"; exit 1; }
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends "${pkgs[@]}"
+fi
+
+# ---- containerd builds ---------------------------------------------------------
+# has_version BIN VERSION: BIN exists and its --version output names VERSION
+# (e.g. "containerd github.com/containerd/containerd/v2 2.4.2+unknown").
+has_version() {
+  [ -x "$1" ] && "$1" --version 2>/dev/null | grep -Eq "[ v]$2([+ -]|\$)"
+}
+
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+  PATH=/usr/local/go/bin:$PATH
+fi
+
+for v in $versions; do
+  bin=$tools/containerd/$v/bin
+  if has_version "$bin/containerd" "$v" && has_version "$bin/ctr" "$v" &&
+     [ -x "$bin/containerd-shim-runc-v2" ]; then
+    continue
+  fi
+  command -v go >/dev/null || { log "go not found (needed to build containerd $v)"; exit 1; }
+  log "building containerd $v into $bin (takes a few minutes)"
+  mkdir -p "$bin"
+  # go install pkg@version ignores the current module, so the cwd does not matter.
+  GOFLAGS=-mod=mod GOBIN=$bin go install -tags no_btrfs \
+    "github.com/containerd/containerd/v2/cmd/containerd@v$v" \
+    "github.com/containerd/containerd/v2/cmd/ctr@v$v" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@v$v"
+  has_version "$bin/containerd" "$v" || { log "built containerd does not report version $v"; exit 1; }
+done
+
+# ---- summary -------------------------------------------------------------------
+first_line() { "$@" 2>&1 | head -n1; }
+echo "runc:       $(first_line runc --version)"
+echo "busybox:    $(first_line busybox | cut -d' ' -f1-2)"
+echo "criu:       $(first_line criu --version)"
+echo "cni:        $(ls /usr/lib/cni 2>/dev/null | tr '\n' ' ')"
+for v in $versions; do
+  echo "containerd: $tools/containerd/$v/bin ($(first_line "$tools/containerd/$v/bin/containerd" --version | awk '{print $3}'))"
+done
