@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -141,15 +142,21 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-var unsafeID = regexp.MustCompile(`[^a-zA-Z0-9._-]+`)
+var (
+	unsafeID = regexp.MustCompile(`[^a-zA-Z0-9._-]+`)
+	// runID keeps ids unique across runs: runc state and shim sockets are
+	// machine-wide, and an aborted run may leave some behind.
+	runID = strconv.FormatInt(time.Now().UnixNano()%(36*36*36*36), 36)
+)
 
-// containerID names a container after the test (ids must be unique per
-// daemon and valid containerd identifiers).
+// containerID names a container after the test (ids must be unique on the
+// machine and valid containerd identifiers).
 func containerID(t *testing.T, suffix string) string {
 	id := unsafeID.ReplaceAllString(t.Name(), "-")
 	if suffix != "" {
 		id += "-" + suffix
 	}
+	id += "-" + runID
 	if len(id) > 70 {
 		id = id[len(id)-70:]
 	}

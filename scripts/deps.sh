@@ -65,7 +65,7 @@ first_line() { "$@" 2>&1 | head -n1; }
 echo "runc:       $(first_line runc --version)"
 echo "busybox:    $(first_line busybox | cut -d' ' -f1-2)"
 echo "criu:       $(first_line criu --version)"
-echo "cni:        $(ls /usr/lib/cni 2>/dev/null | tr '\n' ' ')"
+echo "cni:        $(find /usr/lib/cni -maxdepth 1 -type f -printf '%f\n' 2>/dev/null | sort | tr '\n' ' ')"
 for v in $versions; do
   echo "containerd: $tools/containerd/$v/bin ($(first_line "$tools/containerd/$v/bin/containerd" --version | awk '{print $3}'))"
 done

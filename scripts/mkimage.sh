@@ -19,7 +19,8 @@ export LC_ALL=C
 
 out=${1:?usage: mkimage.sh OUTDIR}
 bb=${BUSYBOX:-/bin/busybox}
-names="ghcr.io/containerd/busybox:1.36 docker.io/library/busybox:latest ${EXTRA_NAMES:-}"
+read -r -a extra <<< "${EXTRA_NAMES:-}"
+names=(ghcr.io/containerd/busybox:1.36 docker.io/library/busybox:latest "${extra[@]}")
 case "${ARCH:-$(uname -m)}" in
   x86_64|amd64) arch=amd64;; aarch64|arm64) arch=arm64;; *) arch=${ARCH:-$(uname -m)};;
 esac
@@ -37,7 +38,7 @@ stamp=$out/.busybox.tar.stamp
 exec 9>"$out/.busybox.lock"
 flock 9
 
-want=$(printf '%s\n' "$(sha256sum < "$bb")" "$(sha256sum < "${BASH_SOURCE[0]}")" "$arch" $names | sha256sum | cut -d' ' -f1)
+want=$(printf '%s\n' "$(sha256sum < "$bb")" "$(sha256sum < "${BASH_SOURCE[0]}")" "$arch" "${names[@]}" | sha256sum | cut -d' ' -f1)
 if [ -f "$archive" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "$archive (up to date)"
   exit 0
@@ -160,7 +161,7 @@ read -r mdig msize < <(add_blob "$work/manifest")
 # index.json: one entry per name, all pointing at the same manifest. containerd
 # uses io.containerd.image.name verbatim as the image name.
 entries=
-for name in $names; do
+for name in "${names[@]}"; do
   tag=${name##*:}
   case "$tag" in */*) tag=latest;; esac
   e=$(printf '{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"%s","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}' \
@@ -170,8 +171,9 @@ done
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[%s]}' "$entries" > "$work/layout/index.json"
 printf '{"imageLayoutVersion":"1.0.0"}' > "$work/layout/oci-layout"
 
+blobfiles=("$blobs"/*)   # glob order is sorted (LC_ALL=C)
 det_tar "$work/layout" "$work/busybox.tar" oci-layout index.json blobs blobs/sha256 \
-  $(cd "$work/layout" && ls blobs/sha256/* | sort)
+  "${blobfiles[@]#"$work/layout/"}"
 # Publish atomically: readers never see a half-written archive.
 mv "$work/busybox.tar" "$archive.tmp"
 mv "$archive.tmp" "$archive"

@@ -87,7 +87,8 @@ func ProcessesMatching(substr string) ([]Proc, error) {
 
 // ZombieCount counts zombie processes whose parent is ppid, or all zombies
 // when ppid <= 0. Shims are subreapers, so a zombie under a shim's pid means the
-// shim failed to reap.
+// shim failed to reap. Prefer a specific ppid: on these VMs pid 1 reaps
+// orphans lazily, so exited shims linger as zombies of pid 1 for a while.
 func ZombieCount(ppid int) (int, error) {
 	all, err := Processes()
 	if err != nil {
