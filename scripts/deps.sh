@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deps.sh - install the integration-test dependencies (idempotent, fast when cached).
 #
-#   * Debian packages: runc busybox-static criu containernetworking-plugins
+#   * Debian packages: runc crun busybox-static criu containernetworking-plugins
 #     iproute2 procps (apt is skipped entirely when all are installed; needs root
 #     otherwise).
 #   * containerd, ctr and containerd-shim-runc-v2 for every version in
@@ -15,7 +15,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=${TOOLS_DIR:-$root/.tools}
 versions=${CONTAINERD_VERSIONS:-2.4.2 2.2.9}
-pkgs=(runc busybox-static criu containernetworking-plugins iproute2 procps)
+pkgs=(runc crun busybox-static criu containernetworking-plugins iproute2 procps)
 
 log() { printf 'deps.sh: %s\n' "$*" >&2; }
 

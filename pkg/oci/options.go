@@ -39,14 +39,14 @@ func ConfigFromOptions(opts *anypb.Any) (*Config, error) {
 	if opts == nil || (opts.GetTypeUrl() == "" && len(opts.GetValue()) == 0) {
 		return LoadDefaultConfig()
 	}
-	switch opts.GetTypeUrl() {
-	case runcOptionsURL:
+	switch {
+	case opts.MessageIs(&runcoptions.Options{}):
 		var ro runcoptions.Options
 		if err := opts.UnmarshalTo(&ro); err != nil {
 			return nil, fmt.Errorf("decode runtime options %s: %v: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 		}
 		return configFromRuncOptions(&ro)
-	case runtimeOptionsURL:
+	case opts.MessageIs(&runtimeoptions.Options{}):
 		var ro runtimeoptions.Options
 		if err := opts.UnmarshalTo(&ro); err != nil {
 			return nil, fmt.Errorf("decode runtime options %s: %v: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)

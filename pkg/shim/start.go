@@ -77,9 +77,8 @@ func readBootstrap(f *flags, stdin io.Reader) (*bootstrap, error) {
 		b.socketDir = params.GetSocketDir()
 		b.debug = b.debug || params.GetLogLevel() <= bootapi.LogLevel_LOG_LEVEL_DEBUG
 		for _, ext := range params.GetExtensions() {
-			switch ext.GetValue().GetTypeUrl() {
-			case runcOptionsURL, runtimeOptionsURL:
-				b.options = ext.GetValue()
+			if v := ext.GetValue(); v.MessageIs(&runcoptions.Options{}) || v.MessageIs(&runtimeoptions.Options{}) {
+				b.options = v
 			}
 		}
 		return b, nil
@@ -98,11 +97,6 @@ func readBootstrap(f *flags, stdin io.Reader) (*bootstrap, error) {
 	}
 	return b, nil
 }
-
-var (
-	runcOptionsURL    = "type.googleapis.com/" + string((&runcoptions.Options{}).ProtoReflect().Descriptor().FullName())
-	runtimeOptionsURL = "type.googleapis.com/" + string((&runtimeoptions.Options{}).ProtoReflect().Descriptor().FullName())
-)
 
 // runStart is the "start" action: find or start the shim process for the
 // container's group and tell containerd its address.
@@ -205,7 +199,7 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 // joinShimCgroup moves the shim into the cgroup named by containerd's runc
 // option ShimCgroup (containerd's WithShimCgroup task option).
 func joinShimCgroup(pid int, opts *anypb.Any) error {
-	if opts.GetTypeUrl() != runcOptionsURL {
+	if opts == nil || !opts.MessageIs(&runcoptions.Options{}) {
 		return nil
 	}
 	var ro runcoptions.Options
