@@ -67,14 +67,18 @@ func TestBadInput(t *testing.T) {
 				kind:  errdefs.IsInvalidArgument,
 			},
 			{
-				name:  "bad TOML in ConfigPath",
-				opts:  func(id string) []client.NewContainerOpts { return e.busybox(id, &runtimeoptions.Options{ConfigPath: badTOML}) },
+				name: "bad TOML in ConfigPath",
+				opts: func(id string) []client.NewContainerOpts {
+					return e.busybox(id, &runtimeoptions.Options{ConfigPath: badTOML})
+				},
 				wants: []string{badTOML, "line 1"},
 				kind:  errdefs.IsInvalidArgument,
 			},
 			{
-				name:  "missing ConfigPath",
-				opts:  func(id string) []client.NewContainerOpts { return e.busybox(id, &runtimeoptions.Options{ConfigPath: "/nonexistent/shim.toml"}) },
+				name: "missing ConfigPath",
+				opts: func(id string) []client.NewContainerOpts {
+					return e.busybox(id, &runtimeoptions.Options{ConfigPath: "/nonexistent/shim.toml"})
+				},
 				wants: []string{"/nonexistent/shim.toml"},
 				kind:  errdefs.IsNotFound,
 			},
