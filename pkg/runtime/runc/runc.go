@@ -238,7 +238,13 @@ func (b *Backend) Checkpoint(ctx context.Context, id string, c *runtime.Checkpoi
 		}, actions...)
 	})
 	if err != nil {
-		return fmt.Errorf("%w (criu logs in %s)", err, work)
+		// The work directory goes away; keep criu's log in the bundle.
+		dumpLog := filepath.Join(b.bundle, "criu-dump.log")
+		if data, rerr := os.ReadFile(filepath.Join(work, "dump.log")); rerr == nil {
+			os.WriteFile(dumpLog, data, 0o600)
+			return fmt.Errorf("%w (criu log: %s)", err, dumpLog)
+		}
+		return err
 	}
 	return nil
 }
