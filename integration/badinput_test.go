@@ -117,7 +117,8 @@ func TestBadInput(t *testing.T) {
 			{
 				name: "backend annotation not allowed",
 				opts: func(id string) []client.NewContainerOpts {
-					return e.busybox(id, nil, withAnnotation("io.containerd.custom.v2.backend", "runsc"))
+					other := map[string]string{"runc": "runsc", "runsc": "runc"}[e.backend]
+					return e.busybox(id, nil, withAnnotation("io.containerd.custom.v2.backend", other))
 				},
 				wants: []string{"io.containerd.custom.v2.backend", "allow_backend_annotation"},
 				kind:  errdefs.IsInvalidArgument,

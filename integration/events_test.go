@@ -53,8 +53,8 @@ func TestEventCompleteness(t *testing.T) {
 				bad = append(bad, fmt.Sprintf("%s: %s", id, got))
 			}
 		}
-		t.Logf("event completeness on containerd %s: %d of %d lifecycles complete and in order", e.version, complete, n)
-		report(t, fmt.Sprintf("event-completeness containerd-%s %d/%d", e.version, complete, n))
+		t.Logf("event completeness on %s: %d of %d lifecycles complete and in order", e.name(), complete, n)
+		report(t, fmt.Sprintf("event-completeness %s %d/%d", e.name(), complete, n))
 		if complete != n {
 			t.Fatalf("%d of %d lifecycles incomplete or out of order:\n%s", n-complete, n, strings.Join(bad, "\n"))
 		}

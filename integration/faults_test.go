@@ -17,21 +17,15 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
 )
 
-func versions() []string {
-	var vs []string
-	for _, e := range daemons {
-		vs = append(vs, e.version)
-	}
-	return vs
-}
-
-func forEachOwnDaemon(t *testing.T, fn func(t *testing.T, version string)) {
+// forEachOwnDaemon runs a test that needs a daemon of its own, for every
+// containerd line and backend.
+func forEachOwnDaemon(t *testing.T, fn func(t *testing.T, like *env)) {
 	t.Helper()
 	if skipWhy != "" {
 		t.Skip(skipWhy)
 	}
-	for _, v := range versions() {
-		t.Run("containerd-"+v, func(t *testing.T) { fn(t, v) })
+	for _, e := range daemons {
+		t.Run(e.name(), func(t *testing.T) { fn(t, e) })
 	}
 }
 
@@ -39,8 +33,8 @@ func forEachOwnDaemon(t *testing.T, fn func(t *testing.T, version string)) {
 // restarted daemon reconnects to their shims and still gets their exit
 // codes, including an exit that happened while it was down.
 func TestContainerdRestart(t *testing.T) {
-	forEachOwnDaemon(t, func(t *testing.T, version string) {
-		e := ownDaemon(t, version, nil)
+	forEachOwnDaemon(t, func(t *testing.T, like *env) {
+		e := ownDaemon(t, like, nil)
 		ctx := testContext(t)
 		const running = 5
 		var ids []string
@@ -105,7 +99,7 @@ func TestContainerdRestart(t *testing.T) {
 			}
 			return nil
 		})
-		report(t, fmt.Sprintf("containerd-restart containerd-%s reconnected %d/%d running tasks", version, reconnected, running))
+		report(t, fmt.Sprintf("containerd-restart %s reconnected %d/%d running tasks", e.name(), reconnected, running))
 		for _, id := range append(ids, exitsWhileDown) {
 			assertNothingLeft(t, e, id)
 		}

@@ -201,7 +201,7 @@ func assertNothingLeft(t *testing.T, e *env, id string) {
 			t.Errorf("mount left behind: %s", m)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(testRoot, namespace, id)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("runc state left behind for %s: %v", id, err)
+	if _, err := os.Stat(filepath.Join(e.stateRoot(), namespace, id)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s state left behind for %s: %v", e.backend, id, err)
 	}
 }

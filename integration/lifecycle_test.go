@@ -233,7 +233,7 @@ func TestTTY(t *testing.T) {
 		ctx := testContext(t)
 		id := containerID(t, "")
 		c := newContainer(t, e, id, nil, oci.WithTTY,
-			oci.WithProcessArgs("sh", "-c", `tty; while [ "$(stty size)" != "12 34" ]; do sleep 0.05; done; echo resized`))
+			oci.WithProcessArgs("sh", "-c", `[ -t 0 ] && [ -t 1 ] && echo is-a-tty; while [ "$(stty size)" != "12 34" ]; do sleep 0.05; done; echo resized`))
 		var out syncBuffer
 		task, statusC := startTask(t, c, cio.NewCreator(cio.WithStreams(nil, &out, nil), cio.WithTerminal))
 		if err := task.Resize(ctx, 34, 12); err != nil {
@@ -243,7 +243,7 @@ func TestTTY(t *testing.T) {
 			t.Fatalf("exit %d", st.ExitCode())
 		}
 		task.Delete(ctx)
-		if s := out.String(); !strings.Contains(s, "/dev/pts/") || !strings.Contains(s, "resized") {
+		if s := out.String(); !strings.Contains(s, "is-a-tty\r\n") || !strings.Contains(s, "resized") {
 			t.Fatalf("tty output %q", s)
 		}
 	})
@@ -324,9 +324,14 @@ func TestStatsAndUpdate(t *testing.T) {
 		if err != nil || !strings.Contains(out, "memory") {
 			t.Fatalf("ctr task metrics: %v\n%s", err, out)
 		}
+		// runc reports host pids; gVisor the pids inside the sandbox.
+		wantPid := task.Pid()
+		if e.backend == "runsc" {
+			wantPid = 1
+		}
 		ps, err := task.Pids(ctx)
-		if err != nil || len(ps) != 1 || ps[0].Pid != task.Pid() {
-			t.Fatalf("pids %v %v (init %d)", ps, err, task.Pid())
+		if err != nil || len(ps) != 1 || ps[0].Pid != wantPid {
+			t.Fatalf("pids %v %v (want %d)", ps, err, wantPid)
 		}
 	})
 }
@@ -338,7 +343,12 @@ func TestOOM(t *testing.T) {
 		ctx := testContext(t)
 		rec := harness.Record(t, e.client, namespace)
 		id := containerID(t, "")
-		c := newContainer(t, e, id, nil, oci.WithMemoryLimit(16<<20),
+		// gVisor's sandbox itself needs memory under the same limit.
+		limit := uint64(16 << 20)
+		if e.backend == "runsc" {
+			limit = 128 << 20
+		}
+		c := newContainer(t, e, id, nil, oci.WithMemoryLimit(limit),
 			oci.WithProcessArgs("sh", "-c", "x=a; while :; do x=$x$x; done"))
 		task, statusC := startTask(t, c, nil)
 		if st := waitExit(t, statusC, 30*time.Second); st.ExitCode() != 137 {

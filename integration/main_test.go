@@ -5,7 +5,14 @@
 // Needs root and scripts/deps.sh. Environment:
 //
 //	CONTAINERD_VERSIONS  containerd lines to test (default "2.4.2 2.2.9")
+//	BACKENDS             backends to test (default "runc runsc")
+//	RUNSC_BINARY         runsc for the runsc backend (default .tools/runsc/runsc)
 //	SHIM_BINARY          the shim to test (default: built from this module)
+//
+// Every test runs once per containerd line and backend. A daemon for the
+// runsc backend has CONTAINERD_SHIM_CUSTOM_CONFIG in its environment naming
+// a config with backend = "runsc", so clients that send no runtime options
+// (ctr, the Go client) get gVisor, as an operator would set it up.
 package integration
 
 import (
@@ -37,16 +44,37 @@ var (
 	daemons  []*env
 	skipWhy  string
 	rootDir  string
-	testRoot = "/run/containerd/custom/runc" // the shim's default runc root
+	runscBin string
+	cfgDir   string // default configs per backend
 )
 
-// env is one containerd line under test, shared by the tests that do not
-// restart or break it.
+// env is one containerd line and backend under test, shared by the tests
+// that do not restart or break it.
 type env struct {
 	version string
+	backend string
 	d       *harness.Daemon
 	client  *client.Client
 	image   client.Image
+}
+
+// name is the subtest name of an env.
+func (e *env) name() string { return "containerd-" + e.version + "/" + e.backend }
+
+// stateRoot is where the backend keeps container state (per namespace).
+func (e *env) stateRoot() string {
+	if e.backend == "runsc" {
+		return "/run/containerd/custom/runsc"
+	}
+	return "/run/containerd/custom/runc"
+}
+
+// skipOn skips a test on a backend, with the reason.
+func (e *env) skipOn(t *testing.T, backend, why string) {
+	t.Helper()
+	if e.backend == backend {
+		t.Skipf("%s: %s", backend, why)
+	}
 }
 
 func TestMain(m *testing.M) {
@@ -84,26 +112,56 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
+	if cfgDir, err = os.MkdirTemp("", "shim-config-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(cfgDir)
+	runscBin = os.Getenv("RUNSC_BINARY")
+	if runscBin == "" {
+		runscBin = filepath.Join(rootDir, ".tools", "runsc", "runsc")
+	}
+	configs := map[string]string{
+		"runc":  "backend = \"runc\"\n",
+		"runsc": fmt.Sprintf("backend = \"runsc\"\n[runsc]\nbinary_name = %q\n", runscBin),
+	}
+	for b, c := range configs {
+		if err := os.WriteFile(filepath.Join(cfgDir, b+".toml"), []byte(c), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
 	versions := strings.Fields(os.Getenv("CONTAINERD_VERSIONS"))
 	if len(versions) == 0 {
 		versions = []string{"2.4.2", "2.2.9"}
 	}
-	for _, v := range versions {
-		d, err := harness.StartDaemon(context.Background(), daemonConfig(v))
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "start containerd %s: %v\n", v, err)
+	backends := strings.Fields(os.Getenv("BACKENDS"))
+	if len(backends) == 0 {
+		backends = []string{"runc", "runsc"}
+	}
+	for _, b := range backends {
+		if _, ok := configs[b]; !ok {
+			fmt.Fprintf(os.Stderr, "unknown backend %q in BACKENDS\n", b)
 			return 1
 		}
-		defer d.Cleanup()
-		daemons = append(daemons, &env{version: v, d: d, client: d.Client()})
+		for _, v := range versions {
+			d, err := harness.StartDaemon(context.Background(), daemonConfig(v, b))
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "start containerd %s: %v\n", v, err)
+				return 1
+			}
+			defer d.Cleanup()
+			daemons = append(daemons, &env{version: v, backend: b, d: d, client: d.Client()})
+		}
 	}
 	return m.Run()
 }
 
-func daemonConfig(version string) harness.Config {
+func daemonConfig(version, backend string) harness.Config {
 	return harness.Config{
 		ContainerdBinDir: filepath.Join(rootDir, ".tools", "containerd", version, "bin"),
 		ShimDir:          shimDir,
+		Env:              []string{"CONTAINERD_SHIM_CUSTOM_CONFIG=" + filepath.Join(cfgDir, backend+".toml")},
 	}
 }
 
@@ -114,7 +172,7 @@ func forEach(t *testing.T, fn func(t *testing.T, e *env)) {
 		t.Skip(skipWhy)
 	}
 	for _, e := range daemons {
-		t.Run("containerd-"+e.version, func(t *testing.T) {
+		t.Run(e.name(), func(t *testing.T) {
 			if e.image == nil {
 				e.image = harness.ImportBusybox(t, e.client, namespace)
 			}
@@ -124,14 +182,14 @@ func forEach(t *testing.T, fn func(t *testing.T, e *env)) {
 }
 
 // ownDaemon starts a daemon the test may restart or break.
-func ownDaemon(t *testing.T, version string, mod func(*harness.Config)) *env {
+func ownDaemon(t *testing.T, like *env, mod func(*harness.Config)) *env {
 	t.Helper()
-	cfg := daemonConfig(version)
+	cfg := daemonConfig(like.version, like.backend)
 	if mod != nil {
 		mod(&cfg)
 	}
 	d := harness.Start(t, cfg)
-	e := &env{version: version, d: d, client: d.Client()}
+	e := &env{version: like.version, backend: like.backend, d: d, client: d.Client()}
 	e.image = harness.ImportBusybox(t, e.client, namespace)
 	return e
 }

@@ -30,6 +30,7 @@ func stateUnder(root, id string) bool {
 // --runtime-config-path), and nothing at all (the built-in defaults).
 func TestRuntimeOptions(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runsc", "these are runc options; the runsc backend's own are in TestRunscOptions")
 		dir := t.TempDir()
 		cfgFile := filepath.Join(dir, "shim.toml")
 		pathRoot := filepath.Join(dir, "path-root")
@@ -41,7 +42,7 @@ func TestRuntimeOptions(t *testing.T) {
 			opts any
 			root string
 		}{
-			{"nil options", nil, testRoot},
+			{"nil options", nil, "/run/containerd/custom/runc"},
 			{"runc options", &runcoptions.Options{BinaryName: "runc", Root: runcRoot}, runcRoot},
 			{"ConfigPath", &runtimeoptions.Options{ConfigPath: cfgFile}, pathRoot},
 			{"ConfigBody", &runtimeoptions.Options{ConfigBody: []byte(fmt.Sprintf("[runc]\nroot = %q\n", bodyRoot))}, bodyRoot},
@@ -71,6 +72,7 @@ func TestRuntimeOptions(t *testing.T) {
 // TestCrun: crun drives containers through the same runc backend.
 func TestCrun(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runsc", "crun is a runc-backend binary")
 		if _, err := os.Stat("/usr/bin/crun"); err != nil {
 			t.Skip("crun is not installed (scripts/deps.sh installs it)")
 		}
@@ -98,6 +100,7 @@ func TestCrun(t *testing.T) {
 // binary the configuration names (here a wrapper that records its calls).
 func TestRuntimeBinaryName(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runsc", "runc-backend binary_name; runsc's is covered by the matrix itself")
 		dir := t.TempDir()
 		calls := filepath.Join(dir, "calls")
 		wrapper := filepath.Join(dir, "my-runc")
@@ -121,6 +124,7 @@ func TestRuntimeBinaryName(t *testing.T) {
 // container at a handler's TOML.
 func TestCtrRuntimeConfigPath(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runsc", "the same path for runsc is TestRunscConfigPath")
 		dir := t.TempDir()
 		cfg := filepath.Join(dir, "shim.toml")
 		os.WriteFile(cfg, []byte("[runc]\nbinary_name = \"/nonexistent/runc\"\n"), 0o644)
@@ -141,12 +145,13 @@ func TestCtrRuntimeConfigPath(t *testing.T) {
 // the daemon's environment picks the settings (how ctr, nerdctl and
 // containerd's client suite, which send none, can be pointed anywhere).
 func TestDefaultConfigFromEnvironment(t *testing.T) {
-	forEachOwnDaemon(t, func(t *testing.T, version string) {
+	forEachOwnDaemon(t, func(t *testing.T, like *env) {
+		like.skipOn(t, "runsc", "the runc root is a runc setting")
 		dir := t.TempDir()
 		root := filepath.Join(dir, "env-root")
 		cfg := filepath.Join(dir, "default.toml")
 		os.WriteFile(cfg, []byte(fmt.Sprintf("[runc]\nroot = %q\n", root)), 0o644)
-		e := ownDaemon(t, version, func(c *harness.Config) {
+		e := ownDaemon(t, like, func(c *harness.Config) {
 			c.Env = append(c.Env, "CONTAINERD_SHIM_CUSTOM_CONFIG="+cfg)
 		})
 		id := containerID(t, "")

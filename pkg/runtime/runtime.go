@@ -9,6 +9,7 @@ package runtime
 
 import (
 	"context"
+	"path/filepath"
 	"time"
 
 	runc "github.com/containerd/go-runc"
@@ -26,9 +27,11 @@ type Backend interface {
 	// InvalidArgument: the bundle is unusable. AlreadyExists: id is taken.
 	Create(ctx context.Context, c *CreateConfig) (pid int, err error)
 
-	// Start starts the created init process (OCI "start").
+	// Start starts the created init process (OCI "start"). io is the init's
+	// stdio once more, for runtimes that connect it at start rather than at
+	// create (gVisor sub-containers); others ignore it.
 	// NotFound: no such container.
-	Start(ctx context.Context, id string) error
+	Start(ctx context.Context, id string, io runc.IO) error
 
 	// Restore creates and starts the container from a checkpoint image and
 	// returns the init pid. NotImplemented where unsupported.
@@ -42,9 +45,9 @@ type Backend interface {
 	// container. NotFound: the container or its init is gone.
 	Kill(ctx context.Context, id string, signal int, all bool) error
 
-	// Signal signals one exec process, by the pid Exec returned.
-	// NotFound: the process is gone.
-	Signal(ctx context.Context, id string, pid int, signal int) error
+	// Signal signals one exec process, by its exec id and the pid Exec
+	// returned. NotFound: the process is gone.
+	Signal(ctx context.Context, id, execID string, pid int, signal int) error
 
 	// Delete removes the container's runtime state; force kills it first.
 	// Deleting a container that does not exist succeeds, so Delete can be
@@ -77,12 +80,15 @@ type Backend interface {
 	Checkpoint(ctx context.Context, id string, c *CheckpointConfig) error
 }
 
-// Waiter is implemented by backends whose processes are not children of the
-// shim (gVisor's sandboxed processes): the task service then learns exits
-// from Wait instead of from the reaper.
-type Waiter interface {
-	// Wait blocks until the process exits and returns its exit status.
-	Wait(ctx context.Context, id, execID string, pid int) (Exit, error)
+// InitWaiter is implemented by backends whose init pid is not the
+// container's process (gVisor: it is the sandbox, shared by a pod's
+// containers). The task service then learns the init's exit from WaitInit
+// and ignores the reaper's report for that pid. Exec exits still come from
+// the reaper: the pid Exec returns must be a child of the shim that exits
+// with the process's status.
+type InitWaiter interface {
+	// WaitInit blocks until the started container's init exits.
+	WaitInit(ctx context.Context, id string) (Exit, error)
 }
 
 // Exit describes a process exit. Status is the exit code, or 128+signal.
@@ -132,4 +138,10 @@ type CheckpointConfig struct {
 // ExitedAt is a convenience for backends that synthesise exits.
 func ExitedAt(pid, status int) Exit {
 	return Exit{Pid: pid, Status: status, Timestamp: time.Now()}
+}
+
+// ExecPidFile is where an exec's pid file goes in its task's bundle; a
+// backend may keep files of its own next to it.
+func ExecPidFile(bundle, execID string) string {
+	return filepath.Join(bundle, "exec-"+execID+".pid")
 }

@@ -20,8 +20,8 @@ type container struct {
 	namespace string
 	backend   runtime.Backend
 	cfg       *oci.Config
-	// waiter is set when the backend reports exits itself (runsc).
-	waiter runtime.Waiter
+	// waiter is set when the backend reports the init's exit itself (runsc).
+	waiter runtime.InitWaiter
 	// rootfs is the mount the shim made, "" when the bundle brought its own.
 	rootfs string
 	// sharedPidNS: without its own pid namespace, the init's exit does not
@@ -53,7 +53,7 @@ func newContainer(id, bundle, ns string, cfg *oci.Config, spec *specs.Spec, b ru
 		execs:       make(map[string]*process),
 		sharedPidNS: true,
 	}
-	if w, ok := b.(runtime.Waiter); ok {
+	if w, ok := b.(runtime.InitWaiter); ok {
 		c.waiter = w
 	}
 	if spec.Linux != nil {
@@ -117,5 +117,5 @@ func (c *container) pidFile(execID string) string {
 	if execID == "" {
 		return filepath.Join(c.bundle, "init.pid")
 	}
-	return filepath.Join(c.bundle, "exec-"+execID+".pid")
+	return runtime.ExecPidFile(c.bundle, execID)
 }

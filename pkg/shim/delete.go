@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
@@ -102,7 +103,12 @@ func cleanupBackend(ctx context.Context, ns, id, bundle string) {
 		log.G(ctx).WithField("backend", cfg.Backend).Warn("unknown backend in bundle")
 		return
 	}
-	b, err := factory(cfg, ns, bundle)
+	spec, err := oci.ReadSpec(bundle)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("read bundle spec")
+		spec = &specs.Spec{}
+	}
+	b, err := factory(cfg, ns, bundle, spec)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("cannot clean up backend state")
 		return

@@ -30,7 +30,7 @@ type exitTracker struct {
 
 	mu sync.Mutex
 	// running maps pids to the started processes that own them; guarded by
-	// mu. Only processes the reaper reports (not a runtime.Waiter's) are here.
+	// mu. The inits of runtime.InitWaiter backends are not here.
 	running map[int][]*process
 	// runningExecs counts started, not yet exited execs per task; guarded
 	// by mu.
@@ -69,12 +69,12 @@ func (t *exitTracker) preStart(c *container) (handleStarted func(*container, *pr
 	}
 	handleStarted = func(c *container, p *process) {
 		pid := p.getPid()
-		if c.waiter != nil {
+		if c.waiter != nil && p.isInit() {
 			t.mu.Lock()
 			delete(t.subscribers, &exits)
 			exits = nil
 			t.mu.Unlock()
-			if p.info().state == stateRunning || (p.isInit() && p.info().state == stateCreated) {
+			if p.info().state == stateRunning {
 				go t.wait(c, p, pid)
 			}
 			return
@@ -117,13 +117,14 @@ func (t *exitTracker) removeRunningLocked(pid int, p *process) {
 	}
 }
 
-// wait learns a process's exit from a backend that reports exits itself.
+// wait learns an init's exit from a backend that reports it itself.
 func (t *exitTracker) wait(c *container, p *process, pid int) {
-	e, err := c.waiter.Wait(context.WithoutCancel(t.s.ctx), c.id, p.id, pid)
+	e, err := c.waiter.WaitInit(context.WithoutCancel(t.s.ctx), c.id)
 	if err != nil {
-		log.G(t.s.ctx).WithError(err).WithFields(log.Fields{"id": c.id, "exec": p.id}).Error("wait for process exit; reporting it as killed")
+		log.G(t.s.ctx).WithError(err).WithField("id", c.id).Error("wait for init exit; reporting it as killed")
 		e = runtime.ExitedAt(pid, 128+int(unix.SIGKILL))
 	}
+	e.Pid = pid
 	t.exited(e, c, p)
 }
 

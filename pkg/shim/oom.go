@@ -10,6 +10,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oom"
 	oomv1 "github.com/containerd/containerd/v2/pkg/oom/v1"
 	"github.com/containerd/log"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 )
 
 // oomWatcher publishes TaskOOM when a task's cgroup records an OOM kill.
@@ -45,7 +47,7 @@ func (w *oomWatcher) add(id string, cg any) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	e := &oomEntry{cg: cg}
-	e.reported, _ = oomKills(cg) // kills before this task are not its own
+	e.reported, _ = cgroup.OOMKills(cg) // kills before this task are not its own
 	w.watched[id] = e
 	switch cg := cg.(type) {
 	case cgroup1.Cgroup:
@@ -91,7 +93,7 @@ func (w *oomWatcher) check(id string, onExit bool) {
 	if e == nil {
 		return
 	}
-	n, err := oomKills(e.cg)
+	n, err := cgroup.OOMKills(e.cg)
 	if err != nil {
 		if onExit {
 			log.G(w.ctx).WithError(err).WithField("id", id).Debug("read OOM kill count")
@@ -112,25 +114,6 @@ func (w *oomWatcher) remove(id string) {
 
 func (w *oomWatcher) close() {
 	w.shutdown()
-}
-
-// oomKills reads the cgroup's OOM kill counter.
-func oomKills(cg any) (uint64, error) {
-	switch cg := cg.(type) {
-	case cgroup1.Cgroup:
-		st, err := cg.Stat(cgroup1.IgnoreNotExist)
-		if err != nil {
-			return 0, err
-		}
-		return st.GetMemoryOomControl().GetOomKill(), nil
-	case *cgroupsv2.Manager:
-		st, err := cg.Stat()
-		if err != nil {
-			return 0, err
-		}
-		return st.GetMemoryEvents().GetOomKill(), nil
-	}
-	return 0, nil
 }
 
 // publisherFunc adapts the v1 watcher's publisher to a callback.

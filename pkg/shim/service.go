@@ -28,16 +28,20 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/runc"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/runsc"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/shim/procio"
 )
 
 // BackendFactory builds the backend for one container.
-type BackendFactory func(cfg *oci.Config, namespace, bundle string) (runtime.Backend, error)
+type BackendFactory func(cfg *oci.Config, namespace, bundle string, spec *specs.Spec) (runtime.Backend, error)
 
 // DefaultBackends are the backends built into the shim.
 var DefaultBackends = map[string]BackendFactory{
-	oci.BackendRunc: func(cfg *oci.Config, ns, bundle string) (runtime.Backend, error) {
+	oci.BackendRunc: func(cfg *oci.Config, ns, bundle string, _ *specs.Spec) (runtime.Backend, error) {
 		return runc.New(cfg.Runc, ns, bundle)
+	},
+	oci.BackendRunsc: func(cfg *oci.Config, ns, bundle string, spec *specs.Spec) (runtime.Backend, error) {
+		return runsc.New(cfg.Runsc, ns, bundle, spec)
 	},
 }
 
@@ -181,7 +185,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, fmt.Errorf("create task %s: %s: backend %q is not available in this shim: %w",
 			r.ID, cfg.Source, cfg.Backend, errdefs.ErrNotImplemented)
 	}
-	b, err := factory(cfg, ns, r.Bundle)
+	b, err := factory(cfg, ns, r.Bundle, spec)
 	if err != nil {
 		return nil, fmt.Errorf("create task %s: %s: %w", r.ID, cfg.Source, err)
 	}
@@ -317,7 +321,7 @@ func (s *Service) startInit(ctx context.Context, c *container, p *process) (*tas
 	if c.restore != nil {
 		err = s.restoreLocked(ctx, c, p)
 	} else {
-		err = c.backend.Start(ctx, c.id)
+		err = c.backend.Start(ctx, c.id, p.io.RuntimeIO())
 	}
 	if err != nil {
 		p.mu.Unlock()
@@ -402,7 +406,7 @@ func (s *Service) runExec(ctx context.Context, c *container, p *process) (_ int,
 	}
 	p.pid = pid
 	if err := pio.Start(ctx, s.platform); err != nil {
-		c.backend.Signal(ctx, c.id, pid, int(unix.SIGKILL))
+		c.backend.Signal(ctx, c.id, p.id, pid, int(unix.SIGKILL))
 		return 0, err
 	}
 	p.state = stateRunning
@@ -659,7 +663,7 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	case stateStopped, stateDeleted:
 		return nil, fmt.Errorf("kill exec %s of task %s: process already finished: %w", p.id, c.id, errdefs.ErrNotFound)
 	}
-	if err := c.backend.Signal(ctx, c.id, p.pid, int(r.Signal)); err != nil {
+	if err := c.backend.Signal(ctx, c.id, p.id, p.pid, int(r.Signal)); err != nil {
 		return nil, fmt.Errorf("kill exec %s of task %s: %w", p.id, c.id, err)
 	}
 	return empty, nil

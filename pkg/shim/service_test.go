@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -52,7 +53,7 @@ func (f *fakeBackend) Create(ctx context.Context, c *runtime.CreateConfig) (int,
 	f.mu.Unlock()
 	return p, nil
 }
-func (f *fakeBackend) Start(ctx context.Context, id string) error {
+func (f *fakeBackend) Start(ctx context.Context, id string, _ gorunc.IO) error {
 	if f.onStart != nil {
 		f.mu.Lock()
 		p := f.pids[id]
@@ -77,10 +78,12 @@ func (f *fakeBackend) Kill(ctx context.Context, id string, sig int, all bool) er
 	f.killed = append(f.killed, fmt.Sprintf("%s/%d/%v", id, sig, all))
 	return nil
 }
-func (f *fakeBackend) Signal(ctx context.Context, id string, pid int, sig int) error { return nil }
-func (f *fakeBackend) Delete(ctx context.Context, id string, force bool) error       { return nil }
-func (f *fakeBackend) Pause(ctx context.Context, id string) error                    { return nil }
-func (f *fakeBackend) Resume(ctx context.Context, id string) error                   { return nil }
+func (f *fakeBackend) Signal(ctx context.Context, id, execID string, pid int, sig int) error {
+	return nil
+}
+func (f *fakeBackend) Delete(ctx context.Context, id string, force bool) error { return nil }
+func (f *fakeBackend) Pause(ctx context.Context, id string) error              { return nil }
+func (f *fakeBackend) Resume(ctx context.Context, id string) error             { return nil }
 func (f *fakeBackend) Update(ctx context.Context, id string, r *specs.LinuxResources) error {
 	return nil
 }
@@ -152,7 +155,7 @@ func newHarness(t *testing.T) *harness {
 		Namespace: "test",
 		Events:    rs,
 		Backends: map[string]BackendFactory{
-			oci.BackendRunc: func(*oci.Config, string, string) (runtime.Backend, error) { return fb, nil },
+			oci.BackendRunc: func(*oci.Config, string, string, *specs.Spec) (runtime.Backend, error) { return fb, nil },
 		},
 	})
 	if err != nil {

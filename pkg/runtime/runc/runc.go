@@ -14,9 +14,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
-	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -24,6 +21,7 @@ import (
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 )
 
 // Name of this backend.
@@ -83,7 +81,7 @@ func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, err
 }
 
 // Start implements runtime.Backend.
-func (b *Backend) Start(ctx context.Context, id string) error {
+func (b *Backend) Start(ctx context.Context, id string, _ gorunc.IO) error {
 	return b.run("start", func() error { return b.runc.Start(ctx, id) })
 }
 
@@ -186,7 +184,7 @@ func (b *Backend) Pids(ctx context.Context, id string) ([]int, error) {
 
 // Signal implements runtime.Backend: exec processes are the shim's children
 // (runc exec --detach reparents them to the subreaper), so a plain kill(2).
-func (b *Backend) Signal(ctx context.Context, id string, pid int, signal int) error {
+func (b *Backend) Signal(ctx context.Context, id, execID string, pid int, signal int) error {
 	if err := unix.Kill(pid, unix.Signal(signal)); err != nil {
 		if errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("process %d already finished: %w", pid, errdefs.ErrNotFound)
@@ -198,7 +196,7 @@ func (b *Backend) Signal(ctx context.Context, id string, pid int, signal int) er
 
 // Cgroup implements runtime.Backend.
 func (b *Backend) Cgroup(ctx context.Context, id string, pid int) (any, error) {
-	return LoadCgroup(pid)
+	return cgroup.Load(pid)
 }
 
 // Stats implements runtime.Backend. It reads the cgroup directly instead of
@@ -208,7 +206,7 @@ func (b *Backend) Stats(ctx context.Context, id string, cg any) (any, error) {
 	if cg == nil {
 		return nil, fmt.Errorf("task %s has no cgroup: %w", id, errdefs.ErrNotFound)
 	}
-	return CgroupStats(cg)
+	return cgroup.Stats(cg)
 }
 
 // Checkpoint implements runtime.Backend.
@@ -325,47 +323,4 @@ func lastLoggedError(path string, off int64) string {
 		}
 	}
 	return last
-}
-
-// LoadCgroup loads the cgroup of pid for the host's cgroup mode.
-func LoadCgroup(pid int) (any, error) {
-	if pid <= 0 {
-		return nil, fmt.Errorf("no process to find a cgroup for: %w", errdefs.ErrNotFound)
-	}
-	if cgroups.Mode() == cgroups.Unified {
-		path, err := cgroupsv2.PidGroupPath(pid)
-		if err != nil {
-			return nil, fmt.Errorf("cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
-		}
-		cg, err := cgroupsv2.Load(path)
-		if err != nil {
-			return nil, fmt.Errorf("load cgroup %s: %v: %w", path, err, errdefs.ErrNotFound)
-		}
-		return cg, nil
-	}
-	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
-	if err != nil {
-		return nil, fmt.Errorf("load cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
-	}
-	return cg, nil
-}
-
-// CgroupStats returns the metrics of a cgroup loaded by LoadCgroup.
-func CgroupStats(cg any) (any, error) {
-	switch cg := cg.(type) {
-	case cgroup1.Cgroup:
-		st, err := cg.Stat(cgroup1.IgnoreNotExist)
-		if err != nil {
-			return nil, fmt.Errorf("read cgroup v1 stats: %w", err)
-		}
-		return st, nil
-	case *cgroupsv2.Manager:
-		st, err := cg.Stat()
-		if err != nil {
-			return nil, fmt.Errorf("read cgroup v2 stats: %w", err)
-		}
-		return st, nil
-	default:
-		return nil, fmt.Errorf("unsupported cgroup type %T: %w", cg, errdefs.ErrNotImplemented)
-	}
 }

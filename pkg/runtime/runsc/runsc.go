@@ -1,0 +1,542 @@
+// Package runsc is the gVisor backend. runsc's CLI is close to runc's but
+// not the same (stdio of sub-containers is connected at start, sandboxed
+// processes are not the shim's children, exec needs an internal pid), so it
+// has its own small wrapper, as gVisor's shim does (runsccmd).
+package runsc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
+	cgroup1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
+	cgroup2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
+	"github.com/containerd/errdefs"
+	gorunc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
+)
+
+// Name of this backend.
+const Name = oci.BackendRunsc
+
+// Backend drives one container through runsc.
+type Backend struct {
+	bin    string
+	global []string // flags before the subcommand
+	bundle string
+	log    string // runsc's log file, for error messages
+	// sandbox is true for a pod's first container (or a lone container):
+	// runsc create starts the sandbox and hands it the stdio. The others
+	// join it and get their stdio at start.
+	sandbox bool
+}
+
+// subContainer is the backend of a container that joins a pod's sandbox.
+// Its pid is the sandbox's, shared with the pod, so its exit comes from
+// "runsc wait". A sandbox's own container needs no waiting: the sandbox
+// process is the shim's child and exits with the container's status.
+type subContainer struct{ *Backend }
+
+var (
+	_ runtime.Backend    = (*Backend)(nil)
+	_ runtime.InitWaiter = subContainer{}
+)
+
+// New returns the backend for the container in bundle. A missing binary,
+// or a platform this runsc does not have, is reported here, before
+// anything is created.
+func New(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec) (runtime.Backend, error) {
+	b, err := newBackend(cfg, namespace, bundle, spec)
+	if err != nil {
+		return nil, err
+	}
+	if !b.sandbox {
+		return subContainer{b}, nil
+	}
+	return b, nil
+}
+
+func newBackend(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec) (*Backend, error) {
+	bin, err := exec.LookPath(cfg.BinaryName)
+	if err != nil {
+		return nil, fmt.Errorf("runsc backend: field \"runsc.binary_name\": runtime binary %q not found: %v: %w",
+			cfg.BinaryName, err, errdefs.ErrFailedPrecondition)
+	}
+	platform, err := choosePlatform(bin, cfg.Platform)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{
+		bin:     bin,
+		bundle:  bundle,
+		log:     filepath.Join(bundle, "runsc.log"),
+		sandbox: spec.Annotations[oci.AnnotationCRIType] != oci.CRITypeContainer,
+	}
+	b.global = []string{
+		"--root=" + filepath.Join(cfg.Root, namespace),
+		"--log=" + b.log,
+		"--log-format=json",
+		"--platform=" + platform,
+		"--network=" + cfg.Network,
+	}
+	if cfg.DebugLog != "" {
+		b.global = append(b.global, "--debug", "--debug-log="+cfg.DebugLog)
+	}
+	keys := make([]string, 0, len(cfg.Flags))
+	for k := range cfg.Flags {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		b.global = append(b.global, "--"+k+"="+cfg.Flags[k])
+	}
+	return b, nil
+}
+
+// choosePlatform checks that runsc knows the configured platform. systrap
+// (the default) falls back to ptrace on older runsc builds (Debian 12's
+// 2022 package has only ptrace); kvm is used only when asked for.
+func choosePlatform(bin, want string) (string, error) {
+	if platformSupported(bin, want) {
+		return want, nil
+	}
+	if want == "systrap" && platformSupported(bin, "ptrace") {
+		log.L.WithField("runsc", bin).Warn("runsc has no systrap platform; falling back to ptrace")
+		return "ptrace", nil
+	}
+	return "", fmt.Errorf("runsc backend: field \"runsc.platform\": %s does not support platform %q: %w",
+		bin, want, errdefs.ErrFailedPrecondition)
+}
+
+var platforms sync.Map // bin+"\x00"+platform -> bool
+
+// platformSupported asks runsc: an unknown platform fails flag validation
+// before any command runs.
+func platformSupported(bin, platform string) bool {
+	key := bin + "\x00" + platform
+	if v, ok := platforms.Load(key); ok {
+		return v.(bool)
+	}
+	root, err := os.MkdirTemp("", "runsc-probe-")
+	if err != nil {
+		return true // cannot tell; let create report it
+	}
+	defer os.RemoveAll(root)
+	cmd := exec.Command(bin, "--root="+root, "--platform="+platform, "list")
+	out, err := combinedOutput(cmd)
+	ok := err == nil || !strings.Contains(string(out), "platform")
+	platforms.Store(key, ok)
+	return ok
+}
+
+// Name implements runtime.Backend.
+func (b *Backend) Name() string { return Name }
+
+// Create implements runtime.Backend.
+func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, error) {
+	args := []string{"create", "--bundle", c.Bundle, "--pid-file", c.PidFile}
+	if c.ConsoleSocket != nil {
+		args = append(args, "--console-socket", c.ConsoleSocket.Path())
+	}
+	var cio gorunc.IO
+	if b.sandbox {
+		cio = c.IO
+	}
+	if err := b.run(ctx, "create", cio, nil, append(args, c.ID)...); err != nil {
+		return 0, err
+	}
+	pid, err := gorunc.ReadPidFile(c.PidFile)
+	if err != nil {
+		return 0, fmt.Errorf("read init pid file: %w", err)
+	}
+	return pid, nil
+}
+
+// Start implements runtime.Backend.
+func (b *Backend) Start(ctx context.Context, id string, cio gorunc.IO) error {
+	if b.sandbox {
+		cio = nil
+	}
+	return b.run(ctx, "start", cio, nil, "start", id)
+}
+
+// WaitInit implements runtime.InitWaiter for sub-containers.
+func (b subContainer) WaitInit(ctx context.Context, id string) (runtime.Exit, error) {
+	var out bytes.Buffer
+	if err := b.run(ctx, "wait", nil, &out, "wait", id); err != nil {
+		return runtime.Exit{}, err
+	}
+	var res struct {
+		ExitStatus int `json:"exitStatus"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		return runtime.Exit{}, fmt.Errorf("decode runsc wait output %q: %w", out.String(), err)
+	}
+	return runtime.Exit{Status: res.ExitStatus, Timestamp: time.Now()}, nil
+}
+
+// Restore implements runtime.Backend: create the container, then restore
+// its state from a runsc checkpoint image instead of starting it.
+func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runtime.RestoreConfig) (int, error) {
+	// A rootfs restored with its read-write layer carries the checkpointed
+	// sandbox's overlay filestore, which runsc refuses to reuse.
+	stale, _ := filepath.Glob(filepath.Join(c.Bundle, "rootfs", ".gvisor.filestore.*"))
+	for _, f := range stale {
+		os.Remove(f)
+	}
+	pid, err := b.Create(ctx, c)
+	if err != nil {
+		return 0, err
+	}
+	var cio gorunc.IO
+	if !b.sandbox {
+		cio = c.IO
+	}
+	if err := b.run(ctx, "restore", cio, nil, "restore", "--detach", "--image-path="+r.ImagePath, c.ID); err != nil {
+		b.Delete(context.WithoutCancel(ctx), c.ID, true)
+		return 0, err
+	}
+	return pid, nil
+}
+
+// Exec implements runtime.Backend. The pid returned is that of the
+// "runsc exec" process on the host: it stays a child of the shim for as
+// long as the process runs in the sandbox and exits with its status.
+func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (int, error) {
+	f, err := os.CreateTemp(b.bundle, "runsc-process-*.json")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(f.Name())
+	err = json.NewEncoder(f).Encode(e.Spec)
+	f.Close()
+	if err != nil {
+		return 0, err
+	}
+	args := []string{"exec", "--process", f.Name(), "--detach", "--pid-file", e.PidFile, "--internal-pid-file", internalPidFile(e.PidFile)}
+	if e.ConsoleSocket != nil {
+		args = append(args, "--console-socket", e.ConsoleSocket.Path())
+	}
+	if err := b.run(ctx, "exec", e.IO, nil, append(args, id)...); err != nil {
+		return 0, err
+	}
+	pid, err := gorunc.ReadPidFile(e.PidFile)
+	if err != nil {
+		return 0, fmt.Errorf("read exec pid file: %w", err)
+	}
+	return pid, nil
+}
+
+func internalPidFile(pidFile string) string { return pidFile + ".internal" }
+
+// Kill implements runtime.Backend.
+func (b *Backend) Kill(ctx context.Context, id string, signal int, all bool) error {
+	args := []string{"kill"}
+	if all {
+		args = append(args, "--all")
+	}
+	err := b.run(ctx, "kill", nil, nil, append(args, id, strconv.Itoa(signal))...)
+	if errdefs.IsNotFound(err) {
+		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
+	}
+	return err
+}
+
+// Signal implements runtime.Backend: runsc signals a sandboxed process by
+// its pid inside the sandbox.
+func (b *Backend) Signal(ctx context.Context, id, execID string, pid int, signal int) error {
+	ipid, err := gorunc.ReadPidFile(internalPidFile(runtime.ExecPidFile(b.bundle, execID)))
+	if err != nil {
+		return fmt.Errorf("exec %s: internal pid: %w", execID, err)
+	}
+	err = b.run(ctx, "kill", nil, nil, "kill", "--pid", strconv.Itoa(ipid), id, strconv.Itoa(signal))
+	if errdefs.IsNotFound(err) {
+		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
+	}
+	return err
+}
+
+// Delete implements runtime.Backend. runsc refuses to delete an exited
+// container whose sandbox is gone without --force, and the task service
+// deletes only stopped or never-started containers, so always force.
+func (b *Backend) Delete(ctx context.Context, id string, _ bool) error {
+	err := b.run(ctx, "delete", nil, nil, "delete", "--force", id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// Pause implements runtime.Backend.
+func (b *Backend) Pause(ctx context.Context, id string) error {
+	return b.run(ctx, "pause", nil, nil, "pause", id)
+}
+
+// Resume implements runtime.Backend.
+func (b *Backend) Resume(ctx context.Context, id string) error {
+	return b.run(ctx, "resume", nil, nil, "resume", id)
+}
+
+// Update implements runtime.Backend.
+func (b *Backend) Update(ctx context.Context, id string, r *specs.LinuxResources) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	cmd := b.command(ctx, "update", "--resources=-", id)
+	cmd.Stdin = bytes.NewReader(data)
+	return b.wait(cmd, "update", nil, &bytes.Buffer{})
+}
+
+// Pids implements runtime.Backend.
+func (b *Backend) Pids(ctx context.Context, id string) ([]int, error) {
+	var out bytes.Buffer
+	if err := b.run(ctx, "ps", nil, &out, "ps", "--format", "json", id); err != nil {
+		return nil, err
+	}
+	var pids []int
+	if err := json.Unmarshal(out.Bytes(), &pids); err != nil {
+		return nil, fmt.Errorf("decode runsc ps output: %w", err)
+	}
+	return pids, nil
+}
+
+// Cgroup implements runtime.Backend: the sandbox's host cgroup (pid is the
+// sandbox process), where the host's OOM killer acts.
+func (b *Backend) Cgroup(ctx context.Context, id string, pid int) (any, error) {
+	return cgroup.Load(pid)
+}
+
+// Stats implements runtime.Backend: the sandbox's own accounting ("runsc
+// events --stats") in the cgroup metric types of the host's mode, with the
+// OOM kill count of the host cgroup, which gVisor's own shim leaves out.
+func (b *Backend) Stats(ctx context.Context, id string, cg any) (any, error) {
+	var out bytes.Buffer
+	if err := b.run(ctx, "events", nil, &out, "events", "--stats", id); err != nil {
+		// Once the sandbox is gone (an exited task before its delete, an
+		// OOM kill) runsc fails without a word; its host cgroup still has
+		// the last figures.
+		if cg != nil {
+			if st, cerr := cgroup.Stats(cg); cerr == nil {
+				return st, nil
+			}
+		}
+		return nil, err
+	}
+	var ev gorunc.Event
+	if err := json.Unmarshal(out.Bytes(), &ev); err != nil {
+		return nil, fmt.Errorf("decode runsc events output: %w", err)
+	}
+	if ev.Type != "stats" || ev.Stats == nil {
+		return nil, fmt.Errorf("runsc events --stats returned %q without stats", ev.Type)
+	}
+	// The sandbox does not know the host's memory limit or OOM kills; its
+	// host cgroup does.
+	var kills uint64
+	if cg != nil {
+		kills, _ = cgroup.OOMKills(cg)
+		if ev.Stats.Memory.Usage.Limit == 0 {
+			ev.Stats.Memory.Usage.Limit = cgroup.MemoryLimit(cg)
+		}
+	}
+	if cgroups.Mode() == cgroups.Unified {
+		return v2Metrics(ev.Stats, kills), nil
+	}
+	return v1Metrics(ev.Stats, kills), nil
+}
+
+func v1Metrics(s *gorunc.Stats, oomKills uint64) *cgroup1stats.Metrics {
+	entry := func(m gorunc.MemoryEntry) *cgroup1stats.MemoryEntry {
+		return &cgroup1stats.MemoryEntry{Limit: m.Limit, Usage: m.Usage, Max: m.Max, Failcnt: m.Failcnt}
+	}
+	return &cgroup1stats.Metrics{
+		CPU: &cgroup1stats.CPUStat{
+			Usage: &cgroup1stats.CPUUsage{
+				Total: s.Cpu.Usage.Total, Kernel: s.Cpu.Usage.Kernel, User: s.Cpu.Usage.User, PerCPU: s.Cpu.Usage.Percpu,
+			},
+			Throttling: &cgroup1stats.Throttle{
+				Periods: s.Cpu.Throttling.Periods, ThrottledPeriods: s.Cpu.Throttling.ThrottledPeriods, ThrottledTime: s.Cpu.Throttling.ThrottledTime,
+			},
+		},
+		Memory: &cgroup1stats.MemoryStat{
+			Cache:     s.Memory.Cache,
+			Usage:     entry(s.Memory.Usage),
+			Swap:      entry(s.Memory.Swap),
+			Kernel:    entry(s.Memory.Kernel),
+			KernelTCP: entry(s.Memory.KernelTCP),
+		},
+		Pids:             &cgroup1stats.PidsStat{Current: s.Pids.Current, Limit: s.Pids.Limit},
+		MemoryOomControl: &cgroup1stats.MemoryOomControl{OomKill: oomKills},
+	}
+}
+
+func v2Metrics(s *gorunc.Stats, oomKills uint64) *cgroup2stats.Metrics {
+	return &cgroup2stats.Metrics{
+		CPU: &cgroup2stats.CPUStat{
+			UsageUsec:  s.Cpu.Usage.Total / 1000,
+			UserUsec:   s.Cpu.Usage.User / 1000,
+			SystemUsec: s.Cpu.Usage.Kernel / 1000,
+		},
+		Memory: &cgroup2stats.MemoryStat{
+			Usage:      s.Memory.Usage.Usage,
+			UsageLimit: s.Memory.Usage.Limit,
+			MaxUsage:   s.Memory.Usage.Max,
+			SwapUsage:  s.Memory.Swap.Usage,
+			SwapLimit:  s.Memory.Swap.Limit,
+		},
+		Pids:         &cgroup2stats.PidsStat{Current: s.Pids.Current, Limit: s.Pids.Limit},
+		MemoryEvents: &cgroup2stats.MemoryEvents{OomKill: oomKills},
+	}
+}
+
+// Checkpoint implements runtime.Backend with runsc's own checkpointing.
+func (b *Backend) Checkpoint(ctx context.Context, id string, c *runtime.CheckpointConfig) error {
+	args := []string{"checkpoint", "--image-path=" + c.ImagePath}
+	if !c.Exit {
+		args = append(args, "--leave-running")
+	}
+	return b.run(ctx, "checkpoint", nil, nil, append(args, id)...)
+}
+
+func (b *Backend) command(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, b.bin, append(append([]string(nil), b.global...), args...)...)
+	cmd.Dir = b.bundle
+	return cmd
+}
+
+// run runs one runsc command. With cio the command gets the container's
+// stdio (the sandbox or sub-container inherits it); without, its output
+// goes to out, and stderr is kept for the error message.
+func (b *Backend) run(ctx context.Context, op string, cio gorunc.IO, out io.Writer, args ...string) error {
+	cmd := b.command(ctx, args...)
+	var stderr bytes.Buffer
+	if cio != nil {
+		cio.Set(cmd)
+	} else {
+		cmd.Stdout = out
+		cmd.Stderr = &stderr
+	}
+	return b.wait(cmd, op, cio, &stderr)
+}
+
+// wait runs a prepared command and classifies its failure: runsc's stderr
+// says what went wrong, else (stderr was the container's) its log does.
+func (b *Backend) wait(cmd *exec.Cmd, op string, cio gorunc.IO, stderr *bytes.Buffer) error {
+	if cmd.Stderr == nil {
+		cmd.Stderr = stderr
+	}
+	off := logSize(b.log)
+	ec, err := gorunc.Monitor.Start(cmd)
+	if err != nil {
+		return fmt.Errorf("runsc %s: %w", op, err)
+	}
+	if c, ok := cio.(gorunc.StartCloser); ok {
+		c.CloseAfterStart()
+	}
+	status, err := gorunc.Monitor.Wait(cmd, ec)
+	if err == nil && status == 0 {
+		return nil
+	}
+	msg := strings.TrimSpace(stderr.String())
+	if msg == "" {
+		msg = lastLoggedError(b.log, off)
+	}
+	return runtimeError(op, msg, status, err)
+}
+
+func runtimeError(op, msg string, status int, err error) error {
+	if msg == "" {
+		if err != nil {
+			msg = err.Error()
+		} else {
+			msg = fmt.Sprintf("exit status %d", status)
+		}
+	}
+	if kind := classify(msg); kind != nil {
+		return fmt.Errorf("runsc %s failed: %s: %w", op, msg, kind)
+	}
+	return fmt.Errorf("runsc %s failed: %s", op, msg)
+}
+
+// classify maps runsc's messages to errdefs kinds; CLI backends have only
+// strings to go by, so this is kept in one place.
+func classify(msg string) error {
+	switch {
+	case strings.Contains(msg, "does not exist") || strings.Contains(msg, "not found") && strings.Contains(msg, "container") ||
+		strings.Contains(msg, "connection refused") || strings.Contains(msg, "no longer running") ||
+		strings.Contains(msg, "is stopped") || strings.Contains(msg, "not running") || strings.Contains(msg, "no such process"):
+		return errdefs.ErrNotFound
+	case strings.Contains(msg, "already exists"):
+		return errdefs.ErrAlreadyExists
+	case strings.Contains(msg, "unknown flag") || strings.Contains(msg, "flag provided but not defined") || strings.Contains(msg, "invalid value"):
+		return errdefs.ErrInvalidArgument
+	case strings.Contains(msg, "not supported") || strings.Contains(msg, "not implemented"):
+		return errdefs.ErrNotImplemented
+	}
+	return nil
+}
+
+func logSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// lastLoggedError returns the last error runsc logged after offset off.
+func lastLoggedError(path string, off int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return ""
+	}
+	var last string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		var e struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+		}
+		if json.Unmarshal(sc.Bytes(), &e) == nil && (e.Level == "error" || e.Level == "fatal") {
+			last = e.Msg
+		}
+	}
+	return last
+}
+
+func combinedOutput(cmd *exec.Cmd) ([]byte, error) {
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	ec, err := gorunc.Monitor.Start(cmd)
+	if err != nil {
+		return nil, err
+	}
+	status, err := gorunc.Monitor.Wait(cmd, ec)
+	if err == nil && status != 0 {
+		err = errors.New("exit status " + strconv.Itoa(status))
+	}
+	return out.Bytes(), err
+}
