@@ -201,7 +201,7 @@ func testContext(t *testing.T) context.Context {
 }
 
 var (
-	unsafeID = regexp.MustCompile(`[^a-zA-Z0-9._-]+`)
+	unsafeID = regexp.MustCompile(`[^a-zA-Z0-9]+`)
 	// runID keeps ids unique across runs: runc state and shim sockets are
 	// machine-wide, and an aborted run may leave some behind.
 	runID = strconv.FormatInt(time.Now().UnixNano()%(36*36*36*36), 36)

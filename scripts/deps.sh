@@ -15,7 +15,10 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=${TOOLS_DIR:-$root/.tools}
 versions=${CONTAINERD_VERSIONS:-2.4.2 2.2.9}
-pkgs=(runc crun busybox-static criu containernetworking-plugins iproute2 procps)
+pkgs=(runc crun runsc busybox-static criu containernetworking-plugins iproute2 procps)
+# gVisor from the Go module proxy (a pseudo-version of gVisor's go-gettable
+# branch). Debian's runsc package (2022, ptrace only) is installed beside it.
+runsc_version=${RUNSC_VERSION:-v0.0.0-20260905035102-160fafc42237}
 
 log() { printf 'deps.sh: %s\n' "$*" >&2; }
 
@@ -60,11 +63,24 @@ for v in $versions; do
   has_version "$bin/containerd" "$v" || { log "built containerd does not report version $v"; exit 1; }
 done
 
+# ---- runsc ---------------------------------------------------------------------
+# It must be static (CGO_ENABLED=0): a dynamic build fails inside its own
+# sandbox ("error executing umounter").
+runsc_dir=$tools/runsc
+if [ "$(cat "$runsc_dir/.version" 2>/dev/null)" != "$runsc_version" ] || [ ! -x "$runsc_dir/runsc" ]; then
+  command -v go >/dev/null || { log "go not found (needed to build runsc)"; exit 1; }
+  log "building runsc $runsc_version into $runsc_dir (takes a couple of minutes)"
+  mkdir -p "$runsc_dir"
+  CGO_ENABLED=0 GOFLAGS=-mod=mod GOBIN=$runsc_dir go install "gvisor.dev/gvisor/runsc@$runsc_version"
+  echo "$runsc_version" > "$runsc_dir/.version"
+fi
+
 # ---- summary -------------------------------------------------------------------
 first_line() { "$@" 2>&1 | head -n1; }
 echo "runc:       $(first_line runc --version)"
 echo "busybox:    $(first_line busybox | cut -d' ' -f1-2)"
 echo "criu:       $(first_line criu --version)"
+echo "runsc:      $runsc_dir/runsc ($runsc_version); Debian: $(first_line /usr/bin/runsc --version)"
 echo "cni:        $(find /usr/lib/cni -maxdepth 1 -type f -printf '%f\n' 2>/dev/null | sort | tr '\n' ' ')"
 for v in $versions; do
   echo "containerd: $tools/containerd/$v/bin ($(first_line "$tools/containerd/$v/bin/containerd" --version | awk '{print $3}'))"

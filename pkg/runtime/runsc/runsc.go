@@ -80,25 +80,15 @@ func newBackend(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec)
 		return nil, fmt.Errorf("runsc backend: field \"runsc.binary_name\": runtime binary %q not found: %v: %w",
 			cfg.BinaryName, err, errdefs.ErrFailedPrecondition)
 	}
-	platform, err := choosePlatform(bin, cfg.Platform)
-	if err != nil {
-		return nil, err
-	}
 	b := &Backend{
 		bin:     bin,
 		bundle:  bundle,
 		log:     filepath.Join(bundle, "runsc.log"),
 		sandbox: spec.Annotations[oci.AnnotationCRIType] != oci.CRITypeContainer,
 	}
-	b.global = []string{
-		"--root=" + filepath.Join(cfg.Root, namespace),
-		"--log=" + b.log,
-		"--log-format=json",
-		"--platform=" + platform,
-		"--network=" + cfg.Network,
-	}
+	flags := []string{"--network=" + cfg.Network}
 	if cfg.DebugLog != "" {
-		b.global = append(b.global, "--debug", "--debug-log="+cfg.DebugLog)
+		flags = append(flags, "--debug", "--debug-log="+cfg.DebugLog)
 	}
 	keys := make([]string, 0, len(cfg.Flags))
 	for k := range cfg.Flags {
@@ -106,45 +96,61 @@ func newBackend(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		b.global = append(b.global, "--"+k+"="+cfg.Flags[k])
+		flags = append(flags, "--"+k+"="+cfg.Flags[k])
 	}
+	platform, err := checkFlags(bin, cfg.Platform, flags)
+	if err != nil {
+		return nil, err
+	}
+	b.global = append([]string{
+		"--root=" + filepath.Join(cfg.Root, namespace),
+		"--log=" + b.log,
+		"--log-format=json",
+		"--platform=" + platform,
+	}, flags...)
 	return b, nil
 }
 
-// choosePlatform checks that runsc knows the configured platform. systrap
-// (the default) falls back to ptrace on older runsc builds (Debian 12's
-// 2022 package has only ptrace); kvm is used only when asked for.
-func choosePlatform(bin, want string) (string, error) {
-	if platformSupported(bin, want) {
-		return want, nil
-	}
-	if want == "systrap" && platformSupported(bin, "ptrace") {
+// checkFlags runs runsc once with the configured flags ("runsc list"), so an
+// unknown flag, a bad value or a platform this runsc lacks is reported at
+// create in runsc's own words, before anything exists. systrap (the
+// default) falls back to ptrace on older runsc builds (Debian 12's 2022
+// package); kvm is used only when asked for. Results are cached per shim.
+func checkFlags(bin, platform string, flags []string) (string, error) {
+	err := probe(bin, platform, flags)
+	if err != nil && platform == "systrap" && strings.Contains(err.Error(), "platform") && probe(bin, "ptrace", flags) == nil {
 		log.L.WithField("runsc", bin).Warn("runsc has no systrap platform; falling back to ptrace")
 		return "ptrace", nil
 	}
-	return "", fmt.Errorf("runsc backend: field \"runsc.platform\": %s does not support platform %q: %w",
-		bin, want, errdefs.ErrFailedPrecondition)
+	if err != nil {
+		return "", fmt.Errorf("runsc backend: fields \"runsc.platform\", \"runsc.network\", \"runsc.flags\": %s rejects %s: %v: %w",
+			bin, strings.Join(append([]string{"--platform=" + platform}, flags...), " "), err, errdefs.ErrInvalidArgument)
+	}
+	return platform, nil
 }
 
-var platforms sync.Map // bin+"\x00"+platform -> bool
+var probes sync.Map // bin and flags -> error (nil: accepted)
 
-// platformSupported asks runsc: an unknown platform fails flag validation
-// before any command runs.
-func platformSupported(bin, platform string) bool {
-	key := bin + "\x00" + platform
-	if v, ok := platforms.Load(key); ok {
-		return v.(bool)
+func probe(bin, platform string, flags []string) error {
+	args := append([]string{"--platform=" + platform}, flags...)
+	key := bin + "\x00" + strings.Join(args, "\x00")
+	if v, ok := probes.Load(key); ok {
+		err, _ := v.(error)
+		return err
 	}
 	root, err := os.MkdirTemp("", "runsc-probe-")
 	if err != nil {
-		return true // cannot tell; let create report it
+		return nil // cannot tell; create will say
 	}
 	defer os.RemoveAll(root)
-	cmd := exec.Command(bin, "--root="+root, "--platform="+platform, "list")
-	out, err := combinedOutput(cmd)
-	ok := err == nil || !strings.Contains(string(out), "platform")
-	platforms.Store(key, ok)
-	return ok
+	out, err := combinedOutput(exec.Command(bin, append(append([]string{"--root=" + root}, args...), "list")...))
+	if err != nil {
+		// The first line says what is wrong; usage text follows.
+		msg, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		err = errors.New(msg)
+	}
+	probes.Store(key, err)
+	return err
 }
 
 // Name implements runtime.Backend.

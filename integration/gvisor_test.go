@@ -1,0 +1,217 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
+)
+
+// TestRunsUnderTheBackend proves where the workload runs: gVisor's kernel
+// announces itself in dmesg and uname; runc shows the host's kernel.
+func TestRunsUnderTheBackend(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		id := containerID(t, "")
+		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "uname -r; dmesg 2>/dev/null | head -1"))
+		st, out := runToExit(t, c)
+		if st != 0 {
+			t.Fatalf("exit %d: %s", st, out.stderr.String())
+		}
+		var uts syscall.Utsname
+		syscall.Uname(&uts)
+		host := utsString(uts.Release[:])
+		got := out.stdout.String()
+		switch e.backend {
+		case "runsc":
+			if strings.Contains(got, host) || !strings.Contains(got, "gVisor") {
+				t.Fatalf("not gVisor: %q (host kernel %s)", got, host)
+			}
+		default:
+			if !strings.HasPrefix(got, host) {
+				t.Fatalf("not the host kernel: %q (host %s)", got, host)
+			}
+		}
+		t.Logf("%s: %s", e.backend, strings.ReplaceAll(strings.TrimSpace(got), "\n", " | "))
+	})
+}
+
+func utsString(b []int8) string {
+	var s []byte
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
+	}
+	return string(s)
+}
+
+// TestPodSharesOneShimAndSandbox: containers carrying CRI's pod annotations
+// share one shim process and, on gVisor, one sandbox (a runsc
+// sub-container joins the pod's sandbox).
+func TestPodSharesOneShimAndSandbox(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := testContext(t)
+		podID := containerID(t, "pod")
+		pod := newContainer(t, e, podID, nil, oci.WithProcessArgs("sleep", "1000"), oci.WithAnnotations(map[string]string{
+			"io.kubernetes.cri.container-type": "sandbox",
+			"io.kubernetes.cri.sandbox-id":     podID,
+		}))
+		podTask, _ := startTask(t, pod, nil)
+		appID := containerID(t, "app")
+		app := newContainer(t, e, appID, nil, oci.WithProcessArgs("sh", "-c", "echo from-app; sleep 1000"), oci.WithAnnotations(map[string]string{
+			"io.kubernetes.cri.container-type": "container",
+			"io.kubernetes.cri.sandbox-id":     podID,
+		}))
+		var out outputs
+		appTask, appStatus := startTask(t, app, out.creator())
+		if n := len(shimsFor(podID)); n != 1 {
+			t.Fatalf("pod shims %d, want 1", n)
+		}
+		if n := len(shimsFor(appID)); n != 0 {
+			t.Fatalf("the app container got a shim of its own")
+		}
+		eventually(t, 10*time.Second, "app output", func() error {
+			if !strings.Contains(out.stdout.String(), "from-app") {
+				return fmt.Errorf("stdout %q", out.stdout.String())
+			}
+			return nil
+		})
+		if e.backend == "runsc" {
+			// One sandbox: the app reports the sandbox's pid, and one
+			// runsc-sandbox process runs for the pod.
+			if appTask.Pid() != podTask.Pid() {
+				t.Fatalf("app pid %d, pod sandbox pid %d: not one sandbox", appTask.Pid(), podTask.Pid())
+			}
+			sandboxes, _ := harness.ProcessesMatching("runsc-sandbox")
+			n := 0
+			for _, p := range sandboxes {
+				if strings.Contains(p.Cmdline, podID) {
+					n++
+				}
+				if strings.Contains(p.Cmdline, " "+appID) {
+					t.Fatalf("the app container got a sandbox of its own: %s", p.Cmdline)
+				}
+			}
+			if n != 1 {
+				t.Fatalf("%d sandboxes for the pod, want 1", n)
+			}
+		}
+		// The app exits before the pod, with its own status.
+		if err := appTask.Kill(ctx, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if st := waitExit(t, appStatus, 10*time.Second); st.ExitCode() != 137 {
+			t.Fatalf("app exit %d", st.ExitCode())
+		}
+		if st, err := podTask.Status(ctx); err != nil || st.Status != "running" {
+			t.Fatalf("pod after the app exited: %v %v", st, err)
+		}
+		appTask.Delete(ctx)
+	})
+}
+
+// TestRunscSelection: the ways a container gets gVisor, and the errors for
+// a bad runsc setting: containerd's runc options naming runsc, a handler's
+// TOML with platform/network/flags, an invalid flag, a platform the binary
+// lacks.
+func TestRunscSelection(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runc", "runs once, on the runsc daemons")
+		cases := []struct {
+			name    string
+			opts    any
+			script  string
+			want    string // stdout substring; "" when an error is expected
+			wantErr string
+		}{
+			{name: "runc options with BinaryName naming runsc", opts: &runcoptions.Options{BinaryName: runscBin}, script: "dmesg | head -1", want: "gVisor"},
+			{name: "ptrace, no network", opts: body("backend = \"runsc\"\n[runsc]\nbinary_name = %q\nplatform = \"ptrace\"\nnetwork = \"none\"\n", runscBin),
+				script: "dmesg | head -1; cat /proc/net/dev", want: "lo:"},
+			{name: "extra flags", opts: body("backend = \"runsc\"\n[runsc]\nbinary_name = %q\nflags = { overlay2 = \"none\" }\n", runscBin), script: "echo flags-ok", want: "flags-ok"},
+			{name: "invalid flag", opts: body("backend = \"runsc\"\n[runsc]\nbinary_name = %q\nflags = { no-such-flag = \"1\" }\n", runscBin), wantErr: "no-such-flag"},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				id := containerID(t, "")
+				c := newContainer(t, e, id, tc.opts, oci.WithProcessArgs("sh", "-c", tc.script))
+				if tc.wantErr != "" {
+					ctx := testContext(t)
+					sockets := socketCount(t)
+					_, err := c.NewTask(ctx, cio.NullIO)
+					if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+						t.Fatalf("want an error naming %q, got %v", tc.wantErr, err)
+					}
+					t.Logf("error: %v", err)
+					assertNothingLeft(t, e, id)
+					if n := socketCount(t); n > sockets {
+						t.Errorf("%d sockets, %d before", n, sockets)
+					}
+					return
+				}
+				st, out := runToExit(t, c)
+				if strings.Contains(tc.name, "no network") && strings.Contains(out.stdout.String(), "eth0") {
+					t.Fatalf("network = none, yet: %s", out.stdout.String())
+				}
+				if st != 0 || !strings.Contains(out.stdout.String(), tc.want) {
+					t.Fatalf("exit %d stdout %q stderr %q", st, out.stdout.String(), out.stderr.String())
+				}
+			})
+		}
+	})
+}
+
+func body(format string, args ...any) *runtimeoptions.Options {
+	return &runtimeoptions.Options{ConfigBody: []byte(fmt.Sprintf(format, args...))}
+}
+
+// TestRunscConfigPath: a user points ctr at the gVisor config from contrib.
+func TestRunscConfigPath(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runc", "runs once, on the runsc daemons")
+		data, err := os.ReadFile(filepath.Join(rootDir, "contrib", "runsc.toml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := filepath.Join(t.TempDir(), "runsc.toml")
+		// The contrib file names "runsc" on PATH; point it at the tested one.
+		os.WriteFile(cfg, []byte(strings.Replace(string(data), `binary_name = "runsc"`, fmt.Sprintf("binary_name = %q", runscBin), 1)), 0o644)
+		id := containerID(t, "")
+		out, _, err := e.d.Ctr("-n", namespace, "run", "--rm", "--runtime", runtimeName, "--runtime-config-path", cfg,
+			harness.BusyboxImage, id, "sh", "-c", "dmesg | head -1")
+		if err != nil || !strings.Contains(out, "gVisor") {
+			t.Fatalf("ctr run: %v %q", err, out)
+		}
+	})
+}
+
+// TestDebianRunsc: Debian 12's runsc package (2022) has no systrap
+// platform: the default (systrap) falls back to ptrace with a warning.
+func TestDebianRunsc(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runc", "runs once, on the runsc daemons")
+		const debian = "/usr/bin/runsc"
+		if _, err := os.Stat(debian); err != nil {
+			t.Skipf("Debian's runsc is not installed (%v)", err)
+		}
+		id := containerID(t, "")
+		// This runsc cannot make a network namespace of its own (CRI hands it
+		// one): network = "none" for a plain container.
+		c := newContainer(t, e, id, body("backend = \"runsc\"\n[runsc]\nbinary_name = %q\nnetwork = \"none\"\n", debian),
+			oci.WithProcessArgs("sh", "-c", "dmesg | head -1; exit 4"), withSpecVersion("1.0.2"))
+		st, out := runToExit(t, c)
+		if st != 4 || !strings.Contains(out.stdout.String(), "gVisor") {
+			t.Fatalf("exit %d stdout %q stderr %q", st, out.stdout.String(), out.stderr.String())
+		}
+	})
+}
