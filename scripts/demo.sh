@@ -73,4 +73,10 @@ ctr task kill -s SIGKILL demo-app; sleep 0.3
 ctr task ls
 ctr task rm demo-app >/dev/null && ctr containers rm demo-app
 
+step "the same binary, gVisor backend (ctr --runtime-config-path, runsc from .tools)"
+printf 'backend = "runsc"\n[runsc]\nbinary_name = "%s"\n' "$root/.tools/runsc/runsc" > "$work/runsc.toml"
+cat "$work/runsc.toml" | sed 's/^/  /'
+ctr run --rm --runtime "$runtime" --runtime-config-path "$work/runsc.toml" "$image" demo-gvisor \
+  sh -c 'echo "hello from $(uname -r)"; dmesg | head -2'
+
 step "shim processes left: $(pgrep -fc 'containerd-shim-custom-v2 -namespace demo' || true)"
