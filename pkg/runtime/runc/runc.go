@@ -3,12 +3,9 @@
 package runc
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +19,7 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/clilog"
 )
 
 // Name of this backend.
@@ -261,12 +259,12 @@ func (b *Backend) criuWorkDir() string {
 // error runc logged for it to log.json (far more telling than "exit status
 // 1") and the errdefs kind that message implies.
 func (b *Backend) run(op string, fn func() error) error {
-	off := logSize(b.runc.Log)
+	off := clilog.Size(b.runc.Log)
 	err := fn()
 	if err == nil {
 		return nil
 	}
-	msg := lastLoggedError(b.runc.Log, off)
+	msg := clilog.LastError(b.runc.Log, off)
 	if msg == "" {
 		msg = err.Error()
 	}
@@ -292,35 +290,3 @@ func classify(msg string) error {
 	return nil
 }
 
-func logSize(path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
-}
-
-// lastLoggedError returns the last error runc logged after offset off.
-func lastLoggedError(path string, off int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return ""
-	}
-	var last string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		var e struct {
-			Level string `json:"level"`
-			Msg   string `json:"msg"`
-		}
-		if json.Unmarshal(sc.Bytes(), &e) == nil && (e.Level == "error" || e.Level == "fatal") {
-			last = e.Msg
-		}
-	}
-	return last
-}

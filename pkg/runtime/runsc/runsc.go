@@ -5,7 +5,6 @@
 package runsc
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -32,6 +31,7 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/clilog"
 )
 
 // Name of this backend.
@@ -449,7 +449,7 @@ func (b *Backend) wait(cmd *exec.Cmd, op string, cio gorunc.IO, stderr *bytes.Bu
 	if cmd.Stderr == nil {
 		cmd.Stderr = stderr
 	}
-	off := logSize(b.log)
+	off := clilog.Size(b.log)
 	ec, err := gorunc.Monitor.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("runsc %s: %w", op, err)
@@ -463,7 +463,7 @@ func (b *Backend) wait(cmd *exec.Cmd, op string, cio gorunc.IO, stderr *bytes.Bu
 	}
 	msg := strings.TrimSpace(stderr.String())
 	if msg == "" {
-		msg = lastLoggedError(b.log, off)
+		msg = clilog.LastError(b.log, off)
 	}
 	return runtimeError(op, msg, status, err)
 }
@@ -500,38 +500,6 @@ func classify(msg string) error {
 	return nil
 }
 
-func logSize(path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
-}
-
-// lastLoggedError returns the last error runsc logged after offset off.
-func lastLoggedError(path string, off int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return ""
-	}
-	var last string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		var e struct {
-			Level string `json:"level"`
-			Msg   string `json:"msg"`
-		}
-		if json.Unmarshal(sc.Bytes(), &e) == nil && (e.Level == "error" || e.Level == "fatal") {
-			last = e.Msg
-		}
-	}
-	return last
-}
 
 func combinedOutput(cmd *exec.Cmd) ([]byte, error) {
 	var out bytes.Buffer
