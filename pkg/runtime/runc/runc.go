@@ -289,4 +289,3 @@ func classify(msg string) error {
 	}
 	return nil
 }
-

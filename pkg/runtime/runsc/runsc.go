@@ -500,7 +500,6 @@ func classify(msg string) error {
 	return nil
 }
 
-
 func combinedOutput(cmd *exec.Cmd) ([]byte, error) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
