@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revis
 CONTAINERD_VERSIONS ?= 2.4.2 2.2.9
 export CONTAINERD_VERSIONS
 
-.PHONY: all build deps test unit integration demo install clean help
+.PHONY: all build deps test unit integration demo bench install clean help
 
 all: build
 
@@ -36,6 +36,9 @@ integration: build ## integration suite against real containerd + runc (root; ru
 
 demo: deps build ## the main job: private containerd with this shim, containers on each backend
 	bash scripts/demo.sh
+
+bench: deps build ## benchmarks against containerd's runc shim; writes docs/benchmarks.md (root)
+	$(GO) run ./integration/bench $(BENCH_FLAGS)
 
 install: build ## install the shim into $(PREFIX)/bin (containerd finds it on its PATH)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/containerd-shim-custom-v2

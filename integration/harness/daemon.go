@@ -51,6 +51,8 @@ type Config struct {
 	Namespace string
 	// StartTimeout bounds the wait for the daemon to answer. Default: 30s.
 	StartTimeout time.Duration
+	// LogLevel is containerd's log level (shims inherit debug). Default: debug.
+	LogLevel string
 }
 
 // Daemon is a running private containerd. Create it with Start or StartDaemon.
@@ -169,7 +171,11 @@ func (d *Daemon) configTOML() string {
 	fmt.Fprintf(&b, "disabled_plugins = [%s]\n\n", quoteList(disabled))
 	fmt.Fprintf(&b, "[grpc]\n  address = %q\n\n", d.address)
 	fmt.Fprintf(&b, "[ttrpc]\n  address = %q\n\n", d.address+".ttrpc")
-	fmt.Fprintf(&b, "[debug]\n  level = \"debug\"\n\n")
+	level := d.cfg.LogLevel
+	if level == "" {
+		level = "debug"
+	}
+	fmt.Fprintf(&b, "[debug]\n  level = %q\n\n", level)
 	// Keep the "opt" plugin out of the host's /opt/containerd.
 	fmt.Fprintf(&b, "[plugins.'io.containerd.internal.v1.opt']\n  path = %q\n\n", filepath.Join(d.root, "opt"))
 	b.WriteString(d.cfg.ExtraConfig)

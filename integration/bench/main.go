@@ -1,0 +1,663 @@
+// Command bench measures containerd-shim-custom-v2 (runc and gVisor
+// backends) against containerd's own containerd-shim-runc-v2, on one private
+// containerd, with the same images, runc and machine, in one run. Rounds
+// interleave the runtimes (A, B, C, A, B, C, ...) so that machine drift
+// affects them alike. It writes docs/benchmarks.md (replacing it).
+//
+// Run it through `make bench` (root; after scripts/deps.sh and make build).
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
+)
+
+const ns = "bench"
+
+var (
+	flagOut        = flag.String("out", "docs/benchmarks.md", "report to write (replaced)")
+	flagSeq        = flag.Int("seq", 40, "sequential lifecycles per runtime")
+	flagParallel   = flag.Int("parallel", 10, "parallelism of the throughput test")
+	flagTotal      = flag.Int("total", 200, "lifecycles in the throughput test, per runtime")
+	flagExecs      = flag.Int("execs", 40, "execs and stats calls per runtime")
+	flagMem        = flag.Int("mem", 10, "containers for the memory test")
+	flagRestart    = flag.Int("restart", 100, "running tasks across a containerd restart")
+	flagBackground = flag.Int("background", 200, "running containers behind the loaded lifecycle test")
+	flagGVisorBg   = flag.Int("gvisor-background", 50, "the same for gVisor (each is a sandbox)")
+	flagRuntimes   = flag.String("runtimes", "custom-runc,runc-shim,custom-runsc", "runtimes to measure")
+	flagVersion    = flag.String("containerd", "2.4.2", "containerd version (from .tools)")
+	flagNote       = flag.String("note", "", "a line added to the report (e.g. before/after)")
+)
+
+// rt is a runtime under test.
+type rt struct {
+	name    string // column name
+	runtime string // containerd runtime name
+	opts    any    // runtime options
+	shim    string // shim binary name, to find its processes
+	gvisor  bool
+}
+
+type bench struct {
+	root    string
+	d       *harness.Daemon
+	c       *client.Client
+	image   client.Image
+	ctx     context.Context
+	rts     []rt
+	results map[string]map[string]string // metric -> runtime -> value
+	order   []string                     // metric order
+	seq     int
+}
+
+func main() {
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fatal(fmt.Errorf("run as root"))
+	}
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		fatal(err)
+	}
+	runsc := filepath.Join(root, ".tools", "runsc", "runsc")
+	all := map[string]rt{
+		"custom-runc": {name: "custom-runc", runtime: "io.containerd.custom.v2", shim: "containerd-shim-custom-v2",
+			opts: &runtimeoptions.Options{ConfigBody: []byte("backend = \"runc\"\n")}},
+		"custom-runsc": {name: "custom-runsc", runtime: "io.containerd.custom.v2", shim: "containerd-shim-custom-v2", gvisor: true,
+			opts: &runtimeoptions.Options{ConfigBody: []byte(fmt.Sprintf("backend = \"runsc\"\n[runsc]\nbinary_name = %q\n", runsc))}},
+		"runc-shim": {name: "runc-shim", runtime: "io.containerd.runc.v2", shim: "containerd-shim-runc-v2"},
+	}
+	b := &bench{root: root, results: map[string]map[string]string{}}
+	for _, n := range strings.Split(*flagRuntimes, ",") {
+		r, ok := all[n]
+		if !ok {
+			fatal(fmt.Errorf("unknown runtime %q", n))
+		}
+		b.rts = append(b.rts, r)
+	}
+	d, err := harness.StartDaemon(context.Background(), harness.Config{
+		ContainerdBinDir: filepath.Join(root, ".tools", "containerd", *flagVersion, "bin"),
+		ShimDir:          filepath.Join(root, "bin"),
+		Namespace:        ns,
+		LogLevel:         "info",
+	})
+	if err != nil {
+		fatal(err)
+	}
+	defer d.Cleanup()
+	b.d, b.c = d, d.Client()
+	b.ctx = namespaces.WithNamespace(context.Background(), ns)
+	imgs, err := harness.ImportImage(b.ctx, b.c, ns, busybox(root))
+	if err != nil {
+		fatal(err)
+	}
+	_ = imgs
+	if b.image, err = b.c.GetImage(b.ctx, harness.BusyboxImage); err != nil {
+		fatal(err)
+	}
+
+	b.step("sequential lifecycle", b.sequential)
+	b.step("parallel throughput", b.throughput)
+	b.step("exec and stats latency", b.execStats)
+	b.step("shim memory", b.memory)
+	b.step("lifecycle under load", b.underLoad)
+	b.step("containerd restart", b.restart)
+	b.step("backend floor", b.floor)
+	if err := b.write(*flagOut); err != nil {
+		fatal(err)
+	}
+	fmt.Println("wrote", *flagOut)
+}
+
+func busybox(root string) string {
+	out := filepath.Join(root, ".tools", "images")
+	if err := exec.Command("bash", filepath.Join(root, "scripts", "mkimage.sh"), out).Run(); err != nil {
+		fatal(fmt.Errorf("mkimage.sh: %w", err))
+	}
+	return filepath.Join(out, "busybox.tar")
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+func (b *bench) step(name string, fn func()) {
+	start := time.Now()
+	fmt.Printf("== %s\n", name)
+	fn()
+	fmt.Printf("   %.1fs\n", time.Since(start).Seconds())
+}
+
+func (b *bench) record(metric, runtime, value string) {
+	if b.results[metric] == nil {
+		b.results[metric] = map[string]string{}
+		b.order = append(b.order, metric)
+	}
+	b.results[metric][runtime] = value
+	fmt.Printf("   %-45s %-13s %s\n", metric, runtime, value)
+}
+
+// container creates a container (metadata and snapshot: not timed).
+func (b *bench) container(r rt, id string, args []string, extra ...oci.SpecOpts) (client.Container, error) {
+	opts := append([]oci.SpecOpts{oci.WithImageConfig(b.image), oci.WithProcessArgs(args...)}, extra...)
+	return b.c.NewContainer(b.ctx, id,
+		client.WithNewSnapshot(id+"-snap", b.image),
+		client.WithNewSpec(opts...),
+		client.WithRuntime(r.runtime, r.opts))
+}
+
+func (b *bench) id(prefix string) string {
+	b.seq++
+	return fmt.Sprintf("%s-%d-%d", prefix, os.Getpid(), b.seq)
+}
+
+type phases struct{ create, start, exit, delete time.Duration }
+
+// lifecycle runs one create/start/exit/delete of `true` and times each phase.
+func (b *bench) lifecycle(r rt, id string) (phases, error) {
+	var p phases
+	c, err := b.container(r, id, []string{"true"})
+	if err != nil {
+		return p, err
+	}
+	defer c.Delete(b.ctx, client.WithSnapshotCleanup)
+	t0 := time.Now()
+	task, err := c.NewTask(b.ctx, cio.NullIO)
+	if err != nil {
+		return p, err
+	}
+	t1 := time.Now()
+	statusC, err := task.Wait(b.ctx)
+	if err != nil {
+		return p, err
+	}
+	t2 := time.Now()
+	if err := task.Start(b.ctx); err != nil {
+		return p, err
+	}
+	t3 := time.Now()
+	<-statusC
+	t4 := time.Now()
+	if _, err := task.Delete(b.ctx); err != nil {
+		return p, err
+	}
+	t5 := time.Now()
+	return phases{create: t1.Sub(t0), start: t3.Sub(t2), exit: t4.Sub(t3), delete: t5.Sub(t4)}, nil
+}
+
+func (b *bench) sequential() {
+	samples := map[string][]phases{}
+	for i := 0; i < *flagSeq; i++ {
+		for _, r := range b.rts {
+			p, err := b.lifecycle(r, b.id("seq-"+r.name))
+			if err != nil {
+				fatal(fmt.Errorf("%s lifecycle: %w", r.name, err))
+			}
+			samples[r.name] = append(samples[r.name], p)
+		}
+	}
+	for _, r := range b.rts {
+		var c, s, e, d, t []time.Duration
+		for _, p := range samples[r.name] {
+			c, s, e, d = append(c, p.create), append(s, p.start), append(e, p.exit), append(d, p.delete)
+			t = append(t, p.create+p.start+p.exit+p.delete)
+		}
+		b.record("lifecycle p50 (ms)", r.name, ms(pct(t, 50)))
+		b.record("lifecycle p99 (ms)", r.name, ms(pct(t, 99)))
+		b.record("  create p50/p99 (ms)", r.name, ms(pct(c, 50))+" / "+ms(pct(c, 99)))
+		b.record("  start p50/p99 (ms)", r.name, ms(pct(s, 50))+" / "+ms(pct(s, 99)))
+		b.record("  exit p50/p99 (ms)", r.name, ms(pct(e, 50))+" / "+ms(pct(e, 99)))
+		b.record("  delete p50/p99 (ms)", r.name, ms(pct(d, 50))+" / "+ms(pct(d, 99)))
+	}
+}
+
+func (b *bench) throughput() {
+	// Two halves per runtime, alternated.
+	done := map[string]int{}
+	elapsed := map[string]time.Duration{}
+	for half := 0; half < 2; half++ {
+		for _, r := range b.rts {
+			n := *flagTotal / 2
+			start := time.Now()
+			var wg sync.WaitGroup
+			work := make(chan string, n)
+			for i := 0; i < n; i++ {
+				work <- b.id("par-" + r.name)
+			}
+			close(work)
+			var mu sync.Mutex
+			var firstErr error
+			for w := 0; w < *flagParallel; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for id := range work {
+						if _, err := b.lifecycle(r, id); err != nil {
+							mu.Lock()
+							if firstErr == nil {
+								firstErr = err
+							}
+							mu.Unlock()
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			if firstErr != nil {
+				fatal(fmt.Errorf("%s throughput: %w", r.name, firstErr))
+			}
+			done[r.name] += n
+			elapsed[r.name] += time.Since(start)
+		}
+	}
+	for _, r := range b.rts {
+		b.record(fmt.Sprintf("throughput, %d lifecycles at parallelism %d (per s)", *flagTotal, *flagParallel), r.name,
+			fmt.Sprintf("%.1f", float64(done[r.name])/elapsed[r.name].Seconds()))
+	}
+}
+
+func (b *bench) execStats() {
+	type running struct {
+		r    rt
+		c    client.Container
+		task client.Task
+	}
+	var rs []running
+	for _, r := range b.rts {
+		id := b.id("exec-" + r.name)
+		c, err := b.container(r, id, []string{"sleep", "100000"})
+		if err != nil {
+			fatal(err)
+		}
+		task, err := c.NewTask(b.ctx, cio.NullIO)
+		if err != nil {
+			fatal(err)
+		}
+		if err := task.Start(b.ctx); err != nil {
+			fatal(err)
+		}
+		rs = append(rs, running{r, c, task})
+	}
+	execs, stats := map[string][]time.Duration{}, map[string][]time.Duration{}
+	for i := 0; i < *flagExecs; i++ {
+		for _, x := range rs {
+			spec, _ := x.c.Spec(b.ctx)
+			ps := *spec.Process
+			ps.Args = []string{"true"}
+			t0 := time.Now()
+			p, err := x.task.Exec(b.ctx, fmt.Sprintf("e%d", i), &ps, cio.NullIO)
+			if err != nil {
+				fatal(err)
+			}
+			ch, _ := p.Wait(b.ctx)
+			if err := p.Start(b.ctx); err != nil {
+				fatal(err)
+			}
+			<-ch
+			p.Delete(b.ctx)
+			execs[x.r.name] = append(execs[x.r.name], time.Since(t0))
+			t0 = time.Now()
+			if _, err := x.task.Metrics(b.ctx); err != nil {
+				fatal(fmt.Errorf("%s stats: %w", x.r.name, err))
+			}
+			stats[x.r.name] = append(stats[x.r.name], time.Since(t0))
+		}
+	}
+	for _, x := range rs {
+		b.record("exec of `true` p50/p99 (ms)", x.r.name, ms(pct(execs[x.r.name], 50))+" / "+ms(pct(execs[x.r.name], 99)))
+		b.record("Stats p50/p99 (ms)", x.r.name, ms(pct(stats[x.r.name], 50))+" / "+ms(pct(stats[x.r.name], 99)))
+		b.kill(x.c, x.task)
+	}
+}
+
+func (b *bench) kill(c client.Container, task client.Task) {
+	ch, _ := task.Wait(b.ctx)
+	task.Kill(b.ctx, syscall.SIGKILL, client.WithKillAll)
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+	}
+	task.Delete(b.ctx, client.WithProcessKill)
+	c.Delete(b.ctx, client.WithSnapshotCleanup)
+}
+
+// start runs n `sleep` containers, each in its own shim, or all in one
+// group when group is set.
+func (b *bench) start(r rt, n int, prefix, group string) ([]client.Container, []client.Task) {
+	var cs []client.Container
+	var ts []client.Task
+	for i := 0; i < n; i++ {
+		id := b.id(prefix)
+		var extra []oci.SpecOpts
+		if group != "" {
+			extra = append(extra, oci.WithAnnotations(map[string]string{"io.containerd.runc.v2.group": group}))
+		}
+		c, err := b.container(r, id, []string{"sleep", "100000"}, extra...)
+		if err != nil {
+			fatal(err)
+		}
+		task, err := c.NewTask(b.ctx, cio.NullIO)
+		if err != nil {
+			fatal(fmt.Errorf("%s: %w", r.name, err))
+		}
+		if err := task.Start(b.ctx); err != nil {
+			fatal(err)
+		}
+		cs, ts = append(cs, c), append(ts, task)
+	}
+	return cs, ts
+}
+
+func (b *bench) stopAll(cs []client.Container, ts []client.Task) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 10)
+	for i := range cs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(c client.Container, t client.Task) {
+			defer wg.Done()
+			b.kill(c, t)
+			<-sem
+		}(cs[i], ts[i])
+	}
+	wg.Wait()
+}
+
+func (b *bench) memory() {
+	for _, r := range b.rts {
+		prefix := "mem-" + r.name
+		cs, ts := b.start(r, *flagMem, prefix, "")
+		time.Sleep(2 * time.Second) // let the shims settle
+		rss, pss := shimMemory(r.shim, prefix)
+		b.record(fmt.Sprintf("shim RSS per container, %d containers (MiB)", *flagMem), r.name, mib(rss/float64(*flagMem)))
+		b.record(fmt.Sprintf("shim PSS per container, %d containers (MiB)", *flagMem), r.name, mib(pss/float64(*flagMem)))
+		b.stopAll(cs, ts)
+
+		group := fmt.Sprintf("pod-%s-%d", r.name, os.Getpid())
+		cs, ts = b.start(r, *flagMem, "pod-"+r.name, group)
+		time.Sleep(2 * time.Second)
+		rss, pss = shimMemory(r.shim, "pod-"+r.name)
+		b.record(fmt.Sprintf("shim PSS per pod of %d containers (MiB)", *flagMem), r.name, mib(pss))
+		_ = rss
+		b.stopAll(cs, ts)
+	}
+}
+
+// shimMemory sums RSS and PSS (bytes) of the shim processes whose command
+// line names a task id with the prefix.
+func shimMemory(shim, prefix string) (rss, pss float64) {
+	ps, _ := harness.ProcessesMatching(shim + " -namespace " + ns + " -id " + prefix)
+	for _, p := range ps {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p.Pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			v, _ := strconv.ParseFloat(f[1], 64)
+			switch f[0] {
+			case "Rss:":
+				rss += v * 1024
+			case "Pss:":
+				pss += v * 1024
+			}
+		}
+	}
+	return rss, pss
+}
+
+func (b *bench) underLoad() {
+	for _, r := range b.rts {
+		n := *flagBackground
+		if r.gvisor {
+			n = *flagGVisorBg
+		}
+		cs, ts := b.start(r, n, "bg-"+r.name, "")
+		var t []time.Duration
+		for i := 0; i < *flagSeq; i++ {
+			p, err := b.lifecycle(r, b.id("load-"+r.name))
+			if err != nil {
+				fatal(err)
+			}
+			t = append(t, p.create+p.start+p.exit+p.delete)
+		}
+		b.record("lifecycle p99 with N others running (ms)", r.name, fmt.Sprintf("%s (N=%d)", ms(pct(t, 99)), n))
+		b.stopAll(cs, ts)
+	}
+}
+
+func (b *bench) restart() {
+	for _, r := range b.rts {
+		n := *flagRestart
+		if r.gvisor {
+			n = *flagGVisorBg
+		}
+		cs, ts := b.start(r, n, "rs-"+r.name, "")
+		if err := b.d.Stop(); err != nil {
+			fatal(err)
+		}
+		t0 := time.Now()
+		if err := b.d.Restart(); err != nil {
+			fatal(err)
+		}
+		b.c = b.d.Client()
+		// Every task reachable through its shim again.
+		for _, c := range cs {
+			for {
+				task, err := c.Task(b.ctx, nil)
+				if err == nil {
+					if st, err := task.Status(b.ctx); err == nil && st.Status == client.Running {
+						break
+					}
+				}
+				if time.Since(t0) > 2*time.Minute {
+					fatal(fmt.Errorf("%s: task %s not back after restart", r.name, c.ID()))
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		b.record("containerd restart: all N tasks reconnected (s)", r.name, fmt.Sprintf("%.2f (N=%d)", time.Since(t0).Seconds(), n))
+		var lts []client.Task
+		for _, c := range cs {
+			task, _ := c.Task(b.ctx, nil)
+			lts = append(lts, task)
+		}
+		_ = ts
+		b.stopAll(cs, lts)
+	}
+}
+
+// floor runs the same busybox `true` with the raw runtimes: runc run and
+// runsc run of a prepared bundle, so the shims' own cost shows.
+func (b *bench) floor() {
+	dir, err := os.MkdirTemp("", "bench-bundle-")
+	if err != nil {
+		fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	rootfs := filepath.Join(dir, "rootfs")
+	if out, err := exec.Command("bash", "-c", fmt.Sprintf(
+		"mkdir -p %[1]s && tar -xf %[2]s -C %[3]s && layer=$(ls -S %[3]s/blobs/sha256 | head -1) && tar -xzf %[3]s/blobs/sha256/$layer -C %[1]s",
+		rootfs, busybox(b.root), dir)).CombinedOutput(); err != nil {
+		fatal(fmt.Errorf("unpack busybox: %v: %s", err, out))
+	}
+	if out, err := exec.Command("runc", "spec", "--bundle", dir).CombinedOutput(); err != nil {
+		fatal(fmt.Errorf("runc spec: %v: %s", err, out))
+	}
+	spec, _ := os.ReadFile(filepath.Join(dir, "config.json"))
+	spec = bytes.Replace(spec, []byte(`"terminal": true`), []byte(`"terminal": false`), 1)
+	spec = bytes.Replace(spec, []byte(`"sh"`), []byte(`"true"`), 1)
+	os.WriteFile(filepath.Join(dir, "config.json"), spec, 0o644)
+	runsc := filepath.Join(b.root, ".tools", "runsc", "runsc")
+	cmds := map[string]func(id string) *exec.Cmd{
+		"runc-shim": func(id string) *exec.Cmd {
+			return exec.Command("runc", "--root", filepath.Join(dir, "state"), "run", "--bundle", dir, id)
+		},
+		"custom-runsc": func(id string) *exec.Cmd {
+			return exec.Command(runsc, "--root", filepath.Join(dir, "runsc-state"), "run", "--bundle", dir, id)
+		},
+	}
+	for _, name := range []string{"runc-shim", "custom-runsc"} {
+		var t []time.Duration
+		for i := 0; i < *flagSeq; i++ {
+			cmd := cmds[name](fmt.Sprintf("floor-%d", i))
+			t0 := time.Now()
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fatal(fmt.Errorf("%s: %v: %s", cmd.Args, err, out))
+			}
+			t = append(t, time.Since(t0))
+		}
+		label := "raw `runc run` of the bundle, p50 (ms)"
+		if name == "custom-runsc" {
+			label = "raw `runsc run` of the bundle, p50 (ms)"
+		}
+		b.record(label, name, ms(pct(t, 50)))
+	}
+}
+
+func pct(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	if i < 0 {
+		i = 0
+	}
+	return s[i]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
+func mib(b float64) string      { return fmt.Sprintf("%.2f", b/(1<<20)) }
+
+func num(s string) float64 {
+	f, err := strconv.ParseFloat(strings.Fields(s)[0], 64)
+	if err != nil {
+		return math.NaN()
+	}
+	return f
+}
+
+// write renders the report: every metric per runtime and the ratios of
+// ours to containerd's runc shim, with the machine it ran on.
+func (b *bench) write(path string) error {
+	var w strings.Builder
+	host, _ := os.Hostname()
+	var uts syscall.Utsname
+	syscall.Uname(&uts)
+	cpu := firstMatch("/proc/cpuinfo", "model name")
+	mode := map[cgroups.CGMode]string{cgroups.Legacy: "v1", cgroups.Hybrid: "v1 (hybrid)", cgroups.Unified: "v2"}[cgroups.Mode()]
+	runcV, _ := exec.Command("runc", "--version").Output()
+	runscV, _ := exec.Command(filepath.Join(b.root, ".tools", "runsc", "runsc"), "--version").Output()
+	rev, _ := exec.Command("git", "-C", b.root, "describe", "--always", "--dirty").Output()
+	fmt.Fprintf(&w, "# Benchmarks\n\nWritten by `make bench` (integration/bench) on %s; rerunning replaces this file.\n\n", time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintf(&w, "| | |\n|---|---|\n")
+	fmt.Fprintf(&w, "| machine | %s, %d CPUs (%s), %s RAM |\n", host, goruntime.NumCPU(), cpu, memTotal())
+	fmt.Fprintf(&w, "| kernel | %s |\n| cgroups | %s |\n", utsString(uts.Release[:]), mode)
+	fmt.Fprintf(&w, "| containerd | %s (one daemon for all runtimes, log level info) |\n", *flagVersion)
+	fmt.Fprintf(&w, "| runc | %s |\n| runsc | %s |\n", firstLine(string(runcV)), firstLine(string(runscV)))
+	fmt.Fprintf(&w, "| shim | %s, %s |\n", strings.TrimSpace(string(rev)), goruntime.Version())
+	if *flagNote != "" {
+		fmt.Fprintf(&w, "| note | %s |\n", *flagNote)
+	}
+	fmt.Fprintf(&w, "\nRuntimes: **custom-runc** = this shim, runc backend; **runc-shim** = containerd's containerd-shim-runc-v2 %s; **custom-runsc** = this shim, gVisor backend. Ratio = custom-runc / runc-shim (lower is better for times and memory, higher for throughput).\n\n", *flagVersion)
+	var names []string
+	for _, r := range b.rts {
+		names = append(names, r.name)
+	}
+	fmt.Fprintf(&w, "| metric | %s | ratio |\n|---|%s---|\n", strings.Join(names, " | "), strings.Repeat("---|", len(names)))
+	for _, m := range b.order {
+		var cells []string
+		for _, n := range names {
+			v := b.results[m][n]
+			if v == "" {
+				v = "–"
+			}
+			cells = append(cells, v)
+		}
+		ratio := "–"
+		if a, ok := b.results[m]["custom-runc"]; ok {
+			if r, ok := b.results[m]["runc-shim"]; ok && num(r) > 0 {
+				ratio = fmt.Sprintf("%.2f", num(a)/num(r))
+			}
+		}
+		fmt.Fprintf(&w, "| %s | %s | %s |\n", m, strings.Join(cells, " | "), ratio)
+	}
+	// Shim overhead over the raw runtimes.
+	if v, ok := b.results["lifecycle p50 (ms)"]; ok {
+		if f, ok := b.results["raw `runc run` of the bundle, p50 (ms)"]; ok {
+			fmt.Fprintf(&w, "\nShim overhead over raw runc (lifecycle p50 − `runc run` p50): custom-runc %.1f ms, runc-shim %.1f ms.\n",
+				num(v["custom-runc"])-num(f["runc-shim"]), num(v["runc-shim"])-num(f["runc-shim"]))
+		}
+		if f, ok := b.results["raw `runsc run` of the bundle, p50 (ms)"]; ok && v["custom-runsc"] != "" {
+			fmt.Fprintf(&w, "gVisor backend over raw `runsc run`: %.1f ms.\n", num(v["custom-runsc"])-num(f["custom-runsc"]))
+		}
+	}
+	fmt.Fprintf(&w, "\nTargets (issue 6): lifecycle p50 ratio ≤ 0.80; throughput ratio ≥ 1.25; PSS ratio ≤ 0.80; shim overhead over raw runc ≤ 15 ms; gVisor ≤ 40 ms over raw `runsc run`.\n")
+	old, _ := os.ReadFile(path)
+	if i := bytes.Index(old, []byte("\n## Notes")); i >= 0 {
+		w.Write(old[i:]) // keep the hand-written notes
+	}
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	return os.WriteFile(path, []byte(w.String()), 0o644)
+}
+
+func firstLine(s string) string { l, _, _ := strings.Cut(strings.TrimSpace(s), "\n"); return l }
+
+func firstMatch(path, key string) string {
+	data, _ := os.ReadFile(path)
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, key) {
+			_, v, _ := strings.Cut(l, ":")
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
+}
+
+func memTotal() string {
+	f := strings.Fields(firstMatch("/proc/meminfo", "MemTotal"))
+	if len(f) == 0 {
+		return "?"
+	}
+	kb, _ := strconv.ParseFloat(f[0], 64)
+	return fmt.Sprintf("%.0f GiB", kb/(1<<20))
+}
+
+func utsString(b []int8) string {
+	var s []byte
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
+	}
+	return string(s)
+}
