@@ -119,6 +119,9 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 	if socketDir == "" {
 		socketDir = filepath.Join(defaults.DefaultStateDir, "s")
 	}
+	if err := ensureSocketDir(socketDir); err != nil {
+		return err
+	}
 	address, err := cshim.CreateSocketAddress(ctx, socketDir, b.grpcAddress, group, false)
 	if err != nil {
 		return err
@@ -194,6 +197,25 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 		}
 	}
 	return reply(stdout, b.kind, address)
+}
+
+// ensureSocketDir makes the shared socket directory 0700, whatever mode it
+// was left with, as containerd does when it starts: only root may reach
+// shim sockets.
+func ensureSocketDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create socket directory %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("restrict socket directory %s: %w", dir, err)
+		}
+	}
+	return nil
 }
 
 // joinShimCgroup moves the shim into the cgroup named by containerd's runc
