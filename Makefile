@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revis
 CONTAINERD_VERSIONS ?= 2.4.2 2.2.9
 export CONTAINERD_VERSIONS
 
-.PHONY: all build deps test unit integration demo bench install clean help
+.PHONY: all build deps test unit integration stress fuzz demo bench install clean help
 
 all: build
 
@@ -20,7 +20,7 @@ build: ## build the shim, statically linked, into bin/
 deps: ## install what the tests need (apt packages, containerd builds cached in .tools/)
 	bash scripts/deps.sh
 
-test: deps build unit integration ## everything CI runs: vet, unit tests (-race), integration suite (root)
+test: deps build unit fuzz integration ## everything CI runs: vet, unit tests (-race), integration suite (root)
 
 unit: ## go vet, gofmt check and unit tests with the race detector
 	$(GO) vet ./...
@@ -33,6 +33,19 @@ integration: build ## integration suite against real containerd + runc (root; ru
 	SHIM_BINARY=$(abspath $(BIN)) TEST_REPORT=$(abspath _output/report.txt) \
 		$(GO) test -count=1 -timeout 30m -v ./integration/...
 	@echo "--- figures"; cat _output/report.txt 2>/dev/null || true
+
+stress: build ## the long fault and load runs: 1000 lifecycles, 200-exec storm, 50 tasks across a restart, fuzzing
+	@mkdir -p _output
+	SHIM_BINARY=$(abspath $(BIN)) TEST_REPORT=$(abspath _output/stress.txt) CHURN_LIFECYCLES=1000 CHURN_LIFECYCLES_GVISOR=250 \
+		EXEC_STORM=200 EXEC_STORM_GVISOR=100 RESTART_TASKS=50 \
+		$(GO) test -count=1 -timeout 60m -v -run 'TestChurn|TestExecStorm|TestContainerdRestart' ./integration/
+	$(MAKE) fuzz FUZZTIME=2m
+	@cat _output/stress.txt
+
+FUZZTIME ?= 10s
+fuzz: ## run each fuzz target for FUZZTIME (CI runs the short form)
+	@for f in FuzzParseConfig FuzzConfigFromOptions FuzzReadSpec; do \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./pkg/oci/ || exit 1; done
 
 demo: deps build ## the main job: private containerd with this shim, containers on each backend
 	bash scripts/demo.sh

@@ -36,7 +36,7 @@ func TestContainerdRestart(t *testing.T) {
 	forEachOwnDaemon(t, func(t *testing.T, like *env) {
 		e := ownDaemon(t, like, nil)
 		ctx := testContext(t)
-		const running = 5
+		running := envInt("RESTART_TASKS", 5)
 		var ids []string
 		pids := map[string]uint32{}
 		for i := 0; i < running; i++ {

@@ -265,13 +265,17 @@ func (b *Backend) run(op string, fn func() error) error {
 		return nil
 	}
 	msg := clilog.LastError(b.runc.Log, off)
+	bin := filepath.Base(b.runc.Command)
 	if msg == "" {
-		msg = err.Error()
+		if kind := classify(err.Error()); kind != nil {
+			return fmt.Errorf("%s %s failed: %w: %w", bin, op, err, kind)
+		}
+		return fmt.Errorf("%s %s failed: %w", bin, op, err)
 	}
 	if kind := classify(msg); kind != nil {
-		return fmt.Errorf("%s %s failed: %s: %w", filepath.Base(b.runc.Command), op, msg, kind)
+		return fmt.Errorf("%s %s failed: %s: %w", bin, op, msg, kind)
 	}
-	return fmt.Errorf("%s %s failed: %s: %w", filepath.Base(b.runc.Command), op, msg, err)
+	return fmt.Errorf("%s %s failed: %s: %w", bin, op, msg, err)
 }
 
 // classify maps runc's messages to errdefs kinds. Matching strings is

@@ -1,0 +1,245 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
+)
+
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// TestChurn runs many lifecycles in parallel and then counts what leaked:
+// shim processes, mounts, runtime state, zombies; and checks every
+// lifecycle's events. CHURN_LIFECYCLES (default 100; `make stress` 1000).
+func TestChurn(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		n := envInt("CHURN_LIFECYCLES", 100)
+		if e.backend == "runsc" {
+			n = envInt("CHURN_LIFECYCLES_GVISOR", n/4)
+		}
+		const parallel = 10
+		rec := harness.Record(t, e.client, namespace)
+		ids := make(chan string, n)
+		var all []string
+		for i := 0; i < n; i++ {
+			id := containerID(t, strconv.Itoa(i))
+			ids <- id
+			all = append(all, id)
+		}
+		close(ids)
+		ctx := testContext(t)
+		start := time.Now()
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for w := 0; w < parallel; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for id := range ids {
+					c, err := e.client.NewContainer(ctx, id, e.busybox(id, nil)...)
+					if err != nil {
+						errs <- err
+						continue
+					}
+					task, err := c.NewTask(ctx, cio.NullIO)
+					if err == nil {
+						var ch <-chan client.ExitStatus
+						if ch, err = task.Wait(ctx); err == nil {
+							if err = task.Start(ctx); err == nil {
+								<-ch
+								_, err = task.Delete(ctx)
+							}
+						}
+					}
+					if err != nil {
+						errs <- fmt.Errorf("%s: %w", id, err)
+					}
+					c.Delete(ctx, client.WithSnapshotCleanup)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		took := time.Since(start)
+		rec.WaitFor(harness.Match(harness.TopicTaskDelete, all[len(all)-1]), 10*time.Second)
+		time.Sleep(time.Second)
+		want := strings.Join([]string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}, " ")
+		complete := 0
+		for _, id := range all {
+			if strings.Join(rec.Topics(id), " ") == want {
+				complete++
+			}
+		}
+		// Leaks, by kind.
+		var shims, states int
+		eventually(t, 15*time.Second, "shims gone", func() error {
+			shims = 0
+			for _, id := range all {
+				shims += len(shimsFor(id))
+			}
+			if shims > 0 {
+				return fmt.Errorf("%d shims left", shims)
+			}
+			return nil
+		})
+		for _, id := range all {
+			if _, err := os.Stat(filepath.Join(e.stateRoot(), namespace, id)); err == nil {
+				states++
+			}
+		}
+		mounts, _ := harness.MountsUnder(e.d.StateDir())
+		zombies, _ := harness.ZombieCount(e.d.Pid())
+		line := fmt.Sprintf("churn %s: %d lifecycles at parallelism %d in %.1fs (%.1f/s); events complete %d/%d; leaked shims %d, mounts %d, runtime state dirs %d, containerd zombies %d",
+			e.name(), n, parallel, took.Seconds(), float64(n)/took.Seconds(), complete, n, shims, len(mounts), states, zombies)
+		t.Log(line)
+		report(t, line)
+		if complete != n || shims+len(mounts)+states+zombies > 0 {
+			t.Fatal(line)
+		}
+	})
+}
+
+// TestExecStorm starts many execs at once in one task; every exit code must
+// come back right, and the grouped shim must not leak descriptors.
+func TestExecStorm(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		n := envInt("EXEC_STORM", 50)
+		if e.backend == "runsc" {
+			n = envInt("EXEC_STORM_GVISOR", n/2)
+		}
+		ctx := testContext(t)
+		id := containerID(t, "")
+		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sleep", "1000"))
+		task, _ := startTask(t, c, nil)
+		shim := shimsFor(id)[0]
+		fdsBefore := fdCount(shim.Pid)
+		spec, _ := c.Spec(ctx)
+		var wg sync.WaitGroup
+		wrong := make(chan string, n)
+		start := time.Now()
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				ps := *spec.Process
+				ps.Args = []string{"sh", "-c", fmt.Sprintf("exit %d", i%256)}
+				var out outputs
+				p, err := task.Exec(ctx, fmt.Sprintf("storm-%d", i), &ps, out.creator())
+				if err != nil {
+					wrong <- err.Error()
+					return
+				}
+				ch, _ := p.Wait(ctx)
+				if err := p.Start(ctx); err != nil {
+					wrong <- err.Error()
+					return
+				}
+				st := <-ch
+				if st.ExitCode() != uint32(i%256) {
+					wrong <- fmt.Sprintf("exec %d: exit %d", i, st.ExitCode())
+				}
+				p.Delete(ctx)
+			}(i)
+		}
+		wg.Wait()
+		close(wrong)
+		bad := 0
+		for w := range wrong {
+			bad++
+			t.Error(w)
+		}
+		fdsAfter := fdCount(shim.Pid)
+		line := fmt.Sprintf("exec-storm %s: %d concurrent execs in %.1fs, %d wrong; shim fds %d before, %d after", e.name(), n, time.Since(start).Seconds(), bad, fdsBefore, fdsAfter)
+		t.Log(line)
+		report(t, line)
+		if fdsAfter > fdsBefore+5 {
+			t.Fatalf("shim fds grew from %d to %d", fdsBefore, fdsAfter)
+		}
+		task.Kill(ctx, syscall.SIGKILL)
+	})
+}
+
+func fdCount(pid int) int {
+	entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(entries)
+}
+
+// TestInitKilledFromOutside: a container's init killed by someone else
+// (the host, the OOM killer) is reported like any exit. On gVisor the
+// host process is the sandbox.
+func TestInitKilledFromOutside(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := testContext(t)
+		id := containerID(t, "")
+		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sleep", "1000"))
+		task, statusC := startTask(t, c, nil)
+		if err := syscall.Kill(int(task.Pid()), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if st := waitExit(t, statusC, 10*time.Second); st.ExitCode() != 137 {
+			t.Fatalf("exit %d", st.ExitCode())
+		}
+		if _, err := task.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+		assertNothingLeft(t, e, id)
+	})
+}
+
+// TestRuntimeKilledMidCreate: the runtime dies during create (a wrapper
+// that kills itself); the create fails and nothing is left behind.
+func TestRuntimeKilledMidCreate(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runsc", "the wrapper is a runc binary_name")
+		dir := t.TempDir()
+		wrapper := filepath.Join(dir, "dying-runc")
+		// runc create starts the container's init, then the wrapper dies
+		// before runc returns.
+		os.WriteFile(wrapper, []byte(`#!/bin/sh
+case " $* " in *" create "*) runc "$@" & sleep 0.05; kill -9 $! $$ ;; esac
+exec runc "$@"
+`), 0o755)
+		id := containerID(t, "")
+		c := newContainer(t, e, id, &runtimeoptions.Options{ConfigBody: []byte(fmt.Sprintf("[runc]\nbinary_name = %q\n", wrapper))},
+			oci.WithProcessArgs("sleep", "1000"))
+		_, err := c.NewTask(testContext(t), cio.NullIO)
+		if err == nil {
+			t.Fatal("create succeeded with the runtime killed")
+		}
+		t.Logf("error: %v", err)
+		assertNothingLeft(t, e, id)
+		eventually(t, 10*time.Second, "no container process left", func() error {
+			ps, _ := harness.ProcessesMatching("sleep 1000")
+			for _, p := range ps {
+				root, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", p.Pid))
+				_ = root
+				cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.Pid))
+				if strings.Contains(string(cg), id) {
+					return fmt.Errorf("pid %d of %s still running", p.Pid, id)
+				}
+			}
+			return nil
+		})
+	})
+}
