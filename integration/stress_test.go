@@ -243,3 +243,54 @@ exec runc "$@"
 		})
 	})
 }
+
+// TestStateOnFullFilesystem: with containerd's state directory (where the
+// bundles and the shim's own files live) on a nearly full filesystem, a
+// create that cannot write fails cleanly, leaves nothing behind, and
+// creates work again once there is room.
+func TestStateOnFullFilesystem(t *testing.T) {
+	forEachOwnDaemon(t, func(t *testing.T, like *env) {
+		dir, err := os.MkdirTemp("/tmp", "fullfs-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
+			t.Skipf("cannot mount a tmpfs: %v", err)
+		}
+		defer syscall.Unmount(dir, syscall.MNT_DETACH)
+		e := ownDaemon(t, like, func(c *harness.Config) { c.StateDir = filepath.Join(dir, "state") })
+		filler := filepath.Join(dir, "filler")
+		fill := func() {
+			// Leave a few KiB: enough for containerd's bundle, not for much more.
+			var st syscall.Statfs_t
+			syscall.Statfs(dir, &st)
+			free := int64(st.Bavail) * st.Bsize
+			os.WriteFile(filler, make([]byte, max(free-16<<10, 0)), 0o644)
+		}
+		fill()
+		var failures []string
+		for i := 0; i < 5; i++ {
+			id := containerID(t, strconv.Itoa(i))
+			c := newContainer(t, e, id, nil, oci.WithProcessArgs("true"))
+			if _, err := c.NewTask(testContext(t), cio.NullIO); err != nil {
+				if !strings.Contains(err.Error(), "full") && !strings.Contains(err.Error(), "no space") {
+					t.Errorf("the error does not say the filesystem is full: %v", err)
+				}
+				failures = append(failures, err.Error())
+				assertNothingLeft(t, e, id)
+				continue
+			}
+			removeContainer(e, id)
+		}
+		if len(failures) == 0 {
+			t.Fatal("no create failed on a full filesystem")
+		}
+		t.Logf("%d of 5 creates failed on the full filesystem, e.g.: %s", len(failures), failures[0])
+		os.Remove(filler)
+		id := containerID(t, "after")
+		if st, _ := runToExit(t, newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "exit 2"))); st != 2 {
+			t.Fatalf("after freeing space: exit %d", st)
+		}
+	})
+}

@@ -53,6 +53,9 @@ type Config struct {
 	StartTimeout time.Duration
 	// LogLevel is containerd's log level (shims inherit debug). Default: debug.
 	LogLevel string
+	// StateDir overrides the daemon's state directory (e.g. a small tmpfs
+	// the test mounted). Default: a directory next to the root.
+	StateDir string
 }
 
 // Daemon is a running private containerd. Create it with Start or StartDaemon.
@@ -113,10 +116,13 @@ func StartDaemon(ctx context.Context, cfg Config) (*Daemon, error) {
 		cfg:        cfg,
 		dir:        dir,
 		root:       filepath.Join(dir, "root"),
-		state:      filepath.Join(dir, "state"),
+		state:      cfg.StateDir,
 		address:    filepath.Join(dir, "c.sock"),
 		configPath: filepath.Join(dir, "config.toml"),
 		logPath:    filepath.Join(dir, "containerd.log"),
+	}
+	if d.state == "" {
+		d.state = filepath.Join(dir, "state")
 	}
 	if err := os.WriteFile(d.configPath, []byte(d.configTOML()), 0o644); err != nil {
 		os.RemoveAll(dir)

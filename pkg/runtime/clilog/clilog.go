@@ -5,8 +5,11 @@ package clilog
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // Size is the log's current size: the offset before a command runs.
@@ -42,4 +45,18 @@ func LastError(path string, off int64) string {
 		}
 	}
 	return last
+}
+
+// SpaceHint explains a runtime failure that left no message: the runtime
+// writes its log and state next to the bundle, so a full filesystem makes
+// it fail silently. It returns "" when there is room.
+func SpaceHint(dir string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return ""
+	}
+	if free := int64(st.Bavail) * st.Bsize; free < 1<<20 {
+		return fmt.Sprintf("the filesystem of %s is full (%d bytes free)", dir, free)
+	}
+	return ""
 }

@@ -267,6 +267,9 @@ func (b *Backend) run(op string, fn func() error) error {
 	msg := clilog.LastError(b.runc.Log, off)
 	bin := filepath.Base(b.runc.Command)
 	if msg == "" {
+		if hint := clilog.SpaceHint(b.bundle); hint != "" {
+			return fmt.Errorf("%s %s failed: %w (%s)", bin, op, err, hint)
+		}
 		if kind := classify(err.Error()); kind != nil {
 			return fmt.Errorf("%s %s failed: %w: %w", bin, op, err, kind)
 		}

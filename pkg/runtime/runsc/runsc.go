@@ -465,6 +465,9 @@ func (b *Backend) wait(cmd *exec.Cmd, op string, cio gorunc.IO, stderr *bytes.Bu
 	if msg == "" {
 		msg = clilog.LastError(b.log, off)
 	}
+	if msg == "" {
+		msg = clilog.SpaceHint(b.bundle)
+	}
 	return runtimeError(op, msg, status, err)
 }
 
