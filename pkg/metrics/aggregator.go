@@ -1,0 +1,629 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"golang.org/x/sys/unix"
+)
+
+// AggregatorConfig configures the node aggregator. Zero fields take the
+// defaults below.
+type AggregatorConfig struct {
+	SocketDir string // shims' metrics sockets; DefaultSocketDir
+	StateDir  string // shims' final snapshots; DefaultStateDir
+	// Listen is a TCP address ("127.0.0.1:9324") or "unix:///path".
+	Listen string
+	// ScrapeTimeout bounds each shim's scrape (default 2s); shims are
+	// scraped in parallel, Parallelism at a time (default 16).
+	ScrapeTimeout time.Duration
+	Parallelism   int
+	// MaxScrapeBytes bounds one shim's response or final file (default
+	// 1 MiB, a real shim sends tens of KiB); MaxSeriesPerShim its series
+	// (default 10000); MaxSeries the series accumulated from exited shims
+	// (default 100000).
+	MaxScrapeBytes   int64
+	MaxSeriesPerShim int
+	MaxSeries        int
+	// VanishGrace is how long a shim whose socket disappeared without a
+	// final snapshot keeps its last scraped counters live (default 30s),
+	// in case the snapshot is late; then they are kept for good.
+	VanishGrace time.Duration
+	// TombstoneTTL is how long an exited shim instance is remembered, to
+	// skip it if its socket lingers and to fold a late snapshot as a
+	// difference (default 10m).
+	TombstoneTTL time.Duration
+	// FoldInterval is how often final snapshots are folded in between
+	// scrapes (default 15s), so they do not pile up when nobody scrapes.
+	FoldInterval time.Duration
+	// Version and Revision label the aggregator's build_info; empty means
+	// the package's.
+	Version, Revision string
+}
+
+// DefaultListen is the aggregator's default address (loopback: exposing
+// it further is the operator's choice).
+const DefaultListen = "127.0.0.1:9324"
+
+const defaultScrapeTimeout = 2 * time.Second
+
+func (c *AggregatorConfig) setDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.SocketDir, DefaultSocketDir)
+	def(&c.StateDir, DefaultStateDir)
+	def(&c.Listen, DefaultListen)
+	def(&c.Version, Version)
+	def(&c.Revision, Revision)
+	if c.ScrapeTimeout <= 0 {
+		c.ScrapeTimeout = defaultScrapeTimeout
+	}
+	if c.Parallelism <= 0 {
+		c.Parallelism = 16
+	}
+	if c.MaxScrapeBytes <= 0 {
+		c.MaxScrapeBytes = 1 << 20
+	}
+	if c.MaxSeriesPerShim <= 0 {
+		c.MaxSeriesPerShim = 10000
+	}
+	if c.MaxSeries <= 0 {
+		c.MaxSeries = 100000
+	}
+	if c.VanishGrace <= 0 {
+		c.VanishGrace = 30 * time.Second
+	}
+	if c.TombstoneTTL <= 0 {
+		c.TombstoneTTL = 10 * time.Minute
+	}
+	if c.FoldInterval <= 0 {
+		c.FoldInterval = 15 * time.Second
+	}
+}
+
+// Aggregator serves the sum of the node's shims' metrics.
+//
+// Counters and histograms (per series) are
+//
+//	base + Σ live views
+//
+// where a live view is the last good scrape of a running shim instance and
+// base accumulates the shims that are gone. Each part only grows: a view
+// is only replaced by a later scrape of the same process, and a shim
+// leaves the live set exactly once, its contribution moving into base:
+//
+//   - it exited cleanly: its final snapshot, written after its last
+//     recording and so >= every scrape of it, replaces its live view;
+//   - its socket disappeared with no snapshot (SIGKILL, crash): after
+//     VanishGrace its last view moves to base as it is;
+//   - a new process answered under the same name: the old view moves to
+//     base.
+//
+// Every instance that left is remembered for TombstoneTTL (at least while
+// its socket lingers): one whose final snapshot was folded is not scraped
+// or folded again, and for one retired without a snapshot base's share is
+// kept, so that a late snapshot adds only what it counted beyond it. So a
+// shim's counts enter the total once, and the total never goes backwards
+// across the transition. Gauges are summed
+// from this round's successful scrapes only: they describe live state.
+//
+// Series from different shims with the same labels are summed; there is
+// no shim label. A shim label would add a series per pod for every
+// counter and bucket (unbounded churn) and its series would end when the
+// shim does, which is what base exists to prevent. Per-task identity is on
+// the task_state gauge.
+type Aggregator struct {
+	cfg    AggregatorConfig
+	reg    *prometheus.Registry
+	client *http.Client
+	now    func() time.Time // tests move time
+
+	mu        sync.Mutex // serialises rounds; guards the fields below
+	base      *snapshot
+	live      map[string]*liveShim
+	tombs     map[shimKey]*tomb
+	last      *snapshot // last output's counters and histograms, see clampMonotonic
+	regressed int       // decreases clampMonotonic hid beyond rounding (tests)
+
+	shims        prometheus.Gauge
+	scrapes      prometheus.Counter
+	scrapeErrors *prometheus.CounterVec
+	shimDuration prometheus.Histogram
+	duration     prometheus.Histogram
+	folded       prometheus.Counter
+	finalErrors  prometheus.Counter
+	retired      *prometheus.CounterVec
+	dropped      prometheus.Counter
+	accumulated  prometheus.Gauge
+}
+
+type liveShim struct {
+	name, instance string
+	view           *snapshot // last good scrape
+	fresh          bool      // view is from this round: its gauges are current
+	lastSeen       time.Time // last round its socket was listed
+}
+
+type shimKey struct{ name, instance string }
+
+// tomb remembers a shim instance that left the live set.
+type tomb struct {
+	// final: its final snapshot is in base; nothing more of it counts.
+	final bool
+	// folded is what base holds of an instance retired without a final
+	// (vanished, replaced), for a late snapshot to add only the rest.
+	folded *snapshot
+	at     time.Time
+}
+
+type scrapeResult struct {
+	name, instance string
+	snap           *snapshot
+	dropped        int
+	reason         string // error kind, "" on success
+	err            error
+	took           time.Duration
+}
+
+// dialPath carries a shim's socket path to the transport's dialer.
+type dialPath struct{}
+
+// NewAggregator returns an aggregator; it creates the socket and state
+// directories (0700) if they are missing.
+func NewAggregator(cfg AggregatorConfig) (*Aggregator, error) {
+	cfg.setDefaults()
+	for _, dir := range []string{cfg.SocketDir, cfg.StateDir} {
+		if err := ensurePrivateDir(dir); err != nil {
+			return nil, fmt.Errorf("metrics aggregator: %w", err)
+		}
+	}
+	a := &Aggregator{
+		cfg: cfg,
+		reg: prometheus.NewRegistry(),
+		client: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", ctx.Value(dialPath{}).(string))
+			},
+			// Shims come and go and each idle connection costs a shim a
+			// goroutine: one connection per scrape.
+			DisableKeepAlives:      true,
+			DisableCompression:     true,
+			MaxResponseHeaderBytes: 16 << 10,
+		}},
+		now:   time.Now,
+		base:  newSnapshot(),
+		live:  make(map[string]*liveShim),
+		tombs: make(map[shimKey]*tomb),
+		last:  newSnapshot(),
+	}
+	const sub = "aggregator"
+	a.shims = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Subsystem: sub, Name: "shims",
+		Help: "Shim metrics sockets found in the last scrape."})
+	a.scrapes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Subsystem: sub, Name: "shim_scrapes_total",
+		Help: "Scrapes of shims attempted."})
+	a.scrapeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Subsystem: sub, Name: "shim_scrape_errors_total",
+		Help: "Failed scrapes of shims, by reason: connect, timeout, status, too_large, parse."}, []string{labelReason})
+	a.shimDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: sub, Name: "shim_scrape_duration_seconds",
+		Help: "Time to scrape one shim.", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}})
+	a.duration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: sub, Name: "scrape_duration_seconds",
+		Help: "Time to scrape all shims and fold in final snapshots, per scrape of the aggregator.", Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}})
+	a.folded = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Subsystem: sub, Name: "final_snapshots_folded_total",
+		Help: "Final snapshots of exited shims folded into the totals."})
+	a.finalErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Subsystem: sub, Name: "final_snapshot_errors_total",
+		Help: "Final snapshots that could not be read or parsed (and were removed)."})
+	a.retired = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Subsystem: sub, Name: "shims_retired_total",
+		Help: "Shim instances whose counts moved to the totals of exited shims, by how: exited (final snapshot), vanished (socket gone without one), replaced (a new process under the same name)."}, []string{"how"})
+	a.dropped = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Subsystem: sub, Name: "dropped_series_total",
+		Help: "Series from shims dropped: foreign or malformed, conflicting types, or over the series limits."})
+	a.accumulated = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Subsystem: sub, Name: "accumulated_series",
+		Help: "Series held for exited shims."})
+	build := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Subsystem: sub, Name: "build_info",
+		Help:        "Aggregator build, value 1.",
+		ConstLabels: prometheus.Labels{"version": cfg.Version, "revision": cfg.Revision, "goversion": goruntime.Version()}})
+	build.Set(1)
+	for _, how := range []string{"exited", "vanished", "replaced"} {
+		a.retired.WithLabelValues(how)
+	}
+	for _, r := range []string{"connect", "timeout", "status", "too_large", "parse"} {
+		a.scrapeErrors.WithLabelValues(r)
+	}
+	a.reg.MustRegister(a.shims, a.scrapes, a.scrapeErrors, a.shimDuration, a.duration, a.folded,
+		a.finalErrors, a.retired, a.dropped, a.accumulated, build,
+		newProcessCollector(), newGoCollector())
+	return a, nil
+}
+
+// Handler serves GET /metrics: every request scrapes the shims.
+func (a *Aggregator) Handler() http.Handler {
+	return promhttp.HandlerFor(a.gatherer(), promhttp.HandlerOpts{
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: 4,
+		ErrorLog:            promLogger{},
+	})
+}
+
+// gatherer is the shims' families and the aggregator's own. The shims'
+// come first: gathering them runs the round whose figures the
+// aggregator's own metrics then report.
+func (a *Aggregator) gatherer() prometheus.Gatherer {
+	return prometheus.Gatherers{prometheus.GathererFunc(a.gather), a.reg}
+}
+
+type promLogger struct{}
+
+func (promLogger) Println(v ...any) { log.L.Warn(v...) }
+
+func (a *Aggregator) gather() ([]*dto.MetricFamily, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	start := time.Now()
+	a.round(context.Background(), true)
+	out := a.totalLocked()
+	a.duration.Observe(time.Since(start).Seconds())
+	return out.toDTO(), nil
+}
+
+// foldFinals folds snapshots and retires vanished shims without scraping.
+func (a *Aggregator) foldFinals(ctx context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.round(ctx, false)
+}
+
+// round brings the aggregator's state up to date: list sockets, scrape
+// (if asked), fold final snapshots, retire what is gone. The order
+// matters: a shim writes its snapshot before removing its socket, so a
+// shim scraped here whose snapshot appeared meanwhile is superseded by
+// the snapshot in the same round.
+func (a *Aggregator) round(ctx context.Context, scrape bool) {
+	now := a.now()
+	listed := a.listSockets(ctx)
+	for _, sh := range a.live {
+		sh.fresh = false
+		if listed[sh.name] {
+			sh.lastSeen = now
+		}
+	}
+	if scrape {
+		a.shims.Set(float64(len(listed)))
+		for _, res := range a.scrapeAll(ctx, listed) {
+			a.apply(ctx, res, now)
+		}
+	}
+	a.foldFinalsLocked(ctx, now)
+	for _, name := range sortedKeys(a.live) {
+		if sh := a.live[name]; !listed[name] && now.Sub(sh.lastSeen) > a.cfg.VanishGrace {
+			a.retire(sh, now, "vanished")
+		}
+	}
+	for k, t := range a.tombs {
+		if !listed[k.name] && now.Sub(t.at) > a.cfg.TombstoneTTL {
+			delete(a.tombs, k)
+		}
+	}
+	a.accumulated.Set(float64(a.base.n))
+}
+
+func (a *Aggregator) listSockets(ctx context.Context) map[string]bool {
+	entries, err := os.ReadDir(a.cfg.SocketDir)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("list shim metrics sockets")
+	}
+	listed := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		if name, ok := strings.CutSuffix(e.Name(), socketSuffix); ok && name != "" && e.Type()&os.ModeSocket != 0 {
+			listed[name] = true
+		}
+	}
+	return listed
+}
+
+func (a *Aggregator) scrapeAll(ctx context.Context, listed map[string]bool) []scrapeResult {
+	names := sortedKeys(listed)
+	results := make([]scrapeResult, len(names))
+	sem := make(chan struct{}, a.cfg.Parallelism)
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i] = a.scrapeOne(ctx, name)
+		}()
+	}
+	wg.Wait()
+	return results
+}
+
+func (a *Aggregator) scrapeOne(ctx context.Context, name string) (res scrapeResult) {
+	res.name = name
+	start := time.Now()
+	defer func() { res.took = time.Since(start) }()
+	ctx, cancel := context.WithTimeout(context.WithValue(ctx, dialPath{}, SocketPath(a.cfg.SocketDir, name)), a.cfg.ScrapeTimeout)
+	defer cancel()
+	fail := func(reason string, err error) scrapeResult {
+		if ctx.Err() != nil {
+			reason = "timeout"
+		}
+		res.reason, res.err = reason, err
+		return res
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://shim/metrics", nil)
+	if err != nil {
+		return fail("connect", err)
+	}
+	req.Header.Set("Accept", acceptProto)
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return fail("connect", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fail("status", fmt.Errorf("status %s", resp.Status))
+	}
+	format := formatText // whatever is not protobuf is read as text
+	if expfmt.ResponseFormat(resp.Header).FormatType() == expfmt.TypeProtoDelim {
+		format = formatProto
+	}
+	snap, dropped, err := parseSnapshot(resp.Body, format, a.cfg.MaxScrapeBytes, a.cfg.MaxSeriesPerShim, true)
+	switch {
+	case errors.Is(err, errTooLarge):
+		return fail("too_large", err)
+	case err != nil:
+		return fail("parse", err)
+	}
+	res.instance = truncate(resp.Header.Get(instanceHeader), 64)
+	res.snap, res.dropped = snap, dropped
+	return res
+}
+
+func (a *Aggregator) apply(ctx context.Context, res scrapeResult, now time.Time) {
+	a.scrapes.Inc()
+	a.shimDuration.Observe(res.took.Seconds())
+	if res.err != nil {
+		a.scrapeErrors.WithLabelValues(res.reason).Inc()
+		log.G(ctx).WithError(res.err).WithField("shim", res.name).Debug("scrape shim metrics")
+		return
+	}
+	a.dropped.Add(float64(res.dropped))
+	if _, gone := a.tombs[shimKey{res.name, res.instance}]; gone {
+		return // already folded in: its socket is about to go
+	}
+	sh := a.live[res.name]
+	if sh != nil && sh.instance != res.instance {
+		a.retire(sh, now, "replaced")
+		sh = nil
+	}
+	if sh == nil {
+		sh = &liveShim{name: res.name, instance: res.instance}
+		a.live[res.name] = sh
+	}
+	sh.view, sh.fresh, sh.lastSeen = res.snap, true, now
+}
+
+// retire moves a live shim's last view into base.
+func (a *Aggregator) retire(sh *liveShim, now time.Time, how string) {
+	a.dropped.Add(float64(a.base.add(sh.view, false, a.cfg.MaxSeries)))
+	a.tombs[shimKey{sh.name, sh.instance}] = &tomb{folded: sh.view.withoutGauges(), at: now}
+	delete(a.live, sh.name)
+	a.retired.WithLabelValues(how).Inc()
+}
+
+func (a *Aggregator) foldFinalsLocked(ctx context.Context, now time.Time) {
+	entries, err := os.ReadDir(a.cfg.StateDir)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("list final metrics snapshots")
+		return
+	}
+	for _, e := range entries {
+		name, instance, ok := parseFinalName(e.Name())
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		path := filepath.Join(a.cfg.StateDir, e.Name())
+		snap, dropped, err := a.readFinal(path)
+		if err != nil {
+			// It will not get better: drop it rather than fail on it forever.
+			a.finalErrors.Inc()
+			log.G(ctx).WithError(err).WithField("file", path).Warn("final metrics snapshot")
+			_ = os.Remove(path)
+			continue
+		}
+		a.dropped.Add(float64(dropped))
+		key := shimKey{name, instance}
+		switch sh, t := a.live[name], a.tombs[key]; {
+		case t != nil && t.final:
+			// A second copy (an earlier remove failed): already counted.
+		case sh != nil && sh.instance == instance:
+			// The snapshot supersedes the live view of the same process.
+			a.dropped.Add(float64(a.base.add(snap, false, a.cfg.MaxSeries)))
+			delete(a.live, name)
+			a.retired.WithLabelValues("exited").Inc()
+			a.folded.Inc()
+		case t != nil:
+			// Retired earlier (vanished, replaced): only what it counted
+			// beyond what base already holds of it.
+			a.dropped.Add(float64(a.base.addDelta(snap, t.folded, a.cfg.MaxSeries)))
+			a.folded.Inc()
+		default:
+			// Never scraped: lived between two scrapes, or we restarted.
+			a.dropped.Add(float64(a.base.add(snap, false, a.cfg.MaxSeries)))
+			a.folded.Inc()
+		}
+		// The tomb keeps no data: nothing of this instance counts again.
+		a.tombs[key] = &tomb{final: true, at: now}
+		// Removed after folding: if we die in between, our totals die
+		// with us and the file is rightly folded into the next ones. The
+		// tomb covers a failed remove.
+		if err := os.Remove(path); err != nil {
+			log.G(ctx).WithError(err).WithField("file", path).Warn("remove final metrics snapshot")
+		}
+	}
+}
+
+func (a *Aggregator) readFinal(path string) (*snapshot, int, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, 0, fmt.Errorf("not a regular file")
+	}
+	return parseSnapshot(f, formatText, a.cfg.MaxScrapeBytes, a.cfg.MaxSeriesPerShim, false)
+}
+
+// totalLocked is base plus the live views, in a fixed order (float sums
+// depend on it).
+func (a *Aggregator) totalLocked() *snapshot {
+	t := newSnapshot()
+	t.add(a.base, false, math.MaxInt)
+	for _, name := range sortedKeys(a.live) {
+		sh := a.live[name]
+		a.dropped.Add(float64(t.add(sh.view, sh.fresh, math.MaxInt)))
+	}
+	a.clampMonotonic(t)
+	return t
+}
+
+// clampMonotonic keeps every counter and histogram at or above its last
+// output. The bookkeeping above already guarantees that for counts;
+// histogram sums are floats, and moving a shim from the live sum into
+// base reorders additions, which can change the last bit. A decrease of
+// one ulp would read as a counter reset to Prometheus.
+func (a *Aggregator) clampMonotonic(t *snapshot) {
+	for name, f := range t.families {
+		if f.typ == dto.MetricType_GAUGE {
+			continue
+		}
+		lf := a.last.families[name]
+		if lf == nil || lf.typ != f.typ {
+			lf = &family{help: f.help, typ: f.typ, series: make(map[string]*series, len(f.series))}
+			a.last.families[name] = lf
+		}
+		for k, s := range f.series {
+			l := lf.series[k]
+			if l == nil {
+				lf.series[k] = s.clone()
+				continue
+			}
+			if s.value < l.value || s.sum < l.sum || s.count < l.count {
+				if s.count < l.count || s.value < l.value*(1-1e-9) || s.sum < l.sum*(1-1e-9) {
+					a.regressed++
+				}
+			}
+			s.value, s.sum, s.count = max(s.value, l.value), max(s.sum, l.sum), max(s.count, l.count)
+			for i := range s.buckets {
+				s.buckets[i].count = max(s.buckets[i].count, cumulativeAt(l.buckets, s.buckets[i].upper))
+			}
+			*l = *s.clone()
+		}
+	}
+}
+
+// Run serves the aggregator on cfg.Listen until ctx is done.
+func (a *Aggregator) Run(ctx context.Context) error {
+	l, err := listen(a.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", a.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	go func() {
+		t := time.NewTicker(a.cfg.FoldInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				a.foldFinals(ctx)
+			}
+		}
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	log.G(ctx).WithFields(log.Fields{"listen": a.cfg.Listen, "sockets": a.cfg.SocketDir, "state": a.cfg.StateDir}).Info("metrics aggregator serving")
+	select {
+	case err := <-errc:
+		return fmt.Errorf("metrics aggregator: serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	return nil
+}
+
+// RunAggregator runs an aggregator with cfg until ctx is done.
+func RunAggregator(ctx context.Context, cfg AggregatorConfig) error {
+	a, err := NewAggregator(cfg)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// listen opens a TCP address or, with unix://, a socket 0660 (root's
+// group unless the operator chgrps it for a scraping agent).
+func listen(addr string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, "unix://")
+	if !ok {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("metrics aggregator: listen: %w", err)
+		}
+		return l, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("metrics aggregator: %w", err)
+	}
+	if err := removeStaleSocket(path); err != nil {
+		return nil, fmt.Errorf("metrics aggregator: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("metrics aggregator: listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("metrics aggregator: chmod %s: %w", path, err)
+	}
+	return l, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

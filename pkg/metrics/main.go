@@ -1,0 +1,60 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+)
+
+// Main runs "containerd-shim-custom-v2 metrics-server [flags]" (args are
+// the flags) until SIGTERM or SIGINT and returns the exit code.
+func Main(args []string) int {
+	var cfg AggregatorConfig
+	fs := flag.NewFlagSet("metrics-server", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.SocketDir, "shim-socket-dir", DefaultSocketDir, "directory where shims create their metrics sockets")
+	fs.StringVar(&cfg.StateDir, "state-dir", DefaultStateDir, "directory where exiting shims leave their final snapshots")
+	fs.StringVar(&cfg.Listen, "listen", DefaultListen, "address to serve /metrics on: host:port, or unix:///path")
+	fs.DurationVar(&cfg.ScrapeTimeout, "scrape-timeout", defaultScrapeTimeout, "timeout of each shim's scrape")
+	debug := fs.Bool("debug", false, "log at debug level (every failed shim scrape)")
+	usage := func() {
+		fmt.Fprintln(os.Stderr, "usage: containerd-shim-custom-v2 metrics-server [flags]")
+		fs.SetOutput(os.Stderr)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage()
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "metrics-server: %v\n", err)
+		usage()
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "metrics-server: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if cfg.ScrapeTimeout <= 0 {
+		fmt.Fprintln(os.Stderr, "metrics-server: --scrape-timeout must be positive")
+		return 2
+	}
+	_ = log.SetFormat(log.TextFormat)
+	if *debug {
+		_ = log.SetLevel("debug")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer stop()
+	if err := RunAggregator(ctx, cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "metrics-server: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,619 @@
+package metrics
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	goruntime "runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Prefix is the namespace of every metric the shim and the aggregator export.
+const Prefix = "containerd_shim_custom_"
+
+const namespace = "containerd_shim_custom"
+
+// Label names.
+const (
+	labelBackend = "backend"
+	labelHandler = "runtime_handler"
+	labelReason  = "reason"
+	labelState   = "state"
+	labelMethod  = "method"
+	labelResult  = "result"
+	labelCommand = "command"
+)
+
+// overflow replaces label values past the cardinality caps below (and
+// values that are not valid UTF-8), so a misbehaving caller costs one extra
+// series, not an unbounded number.
+const overflow = "other"
+
+// Cardinality caps. Real shims stay far below them: a few backends and
+// handlers, about 20 Task API methods, a dozen backend commands.
+const (
+	maxLabelSets = 64
+	maxRPCSeries = 512
+	maxCommands  = 256
+)
+
+// Buckets, in seconds.
+var (
+	// Create to start: runc takes tens of ms, gVisor hundreds, a slow
+	// image mount or a loaded node seconds.
+	startLatencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
+	// Process lifetimes: from crash loops (sub-second) to a week.
+	runDurationBuckets = []float64{.1, 1, 10, 60, 300, 900, 3600, 14400, 86400, 604800}
+	// Task API calls: State is microseconds, Create/Start/Delete fork a
+	// runtime, Checkpoint can take a minute.
+	rpcBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+	// One runtime CLI invocation (runc create, runsc wait…).
+	commandBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
+)
+
+// Labels are the low-cardinality labels on every task metric.
+type Labels struct {
+	Backend string // "runc" or "runsc"
+	Handler string // CRI runtime handler name, "" when not known
+}
+
+// Task identifies one task on the per-task state gauge. Its fields come
+// from the container's config.json: see TaskFromAnnotations.
+type Task struct {
+	Namespace    string // containerd namespace
+	ID           string // task (container) id
+	Pod          string // io.kubernetes.cri.sandbox-name
+	PodNamespace string // io.kubernetes.cri.sandbox-namespace
+	Container    string // io.kubernetes.cri.container-name
+}
+
+// CRI annotations TaskFromAnnotations reads (pkg/oci has the same names;
+// repeated here so that this package depends on nothing of the shim's).
+const (
+	annotationPodName      = "io.kubernetes.cri.sandbox-name"
+	annotationPodNamespace = "io.kubernetes.cri.sandbox-namespace"
+	annotationContainer    = "io.kubernetes.cri.container-name"
+)
+
+// TaskFromAnnotations builds a Task from the spec's annotations; outside
+// Kubernetes the pod fields stay empty.
+func TaskFromAnnotations(namespace, id string, annotations map[string]string) Task {
+	return Task{
+		Namespace:    namespace,
+		ID:           id,
+		Pod:          annotations[annotationPodName],
+		PodNamespace: annotations[annotationPodNamespace],
+		Container:    annotations[annotationContainer],
+	}
+}
+
+// ExitReason classifies a process exit.
+type ExitReason uint8
+
+const (
+	ExitCompleted ExitReason = iota // status 0
+	ExitError                       // non-zero status that is not a signal
+	ExitSignaled                    // 128+n: killed by signal n, not by the OOM killer
+	ExitOOMKilled                   // killed after an OOM in its cgroup
+	numExitReasons
+)
+
+var exitReasonNames = [numExitReasons]string{"completed", "error", "signaled", "oom_killed"}
+
+func (r ExitReason) String() string { return exitReasonNames[r.valid()] }
+
+// valid maps an out-of-range reason to ExitError.
+func (r ExitReason) valid() ExitReason {
+	if r < numExitReasons {
+		return r
+	}
+	return ExitError
+}
+
+// ExitReasonOf classifies an exit status. oomKilled is whether the OOM
+// killer acted in the process's cgroup while it ran; a zero status still
+// counts as completed (the killer may have taken a child instead).
+func ExitReasonOf(status uint32, oomKilled bool) ExitReason {
+	switch {
+	case status == 0:
+		return ExitCompleted
+	case oomKilled:
+		return ExitOOMKilled
+	case status > 128 && status <= 128+64: // Linux signals are 1..64
+		return ExitSignaled
+	}
+	return ExitError
+}
+
+// State is a task's state on the tasks and task_state gauges.
+type State uint8
+
+const (
+	StateCreated State = iota
+	StateRunning
+	StatePaused
+	StateStopped
+	numStates
+)
+
+var stateNames = [numStates]string{"created", "running", "paused", "stopped"}
+
+func (s State) String() string {
+	if s < numStates {
+		return stateNames[s]
+	}
+	return "unknown"
+}
+
+// Result is the result label of an RPC: "ok", or the errdefs kind of err in
+// snake case ("not_found", "failed_precondition"…), "unknown" otherwise.
+func Result(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errdefs.IsNotFound(err):
+		return "not_found"
+	case errdefs.IsAlreadyExists(err):
+		return "already_exists"
+	case errdefs.IsInvalidArgument(err):
+		return "invalid_argument"
+	case errdefs.IsFailedPrecondition(err):
+		return "failed_precondition"
+	case errdefs.IsNotImplemented(err):
+		return "not_implemented"
+	case errdefs.IsUnavailable(err):
+		return "unavailable"
+	case errdefs.IsPermissionDenied(err):
+		return "permission_denied"
+	case errdefs.IsResourceExhausted(err):
+		return "resource_exhausted"
+	case errdefs.IsConflict(err):
+		return "conflict"
+	case errdefs.IsNotModified(err):
+		return "not_modified"
+	case errdefs.IsAborted(err):
+		return "aborted"
+	case errdefs.IsOutOfRange(err):
+		return "out_of_range"
+	case errdefs.IsInternal(err):
+		return "internal"
+	case errdefs.IsDataLoss(err):
+		return "data_loss"
+	case errdefs.IsUnauthorized(err):
+		return "unauthenticated"
+	case errors.Is(err, context.Canceled), errdefs.IsCanceled(err):
+		return "canceled"
+	case errors.Is(err, context.DeadlineExceeded), errdefs.IsDeadlineExceeded(err):
+		return "deadline_exceeded"
+	}
+	return "unknown"
+}
+
+// Version and Revision label build_info (the shim's and the aggregator's)
+// when Options or AggregatorConfig leave them empty. The binary sets them
+// from its own (pkg/shim.Version).
+var (
+	Version  = "dev"
+	Revision = ""
+)
+
+// Options configures a Recorder.
+type Options struct {
+	// Version and Revision label build_info; empty means the package's.
+	Version, Revision string
+	// GoMetrics adds the Go runtime collector (go_*). Off by default: it
+	// costs every shim a little on each scrape and the aggregator drops it.
+	GoMetrics bool
+	// ProcessMetrics adds the process collector (process_*: CPU, fds,
+	// memory of the shim). Without it only process_start_time_seconds is
+	// exported, taken when the Recorder is created.
+	ProcessMetrics bool
+}
+
+// Recorder records a shim's task lifecycle. Its methods are safe for
+// concurrent use, never block on I/O and never wait for a scrape longer
+// than it takes to copy the task map; the counter and histogram paths do
+// not allocate. The recording methods of a nil *Recorder do nothing, so
+// code under test or a shim without metrics can call them unconditionally.
+type Recorder struct {
+	reg      *prometheus.Registry
+	instance string // random per process: tells the aggregator a restarted shim from its predecessor
+
+	tasksCreated, tasksStarted, tasksDeleted *prometheus.CounterVec
+	tasksExited, oomEvents                   *prometheus.CounterVec
+	execsStarted, execsExited                *prometheus.CounterVec
+	startLatency, runDuration                *prometheus.HistogramVec
+	rpcRequests                              *prometheus.CounterVec
+	rpcDuration                              *prometheus.HistogramVec
+	commandDuration                          *prometheus.HistogramVec
+	commandFailures                          *prometheus.CounterVec
+
+	sets cache[Labels, *labelSet]
+	rpcs cache[rpcKey, *rpcSeries]
+	cmds cache[commandKey, *commandSeries]
+
+	// tasksMu guards tasks only; it is held for one map operation on the
+	// task path and for one copy of the map on a scrape.
+	tasksMu sync.Mutex
+	tasks   map[taskKey]*taskEntry // pointers: a state change is a lookup, not a map write
+}
+
+// labelSet holds the children of every task metric for one Labels value,
+// resolved once so that recording is an atomic add.
+type labelSet struct {
+	created, started, deleted, oom, execStarted prometheus.Counter
+	exited, execExited                          [numExitReasons]prometheus.Counter
+	startLatency, runDuration                   prometheus.Observer
+}
+
+type rpcKey struct{ method, result string }
+
+type rpcSeries struct {
+	requests prometheus.Counter
+	duration prometheus.Observer // nil for Wait
+}
+
+type commandKey struct {
+	l       Labels
+	command string
+}
+
+type commandSeries struct {
+	duration prometheus.Observer
+	failures prometheus.Counter
+}
+
+type taskKey struct{ namespace, id string }
+
+type taskEntry struct {
+	l     Labels
+	t     Task
+	state State
+}
+
+// New returns a Recorder with its own registry (never the global one).
+func New(opts Options) *Recorder {
+	if opts.Version == "" {
+		opts.Version = Version
+	}
+	if opts.Revision == "" {
+		opts.Revision = Revision
+	}
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:]) // never fails since Go 1.24
+	r := &Recorder{
+		reg:      prometheus.NewRegistry(),
+		instance: hex.EncodeToString(nonce[:]),
+		tasks:    make(map[taskKey]*taskEntry),
+	}
+	r.sets.max, r.rpcs.max, r.cmds.max = maxLabelSets, maxRPCSeries, maxCommands
+
+	base := []string{labelBackend, labelHandler}
+	counter := func(name, help string, extra ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help},
+			append(append([]string{}, base...), extra...))
+	}
+	histogram := func(name, help string, buckets []float64, labels []string) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets}, labels)
+	}
+	r.tasksCreated = counter("tasks_created_total", "Tasks created (init process created, not yet started).")
+	r.tasksStarted = counter("tasks_started_total", "Tasks whose init process was started.")
+	r.tasksExited = counter("tasks_exited_total", "Task init processes that exited, by reason: completed (status 0), error (other status), signaled (128+n), oom_killed.", labelReason)
+	r.tasksDeleted = counter("tasks_deleted_total", "Tasks deleted.")
+	r.oomEvents = counter("oom_events_total", "OOM kills seen in task cgroups.")
+	r.execsStarted = counter("execs_started_total", "Exec processes started.")
+	r.execsExited = counter("execs_exited_total", "Exec processes that exited, by reason as for tasks_exited_total.", labelReason)
+	r.startLatency = histogram("task_start_latency_seconds", "Time from a task's Create request to its init process running.", startLatencyBuckets, base)
+	r.runDuration = histogram("task_run_duration_seconds", "Time a task's init process ran, from start to exit.", runDurationBuckets, base)
+	r.rpcRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "task_rpc_requests_total",
+		Help: "Task API requests served, by method and result (ok or the error kind)."}, []string{labelMethod, labelResult})
+	r.rpcDuration = histogram("task_rpc_duration_seconds", "Time to serve a Task API request, by method (Wait, which lasts as long as the process, is not timed).", rpcBuckets, []string{labelMethod})
+	r.commandDuration = histogram("backend_command_duration_seconds", "Time a backend command (runc create, runsc wait…) took, failed or not.", commandBuckets, append(append([]string{}, base...), labelCommand))
+	r.commandFailures = counter("backend_command_failures_total", "Backend commands that failed.", labelCommand)
+
+	build := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "build_info",
+		Help:        "Shim build; the value is the number of shim processes of that build (1 per shim, summed by the aggregator).",
+		ConstLabels: prometheus.Labels{"version": opts.Version, "revision": opts.Revision, "goversion": goruntime.Version()}})
+	build.Set(1)
+
+	r.reg.MustRegister(r.tasksCreated, r.tasksStarted, r.tasksExited, r.tasksDeleted, r.oomEvents,
+		r.execsStarted, r.execsExited, r.startLatency, r.runDuration, r.rpcRequests, r.rpcDuration,
+		r.commandDuration, r.commandFailures, build, taskCollector{r})
+	if opts.ProcessMetrics {
+		r.reg.MustRegister(newProcessCollector())
+	} else {
+		start := prometheus.NewGauge(prometheus.GaugeOpts{Name: "process_start_time_seconds",
+			Help: "Start time of the process since unix epoch in seconds."})
+		start.Set(float64(time.Now().UnixNano()) / 1e9)
+		r.reg.MustRegister(start)
+	}
+	if opts.GoMetrics {
+		r.reg.MustRegister(newGoCollector())
+	}
+	return r
+}
+
+// Gatherer is the recorder's registry, for tests and for embedding into
+// another handler.
+func (r *Recorder) Gatherer() prometheus.Gatherer { return r.reg }
+
+// Instance is the random id of this recorder, sent to the aggregator with
+// every scrape and in the final snapshot.
+func (r *Recorder) Instance() string { return r.instance }
+
+// instanceHeader carries Instance on /metrics responses.
+const instanceHeader = "Shim-Instance"
+
+// Handler serves the recorder's metrics in the text format.
+func (r *Recorder) Handler() http.Handler {
+	h := promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+		// The only client is the aggregator on a unix socket: compressing
+		// would cost both sides CPU for nothing.
+		DisableCompression:  true,
+		MaxRequestsInFlight: 2,
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set(instanceHeader, r.instance)
+		h.ServeHTTP(w, req)
+	})
+}
+
+// TaskCreated records a task whose init process the backend created.
+func (r *Recorder) TaskCreated(l Labels, t Task) {
+	if r == nil {
+		return
+	}
+	r.set(l).created.Inc()
+	r.tasksMu.Lock()
+	r.tasks[taskKey{t.Namespace, t.ID}] = &taskEntry{l: l, t: t, state: StateCreated}
+	r.tasksMu.Unlock()
+}
+
+// TaskStarted records a started init process; sinceCreate is the time from
+// the task's Create request to the end of its Start.
+func (r *Recorder) TaskStarted(l Labels, t Task, sinceCreate time.Duration) {
+	if r == nil {
+		return
+	}
+	s := r.set(l)
+	s.started.Inc()
+	s.startLatency.Observe(sinceCreate.Seconds())
+	r.setState(t, StateRunning)
+}
+
+// TaskExited records the exit of a task's init process; ran is the time
+// from its start to its exit, negative if it never started (not observed).
+func (r *Recorder) TaskExited(l Labels, t Task, reason ExitReason, ran time.Duration) {
+	if r == nil {
+		return
+	}
+	s := r.set(l)
+	s.exited[reason.valid()].Inc()
+	if ran >= 0 {
+		s.runDuration.Observe(ran.Seconds())
+	}
+	r.setState(t, StateStopped)
+}
+
+// TaskDeleted records a deleted task; its task_state series disappears.
+func (r *Recorder) TaskDeleted(l Labels, t Task) {
+	if r == nil {
+		return
+	}
+	r.set(l).deleted.Inc()
+	r.tasksMu.Lock()
+	delete(r.tasks, taskKey{t.Namespace, t.ID})
+	r.tasksMu.Unlock()
+}
+
+// TaskState records a state change (pause, resume…) of a task already
+// recorded by TaskCreated; unknown tasks are ignored so that a late call
+// racing TaskDeleted cannot bring a deleted task back.
+func (r *Recorder) TaskState(l Labels, t Task, state State) {
+	if r == nil {
+		return
+	}
+	if state >= numStates {
+		return
+	}
+	r.setState(t, state)
+}
+
+func (r *Recorder) setState(t Task, state State) {
+	k := taskKey{t.Namespace, t.ID}
+	r.tasksMu.Lock()
+	if e := r.tasks[k]; e != nil {
+		e.state = state
+	}
+	r.tasksMu.Unlock()
+}
+
+// OOM records an OOM kill in a task's cgroup.
+func (r *Recorder) OOM(l Labels) {
+	if r == nil {
+		return
+	}
+	r.set(l).oom.Inc()
+}
+
+// ExecStarted records a started exec process.
+func (r *Recorder) ExecStarted(l Labels) {
+	if r == nil {
+		return
+	}
+	r.set(l).execStarted.Inc()
+}
+
+// ExecExited records an exec process's exit.
+func (r *Recorder) ExecExited(l Labels, reason ExitReason) {
+	if r == nil {
+		return
+	}
+	r.set(l).execExited[reason.valid()].Inc()
+}
+
+// RPC records one Task API request. method is the method name ("Create");
+// a full ttrpc name ("/containerd.task.v3.Task/Create") is trimmed to it.
+// result is "ok" or an error kind: see Result.
+func (r *Recorder) RPC(method, result string, d time.Duration) {
+	if r == nil {
+		return
+	}
+	if i := strings.LastIndexByte(method, '/'); i >= 0 {
+		method = method[i+1:]
+	}
+	s := r.rpcs.get(rpcKey{method, result}, rpcKey{overflow, overflow}, r.newRPCSeries)
+	s.requests.Inc()
+	if s.duration != nil {
+		s.duration.Observe(d.Seconds())
+	}
+}
+
+// BackendCommand records one backend command: its duration always, a
+// failure when err is not nil.
+func (r *Recorder) BackendCommand(l Labels, command string, err error, d time.Duration) {
+	if r == nil {
+		return
+	}
+	s := r.cmds.get(commandKey{l, command}, commandKey{Labels{overflow, overflow}, overflow}, r.newCommandSeries)
+	s.duration.Observe(d.Seconds())
+	if err != nil {
+		s.failures.Inc()
+	}
+}
+
+func (r *Recorder) set(l Labels) *labelSet {
+	return r.sets.get(l, Labels{overflow, overflow}, r.newLabelSet)
+}
+
+// newLabelSet creates every series of a label set at once, so that all
+// exit reasons are exported as 0 from the first task on (rate() needs the
+// zero).
+func (r *Recorder) newLabelSet(l Labels) (*labelSet, error) {
+	var errs []error
+	c := func(v *prometheus.CounterVec, extra ...string) prometheus.Counter {
+		m, err := v.GetMetricWithLabelValues(append([]string{l.Backend, l.Handler}, extra...)...)
+		errs = append(errs, err)
+		return m
+	}
+	o := func(v *prometheus.HistogramVec) prometheus.Observer {
+		m, err := v.GetMetricWithLabelValues(l.Backend, l.Handler)
+		errs = append(errs, err)
+		return m
+	}
+	s := &labelSet{
+		created:      c(r.tasksCreated),
+		started:      c(r.tasksStarted),
+		deleted:      c(r.tasksDeleted),
+		oom:          c(r.oomEvents),
+		execStarted:  c(r.execsStarted),
+		startLatency: o(r.startLatency),
+		runDuration:  o(r.runDuration),
+	}
+	for i := range numExitReasons {
+		s.exited[i] = c(r.tasksExited, i.String())
+		s.execExited[i] = c(r.execsExited, i.String())
+	}
+	return s, errors.Join(errs...)
+}
+
+func (r *Recorder) newRPCSeries(k rpcKey) (*rpcSeries, error) {
+	c, err := r.rpcRequests.GetMetricWithLabelValues(k.method, k.result)
+	if err != nil {
+		return nil, err
+	}
+	s := &rpcSeries{requests: c}
+	if k.method != "Wait" {
+		if s.duration, err = r.rpcDuration.GetMetricWithLabelValues(k.method); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (r *Recorder) newCommandSeries(k commandKey) (*commandSeries, error) {
+	o, err := r.commandDuration.GetMetricWithLabelValues(k.l.Backend, k.l.Handler, k.command)
+	if err != nil {
+		return nil, err
+	}
+	c, err := r.commandFailures.GetMetricWithLabelValues(k.l.Backend, k.l.Handler, k.command)
+	if err != nil {
+		return nil, err
+	}
+	return &commandSeries{duration: o, failures: c}, nil
+}
+
+// cache maps a label key to its resolved series. Reads are one atomic load
+// and a map lookup (no lock, no allocation); a new key copies the map under
+// mu, which happens a handful of times in a shim's life. Past max keys, or
+// for a key whose label values client_golang rejects, the overflow key is
+// used instead.
+type cache[K comparable, V any] struct {
+	m   atomicMap[K, V]
+	mu  sync.Mutex
+	max int
+}
+
+func (c *cache[K, V]) get(k K, overflowKey K, build func(K) (V, error)) V {
+	if v, ok := c.m.load()[k]; ok {
+		return v
+	}
+	return c.slow(k, overflowKey, build)
+}
+
+func (c *cache[K, V]) slow(k K, overflowKey K, build func(K) (V, error)) V {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.m.load()
+	if v, ok := m[k]; ok {
+		return v
+	}
+	if len(m) < c.max {
+		if v, err := build(k); err == nil {
+			c.m.store(k, v)
+			return v
+		}
+	}
+	if v, ok := m[overflowKey]; ok {
+		return v
+	}
+	v, err := build(overflowKey)
+	if err != nil {
+		panic("metrics: overflow series rejected: " + err.Error()) // constant ASCII labels: cannot happen
+	}
+	c.m.store(overflowKey, v)
+	return v
+}
+
+// atomicMap is a copy-on-write map: readers load it without a lock.
+type atomicMap[K comparable, V any] struct {
+	p atomic.Pointer[map[K]V]
+}
+
+func (a *atomicMap[K, V]) load() map[K]V {
+	if p := a.p.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// store adds k; callers serialise stores.
+func (a *atomicMap[K, V]) store(k K, v V) {
+	old := a.load()
+	m := make(map[K]V, len(old)+1)
+	for ok, ov := range old {
+		m[ok] = ov
+	}
+	m[k] = v
+	a.p.Store(&m)
+}
