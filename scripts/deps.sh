@@ -75,11 +75,22 @@ if [ "$(cat "$runsc_dir/.version" 2>/dev/null)" != "$runsc_version" ] || [ ! -x 
   echo "$runsc_version" > "$runsc_dir/.version"
 fi
 
+# ---- promtool (lints the metrics exposition in the tests) -----------------------
+promtool_version=${PROMTOOL_VERSION:-v0.316.0}
+if [ "$(cat "$tools/bin/.promtool-version" 2>/dev/null)" != "$promtool_version" ] || [ ! -x "$tools/bin/promtool" ]; then
+  command -v go >/dev/null || { log "go not found (needed to build promtool)"; exit 1; }
+  log "building promtool $promtool_version into $tools/bin (takes a few minutes)"
+  mkdir -p "$tools/bin"
+  GOFLAGS=-mod=mod GOBIN=$tools/bin go install "github.com/prometheus/prometheus/cmd/promtool@$promtool_version"
+  echo "$promtool_version" > "$tools/bin/.promtool-version"
+fi
+
 # ---- summary -------------------------------------------------------------------
 first_line() { "$@" 2>&1 | head -n1; }
 echo "runc:       $(first_line runc --version)"
 echo "busybox:    $(first_line busybox | cut -d' ' -f1-2)"
 echo "criu:       $(first_line criu --version)"
+echo "promtool:   $tools/bin/promtool ($promtool_version)"
 echo "runsc:      $runsc_dir/runsc ($runsc_version); Debian: $(first_line /usr/bin/runsc --version)"
 echo "cni:        $(find /usr/lib/cni -maxdepth 1 -type f -printf '%f\n' 2>/dev/null | sort | tr '\n' ' ')"
 for v in $versions; do

@@ -17,10 +17,11 @@ import (
 // the flags) until SIGTERM or SIGINT and returns the exit code.
 func Main(args []string) int {
 	var cfg AggregatorConfig
+	sockets, finals := Dirs()
 	fs := flag.NewFlagSet("metrics-server", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&cfg.SocketDir, "shim-socket-dir", DefaultSocketDir, "directory where shims create their metrics sockets")
-	fs.StringVar(&cfg.StateDir, "state-dir", DefaultStateDir, "directory where exiting shims leave their final snapshots")
+	fs.StringVar(&cfg.SocketDir, "shim-socket-dir", sockets, "directory where shims create their metrics sockets ($"+DirEnv+"/metrics if set)")
+	fs.StringVar(&cfg.StateDir, "state-dir", finals, "directory where exiting shims leave their final snapshots ($"+DirEnv+"/metrics-final if set)")
 	fs.StringVar(&cfg.Listen, "listen", DefaultListen, "address to serve /metrics on: host:port, or unix:///path")
 	fs.DurationVar(&cfg.ScrapeTimeout, "scrape-timeout", defaultScrapeTimeout, "timeout of each shim's scrape")
 	debug := fs.Bool("debug", false, "log at debug level (every failed shim scrape)")

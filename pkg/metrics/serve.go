@@ -29,6 +29,20 @@ const (
 	DefaultStateDir = "/run/containerd/custom/metrics-final"
 )
 
+// DirEnv, in the shim's environment (inherited from containerd), moves
+// both directories under one base: $DirEnv/metrics and
+// $DirEnv/metrics-final. It lets a private containerd (tests, a second
+// daemon on a node) keep its shims' metrics apart.
+const DirEnv = "CONTAINERD_SHIM_CUSTOM_METRICS_DIR"
+
+// Dirs returns the socket and final-snapshot directories to use.
+func Dirs() (socketDir, stateDir string) {
+	if base := os.Getenv(DirEnv); base != "" {
+		return filepath.Join(base, "metrics"), filepath.Join(base, "metrics-final")
+	}
+	return DefaultSocketDir, DefaultStateDir
+}
+
 const (
 	socketSuffix = ".sock"
 	finalSuffix  = ".prom"

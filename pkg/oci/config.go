@@ -36,6 +36,7 @@ const (
 //
 //	backend = "runc"                  # "runc" or "runsc"
 //	allow_backend_annotation = false  # honour io.containerd.custom.v2.backend
+//	runtime_handler = ""              # metrics label; default: this file's name
 //	[runc]
 //	binary_name = "runc"              # any runc-compatible CLI, e.g. crun
 //	root = "/run/containerd/custom/runc"
@@ -51,10 +52,13 @@ const (
 //	debug_log = ""
 //	flags = { "overlay2" = "root:memory" }
 type Config struct {
-	Backend                string      `toml:"backend" json:"backend"`
-	AllowBackendAnnotation bool        `toml:"allow_backend_annotation" json:"allow_backend_annotation,omitempty"`
-	Runc                   RuncConfig  `toml:"runc" json:"runc"`
-	Runsc                  RunscConfig `toml:"runsc" json:"runsc"`
+	Backend                string `toml:"backend" json:"backend"`
+	AllowBackendAnnotation bool   `toml:"allow_backend_annotation" json:"allow_backend_annotation,omitempty"`
+	// RuntimeHandler names the handler in metrics (runtime_handler label);
+	// containerd does not tell shims. Default: the config file's base name.
+	RuntimeHandler string      `toml:"runtime_handler" json:"runtime_handler,omitempty"`
+	Runc           RuncConfig  `toml:"runc" json:"runc"`
+	Runsc          RunscConfig `toml:"runsc" json:"runsc"`
 
 	// TypeUrl may appear when CRI passes a whole options table as ConfigBody.
 	TypeURL string `toml:"TypeUrl" json:"-"`
@@ -174,7 +178,14 @@ func LoadConfigFile(path string) (*Config, error) {
 		}
 		return nil, fmt.Errorf("read runtime config file %s: %w", path, err)
 	}
-	return ParseConfig(data, path)
+	c, err := ParseConfig(data, path)
+	if err != nil {
+		return nil, err
+	}
+	if c.RuntimeHandler == "" {
+		c.RuntimeHandler = strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+	}
+	return c, nil
 }
 
 // LoadDefaultConfig is used when containerd sends no options: the file named

@@ -13,6 +13,8 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
 // Name is the runtime name containerd uses for this shim.
@@ -36,6 +38,7 @@ type flags struct {
 	version   bool
 	info      bool
 	action    string
+	args      []string // after the action
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -56,6 +59,9 @@ func parseFlags(args []string) (*flags, error) {
 		return nil, err
 	}
 	f.action = fs.Arg(0)
+	if fs.NArg() > 1 {
+		f.args = fs.Args()[1:]
+	}
 	return f, nil
 }
 
@@ -82,8 +88,12 @@ func Run(ctx context.Context, args []string) int {
 		}
 		return 0
 	}
-	if f.action == "check" {
+	switch f.action {
+	case "check":
 		return runCheck(os.Stdout)
+	case "metrics-server":
+		metrics.Version, metrics.Revision = Version, Revision
+		return metrics.Main(f.args)
 	}
 	if f.namespace == "" {
 		fmt.Fprintf(os.Stderr, "%s: shim namespace cannot be empty\n", Name)

@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 )
@@ -38,6 +41,13 @@ type container struct {
 
 	init *process
 
+	// For metrics: labels, identity, and when the task was created/started.
+	labels    metrics.Labels
+	ident     metrics.Task
+	createdAt time.Time
+	startedAt time.Time // guarded by init.mu
+	oomKilled atomic.Bool
+
 	mu    sync.Mutex
 	execs map[string]*process // guarded by mu; a nil value reserves the id
 }
@@ -52,6 +62,8 @@ func newContainer(id, bundle, ns string, cfg *oci.Config, spec *specs.Spec, b ru
 		annotations: spec.Annotations,
 		execs:       make(map[string]*process),
 		sharedPidNS: true,
+		labels:      metrics.Labels{Backend: cfg.Backend, Handler: cfg.RuntimeHandler},
+		ident:       metrics.TaskFromAnnotations(ns, id, spec.Annotations),
 	}
 	if w, ok := b.(runtime.InitWaiter); ok {
 		c.waiter = w

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 )
@@ -68,7 +69,7 @@ func runDelete(ctx context.Context, f *flags, stdout io.Writer) error {
 	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmount rootfs")
 	}
-	removeDeadSocket(bundle)
+	removeDeadSocket(f.namespace, bundle)
 
 	e, err := readExitStatus(bundle)
 	if err != nil {
@@ -121,7 +122,7 @@ func cleanupBackend(ctx context.Context, ns, id, bundle string) {
 // removeDeadSocket removes the socket of a shim that no longer answers, so
 // a SIGKILLed shim leaves no socket behind. containerd recorded the address
 // in bootstrap.json (2.x) or address (1.x).
-func removeDeadSocket(bundle string) {
+func removeDeadSocket(namespace, bundle string) {
 	var address string
 	if data, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json")); err == nil {
 		var b struct {
@@ -141,5 +142,11 @@ func removeDeadSocket(bundle string) {
 	}
 	if err := cshim.RemoveSocket(address); err != nil && !os.IsNotExist(err) {
 		log.L.WithError(err).Warn(fmt.Sprintf("remove dead shim socket %s", address))
+	}
+	// Its metrics socket too (removed only if nothing answers there).
+	name := metrics.Name(namespace, filepath.Base(trimUnix(address)))
+	sockets, _ := metrics.Dirs()
+	if err := metrics.CleanupSocket(metrics.SocketPath(sockets, name)); err != nil {
+		log.L.WithError(err).Debug("remove dead shim metrics socket")
 	}
 }

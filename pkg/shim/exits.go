@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/v2/pkg/protobuf"
@@ -11,6 +12,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 )
 
@@ -218,7 +220,18 @@ func (t *exitTracker) publishExit(e runtime.Exit, c *container, p *process) {
 	})
 	p.setExitedLocked(e.Status, e.Timestamp)
 	pio := p.io
+	startedAt := c.startedAt
 	p.mu.Unlock()
+	reason := metrics.ExitReasonOf(uint32(e.Status), c.oomKilled.Load())
+	if p.isInit() {
+		ran := time.Duration(-1)
+		if !startedAt.IsZero() {
+			ran = e.Timestamp.Sub(startedAt)
+		}
+		t.s.metrics.TaskExited(c.labels, c.ident, reason, ran)
+	} else {
+		t.s.metrics.ExecExited(c.labels, reason)
+	}
 	if pio != nil {
 		pio.Exited(t.s.platform)
 	}

@@ -3,10 +3,13 @@ package shim
 import (
 	"context"
 	"reflect"
+	"time"
 
 	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
 // Register serves the Task API on server, as containerd.task.v3.Task and,
@@ -43,13 +46,17 @@ func reflectDesc(svc taskv3.TTRPCTaskService) *ttrpc.ServiceDesc {
 	return desc
 }
 
-// errorInterceptor converts errors to gRPC status once, at the ttrpc
-// boundary, so their errdefs kind reaches containerd (a plain error would
-// arrive as Unknown).
-func errorInterceptor(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
-	resp, err := method(ctx, unmarshal)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+// interceptor converts errors to gRPC status once, at the ttrpc boundary,
+// so their errdefs kind reaches containerd (a plain error would arrive as
+// Unknown), and records each RPC's result and duration.
+func interceptor(rec *metrics.Recorder) ttrpc.UnaryServerInterceptor {
+	return func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
+		start := time.Now()
+		resp, err := method(ctx, unmarshal)
+		rec.RPC(info.FullMethod, metrics.Result(err), time.Since(start))
+		if err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		return resp, nil
 	}
-	return resp, nil
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	goruntime "runtime"
 	"runtime/debug"
 	"time"
@@ -18,6 +20,8 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
 // runServe is the long-running shim server. containerd's "start" call
@@ -48,12 +52,23 @@ func runServe(ctx context.Context, f *flags) error {
 	}
 	defer platform.Close()
 
+	// Task metrics on a unix socket of their own, for the node aggregator.
+	rec := metrics.New(metrics.Options{Version: Version, Revision: Revision})
+	metricsName := metrics.Name(f.namespace, filepath.Base(f.socket))
+	metricsSockets, metricsFinals := metrics.Dirs()
+	stopMetrics, err := metrics.Serve(ctx, metrics.SocketPath(metricsSockets, metricsName), rec)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("metrics endpoint disabled")
+		stopMetrics = func() error { return nil }
+	}
+
 	shutdown := make(chan struct{})
 	var once = make(chan struct{}, 1)
 	svc, err := NewService(ctx, ServiceConfig{
 		Namespace: f.namespace,
 		Events:    newTTRPCSender(os.Getenv("TTRPC_ADDRESS")),
 		Platform:  platform,
+		Metrics:   rec,
 		Shutdown: func() {
 			select {
 			case once <- struct{}{}:
@@ -73,7 +88,7 @@ func runServe(ctx context.Context, f *flags) error {
 
 	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
-		ttrpc.WithUnaryServerInterceptor(errorInterceptor),
+		ttrpc.WithUnaryServerInterceptor(interceptor(rec)),
 	)
 	if err != nil {
 		return fmt.Errorf("create ttrpc server: %w", err)
@@ -106,6 +121,14 @@ func runServe(ctx context.Context, f *flags) error {
 		if err := os.Remove(f.socket); err != nil && !os.IsNotExist(err) {
 			log.G(ctx).WithError(err).Warn("remove shim socket")
 		}
+	}
+	// The final figures go to the aggregator before the metrics socket
+	// goes: it relies on that order to count them once.
+	if err := rec.WriteFinal(metricsFinals, metricsName); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.G(ctx).WithError(err).Warn("leave final metrics")
+	}
+	if err := stopMetrics(); err != nil {
+		log.G(ctx).WithError(err).Warn("stop metrics endpoint")
 	}
 	return nil
 }

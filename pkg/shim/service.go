@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/runc"
@@ -61,6 +62,7 @@ type Service struct {
 	platform stdio.Platform
 	backends map[string]BackendFactory
 	oom      *oomWatcher
+	metrics  *metrics.Recorder // nil: not recorded
 	// requestShutdown asks the server to flush events and exit.
 	requestShutdown func()
 
@@ -77,6 +79,8 @@ type ServiceConfig struct {
 	Events    Sender
 	Platform  stdio.Platform
 	Backends  map[string]BackendFactory
+	// Metrics records the task lifecycle; nil records nothing.
+	Metrics *metrics.Recorder
 	// Shutdown is called once, when containerd shuts the service down with
 	// no task left.
 	Shutdown func()
@@ -93,6 +97,7 @@ func NewService(ctx context.Context, cfg ServiceConfig) (*Service, error) {
 		events:          newEventQueue(cfg.Namespace, cfg.Events),
 		platform:        cfg.Platform,
 		backends:        cfg.Backends,
+		metrics:         cfg.Metrics,
 		requestShutdown: cfg.Shutdown,
 		containers:      make(map[string]*container),
 	}
@@ -112,6 +117,13 @@ func (s *Service) publish(ev any) { s.events.publish(ev) }
 
 func (s *Service) publishOOM(id string) {
 	s.publish(&eventstypes.TaskOOM{ContainerID: id})
+	s.mu.Lock()
+	c := s.containers[id]
+	s.mu.Unlock()
+	if c != nil {
+		c.oomKilled.Store(true)
+		s.metrics.OOM(c.labels)
+	}
 }
 
 func (s *Service) getContainer(id string) (*container, error) {
@@ -193,6 +205,8 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, fmt.Errorf("create task %s: %w", r.ID, err)
 	}
 	c := newContainer(r.ID, r.Bundle, ns, cfg, spec, b)
+	b = instrument(b, s.metrics, c.labels)
+	c.backend = b
 
 	if len(r.Rootfs) > 0 {
 		rootfs := filepath.Join(r.Bundle, "rootfs")
@@ -272,10 +286,12 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.oom.add(r.ID, cg)
 	}
 
+	c.createdAt = time.Now()
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
 
+	s.metrics.TaskCreated(c.labels, c.ident)
 	s.publish(&eventstypes.TaskCreate{
 		ContainerID: r.ID,
 		Bundle:      r.Bundle,
@@ -330,7 +346,9 @@ func (s *Service) startInit(ctx context.Context, c *container, p *process) (*tas
 	}
 	p.transitionLocked(stateRunning, "start")
 	pid := p.pid
+	c.startedAt = time.Now()
 	p.mu.Unlock()
+	s.metrics.TaskStarted(c.labels, c.ident, c.startedAt.Sub(c.createdAt))
 
 	s.publish(&eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(pid)})
 	handleStarted(c, p)
@@ -367,6 +385,7 @@ func (s *Service) startExec(ctx context.Context, c *container, p *process) (*tas
 		handleStarted(c, p)
 		return nil, fmt.Errorf("start exec %s of task %s: %w", p.id, c.id, err)
 	}
+	s.metrics.ExecStarted(c.labels)
 	s.publish(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: p.id, Pid: uint32(pid)})
 	handleStarted(c, p)
 	return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
@@ -496,6 +515,7 @@ func (s *Service) deleteInit(ctx context.Context, c *container, p *process) (*ta
 	delete(s.containers, c.id)
 	s.mu.Unlock()
 	s.exits.deleted(c)
+	s.metrics.TaskDeleted(c.labels, c.ident)
 
 	resp := &taskAPI.DeleteResponse{Pid: uint32(p.pid), ExitStatus: uint32(p.status), ExitedAt: protobuf.ToTimestamp(p.exitedAt)}
 	s.publish(&eventstypes.TaskDelete{
@@ -605,6 +625,7 @@ func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.
 	}
 	p.state = statePaused
 	p.mu.Unlock()
+	s.metrics.TaskState(c.labels, c.ident, metrics.StatePaused)
 	s.publish(&eventstypes.TaskPaused{ContainerID: c.id})
 	return empty, nil
 }
@@ -628,6 +649,7 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptyp
 	}
 	p.state = stateRunning
 	p.mu.Unlock()
+	s.metrics.TaskState(c.labels, c.ident, metrics.StateRunning)
 	s.publish(&eventstypes.TaskResumed{ContainerID: c.id})
 	return empty, nil
 }
