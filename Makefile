@@ -45,7 +45,7 @@ stress: build ## the long fault and load runs: 1000 lifecycles, 200-exec storm, 
 FUZZTIME ?= 10s
 fuzz: ## run each fuzz target for FUZZTIME (CI runs the short form)
 	@for f in FuzzParseConfig FuzzConfigFromOptions FuzzReadSpec; do \
-		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./pkg/oci/ || exit 1; done
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./pkg/oci/ || exit 1; done
 
 demo: deps build ## the main job: private containerd with this shim, containers on each backend
 	bash scripts/demo.sh

@@ -152,9 +152,16 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// maxConfigSize bounds a configuration: real ones are a few hundred bytes,
+// and the TOML decoder's cost grows faster than linearly on some shapes.
+const maxConfigSize = 64 << 10
+
 // ParseConfig decodes TOML, rejecting unknown keys, and applies defaults.
 // source names the input in errors (a file path, or "ConfigBody").
 func ParseConfig(data []byte, source string) (*Config, error) {
+	if len(data) > maxConfigSize {
+		return nil, fmt.Errorf("%s: %d bytes, more than the %d a configuration may have: %w", source, len(data), maxConfigSize, errdefs.ErrInvalidArgument)
+	}
 	c := &Config{}
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()

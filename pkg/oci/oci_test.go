@@ -46,6 +46,7 @@ func TestParseConfig(t *testing.T) {
 		{name: "wrong type", toml: "backend = 3\n", wantErr: `line 1`},
 		{name: "unknown backend", toml: "backend = \"kata\"\n", wantErr: `field "backend": unknown backend "kata"`},
 		{name: "unknown platform", toml: "[runsc]\nplatform = \"xen\"\n", wantErr: `field "runsc.platform"`},
+		{name: "too large", toml: "# " + strings.Repeat("x", maxConfigSize), wantErr: "more than the"},
 		{name: "flag with dashes", toml: "[runsc.flags]\n\"--debug\" = \"true\"\n", wantErr: `field "runsc.flags"`},
 	}
 	for _, tc := range cases {
