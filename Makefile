@@ -44,8 +44,8 @@ stress: build ## the long fault and load runs: 1000 lifecycles, 200-exec storm, 
 
 FUZZTIME ?= 10s
 fuzz: ## run each fuzz target for FUZZTIME (CI runs the short form)
-	@for f in FuzzParseConfig FuzzConfigFromOptions FuzzReadSpec; do \
-		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./pkg/oci/ || exit 1; done
+	@for t in oci:FuzzParseConfig oci:FuzzConfigFromOptions oci:FuzzReadSpec metrics:FuzzParseSnapshot; do \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./pkg/$${t%%:*}/ || exit 1; done
 
 demo: deps build ## the main job: private containerd with this shim, containers on each backend
 	bash scripts/demo.sh

@@ -158,8 +158,7 @@ func parseSnapshot(r io.Reader, format int, maxBytes int64, maxSeries int, gauge
 			}
 		}
 	}
-	p := expfmt.NewTextParser(model.LegacyValidation)
-	mfs, err := p.TextToMetricFamilies(lr)
+	mfs, err := parseText(lr)
 	if err != nil {
 		return nil, 0, wrap(err)
 	}
@@ -448,4 +447,17 @@ func (s *snapshot) toDTO() []*dto.MetricFamily {
 		out = append(out, mf)
 	}
 	return out
+}
+
+// parseText runs the text parser, which panics on some malformed input
+// (prometheus/common v0.70: "# TYPE A\n{}0", found by FuzzParseSnapshot);
+// a shim's or a final snapshot's bytes must not take the aggregator down.
+func parseText(r io.Reader) (mfs map[string]*dto.MetricFamily, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			mfs, err = nil, fmt.Errorf("malformed exposition (text parser panicked: %v)", v)
+		}
+	}()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	return p.TextToMetricFamilies(r)
 }
