@@ -15,8 +15,10 @@ import (
 	"time"
 
 	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // peerEnv makes the test binary act as a ttrpc client of a shim socket (run
@@ -197,4 +199,72 @@ func tcpListeners(t *testing.T, pid int, file string) []string {
 		}
 	}
 	return out
+}
+
+// TestSecretsNotLogged: a container's environment and an exec's arguments
+// never reach the logs (containerd's, which carries the shim's at debug).
+func TestSecretsNotLogged(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		secret := "s3cr3t-" + runID + "-token"
+		id := containerID(t, "")
+		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "test -n \"$API_TOKEN\"; sleep 1000"),
+			oci.WithEnv([]string{"API_TOKEN=" + secret}))
+		task, statusC := startTask(t, c, nil)
+		ctx := testContext(t)
+		spec, _ := c.Spec(ctx)
+		ps := *spec.Process
+		ps.Args = []string{"sh", "-c", "echo " + secret + " >/dev/null"}
+		p, err := task.Exec(ctx, "sec", &ps, cio.NullIO)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch, _ := p.Wait(ctx)
+		p.Start(ctx)
+		<-ch
+		p.Delete(ctx)
+		task.Kill(ctx, syscall.SIGKILL)
+		waitExit(t, statusC, 10*time.Second)
+		task.Delete(ctx)
+		data, err := os.ReadFile(e.d.LogPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(data), secret) {
+			t.Fatalf("the secret appears in %s", e.d.LogPath())
+		}
+	})
+}
+
+// TestHostNetworkContainerCannotReachShim: a container sharing the host's
+// network namespace sees the host's unix socket table, but the shim has no
+// abstract socket to dial and its file socket is not in the container's
+// filesystem.
+func TestHostNetworkContainerCannotReachShim(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runsc", "gVisor's netstack does not expose the host's unix socket table")
+		keeper := containerID(t, "keeper")
+		kc := newContainer(t, e, keeper, nil, oci.WithProcessArgs("sleep", "1000"))
+		startTask(t, kc, nil)
+		shims := shimsFor(keeper)
+		if len(shims) != 1 {
+			t.Fatalf("shims %+v", shims)
+		}
+		sock := socketOf(shims[0])
+		id := containerID(t, "")
+		script := fmt.Sprintf(`grep -c "@" /proc/net/unix; ls %s 2>&1; ls /run/containerd 2>&1; exit 0`, sock)
+		c := newContainer(t, e, id, nil, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithProcessArgs("sh", "-c", script))
+		_, out := runToExit(t, c)
+		got := out.stdout.String()
+		if !strings.Contains(got, "No such file or directory") {
+			t.Fatalf("the shim socket is visible inside the container:\n%s", got)
+		}
+		// The shim holds no abstract socket at all (checked from the host in
+		// TestShimSocketSecurity), so the abstract names the container can
+		// see are other programs'.
+		for _, l := range unixSockets(t) {
+			if socketInodes(t, shims[0].Pid)[l.inode] && strings.HasPrefix(l.path, "@") {
+				t.Fatalf("shim abstract socket %s", l.path)
+			}
+		}
+	})
 }

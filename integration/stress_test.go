@@ -294,3 +294,34 @@ func TestStateOnFullFilesystem(t *testing.T) {
 		}
 	})
 }
+
+// TestGroupedShimChurn: a long-lived grouped shim (a pod's) that sees many
+// containers come and go keeps its descriptors and goroutines flat.
+func TestGroupedShimChurn(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		n := envInt("GROUP_CHURN", 30)
+		group := containerID(t, "group")
+		ann := oci.WithAnnotations(map[string]string{"io.containerd.custom.v2.group": group})
+		keeper := containerID(t, "keeper")
+		startTask(t, newContainer(t, e, keeper, nil, oci.WithProcessArgs("sleep", "1000"), ann), nil)
+		shim := shimsFor(keeper)[0]
+		// One warm-up lifecycle, so lazily created things exist already.
+		runToExit(t, newContainer(t, e, containerID(t, "warm"), nil, oci.WithProcessArgs("true"), ann))
+		before := fdCount(shim.Pid)
+		for i := 0; i < n; i++ {
+			c := newContainer(t, e, containerID(t, strconv.Itoa(i)), nil, oci.WithProcessArgs("sh", "-c", "echo out; echo err >&2"), ann)
+			runToExit(t, c)
+			removeContainer(e, c.ID())
+		}
+		after := fdCount(shim.Pid)
+		if n := len(shimsFor(keeper)); n != 1 {
+			t.Fatalf("the group's shim went away")
+		}
+		line := fmt.Sprintf("grouped-shim %s: %d lifecycles through one shim, fds %d before, %d after", e.name(), n, before, after)
+		t.Log(line)
+		report(t, line)
+		if after > before+3 {
+			t.Fatal(line)
+		}
+	})
+}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -56,6 +57,11 @@ type Config struct {
 	// StateDir overrides the daemon's state directory (e.g. a small tmpfs
 	// the test mounted). Default: a directory next to the root.
 	StateDir string
+	// ContainerdVersion is the version of the containerd in ContainerdBinDir
+	// ("1.7.36", "2.4.2"); it picks the config format (version 2 for 1.x,
+	// version 3 for 2.x) and the plugin names. Default: what
+	// `containerd --version` reports.
+	ContainerdVersion string
 }
 
 // Daemon is a running private containerd. Create it with Start or StartDaemon.
@@ -105,6 +111,13 @@ func StartDaemon(ctx context.Context, cfg Config) (*Daemon, error) {
 		if _, err := os.Stat(filepath.Join(cfg.ContainerdBinDir, b)); err != nil {
 			return nil, fmt.Errorf("containerd binaries (run scripts/deps.sh): %w", err)
 		}
+	}
+	if cfg.ContainerdVersion == "" {
+		v, err := BinaryVersion(filepath.Join(cfg.ContainerdBinDir, "containerd"))
+		if err != nil {
+			return nil, err
+		}
+		cfg.ContainerdVersion = v
 	}
 	// Unix socket paths are limited to 108 bytes, so stay short and out of
 	// $TMPDIR, which may be long (shims add their own sockets next to ours).
@@ -159,21 +172,60 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// configTOML renders the daemon config (version 3, understood by 2.x).
+// BinaryVersion runs `<containerd> --version` and returns the version it
+// reports, without a leading "v" or build suffix: "containerd
+// github.com/containerd/containerd 1.7.36+unknown" gives "1.7.36".
+func BinaryVersion(containerd string) (string, error) {
+	out, err := exec.Command(containerd, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w", containerd, err)
+	}
+	fields := strings.Fields(string(out))
+	if len(fields) < 3 {
+		return "", fmt.Errorf("%s --version: unexpected output %q", containerd, out)
+	}
+	v := strings.TrimPrefix(fields[2], "v")
+	if i := strings.IndexAny(v, "+-"); i >= 0 {
+		v = v[:i]
+	}
+	return v, nil
+}
+
+// MajorVersion is the major version of a containerd version string ("1.7.36"
+// gives 1), or 0 when it does not start with a number.
+func MajorVersion(version string) int {
+	major, _, _ := strings.Cut(strings.TrimPrefix(version, "v"), ".")
+	n, err := strconv.Atoi(major)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// configTOML renders the daemon config: version 3 for containerd 2.x,
+// version 2 (with 1.x's plugin names) for containerd 1.x.
 func (d *Daemon) configTOML() string {
+	legacy := d.Major() == 1
 	// NRI listens on a fixed host path (/var/run/nri/nri.sock) that a second
-	// daemon would fight over, so it is always off.
+	// daemon would fight over, so it is always off (1.7 has the same name).
 	disabled := []string{"io.containerd.nri.v1.nri"}
 	if !d.cfg.EnableCRI {
-		disabled = append(disabled,
-			"io.containerd.grpc.v1.cri",
-			"io.containerd.cri.v1.images",
-			"io.containerd.cri.v1.runtime",
-			"io.containerd.podsandbox.controller.v1.podsandbox",
-		)
+		// 1.x has a single CRI plugin; 2.x split it up.
+		disabled = append(disabled, "io.containerd.grpc.v1.cri")
+		if !legacy {
+			disabled = append(disabled,
+				"io.containerd.cri.v1.images",
+				"io.containerd.cri.v1.runtime",
+				"io.containerd.podsandbox.controller.v1.podsandbox",
+			)
+		}
+	}
+	configVersion := 3
+	if legacy {
+		configVersion = 2
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "version = 3\nroot = %q\nstate = %q\n", d.root, d.state)
+	fmt.Fprintf(&b, "version = %d\nroot = %q\nstate = %q\n", configVersion, d.root, d.state)
 	fmt.Fprintf(&b, "disabled_plugins = [%s]\n\n", quoteList(disabled))
 	fmt.Fprintf(&b, "[grpc]\n  address = %q\n\n", d.address)
 	fmt.Fprintf(&b, "[ttrpc]\n  address = %q\n\n", d.address+".ttrpc")
@@ -182,8 +234,9 @@ func (d *Daemon) configTOML() string {
 		level = "debug"
 	}
 	fmt.Fprintf(&b, "[debug]\n  level = %q\n\n", level)
-	// Keep the "opt" plugin out of the host's /opt/containerd.
-	fmt.Fprintf(&b, "[plugins.'io.containerd.internal.v1.opt']\n  path = %q\n\n", filepath.Join(d.root, "opt"))
+	// Keep the "opt" plugin out of the host's /opt/containerd (same name and
+	// key in 1.x and 2.x; the quoting suits both config versions).
+	fmt.Fprintf(&b, "[plugins.\"io.containerd.internal.v1.opt\"]\n  path = %q\n\n", filepath.Join(d.root, "opt"))
 	b.WriteString(d.cfg.ExtraConfig)
 	b.WriteString("\n")
 	return b.String()
@@ -313,6 +366,12 @@ func (d *Daemon) RootDir() string { return d.root }
 
 // BinDir is the directory holding containerd, ctr and containerd-shim-runc-v2.
 func (d *Daemon) BinDir() string { return d.cfg.ContainerdBinDir }
+
+// Version is the daemon's containerd version ("1.7.36", "2.4.2").
+func (d *Daemon) Version() string { return d.cfg.ContainerdVersion }
+
+// Major is the daemon's containerd major version (1 or 2).
+func (d *Daemon) Major() int { return MajorVersion(d.cfg.ContainerdVersion) }
 
 // Pid is the daemon's pid, or 0 when it is not running.
 func (d *Daemon) Pid() int {
