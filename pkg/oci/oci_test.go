@@ -104,6 +104,12 @@ func TestConfigFromOptions(t *testing.T) {
 			t.Fatalf("got %v", err)
 		}
 	})
+	t.Run("ConfigPath relative", func(t *testing.T) {
+		_, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: "shim.toml"}))
+		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "ConfigPath") {
+			t.Fatalf("got %v", err)
+		}
+	})
 	t.Run("ConfigPath bad TOML names the file", func(t *testing.T) {
 		_, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: bad}))
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), bad) {

@@ -53,6 +53,9 @@ func ConfigFromOptions(opts *anypb.Any) (*Config, error) {
 		}
 		switch {
 		case ro.ConfigPath != "":
+			if !filepath.IsAbs(ro.ConfigPath) || strings.ContainsRune(ro.ConfigPath, 0) {
+				return nil, fmt.Errorf("runtime options: field \"ConfigPath\": %q is not an absolute path: %w", ro.ConfigPath, errdefs.ErrInvalidArgument)
+			}
 			return LoadConfigFile(ro.ConfigPath)
 		case len(ro.ConfigBody) > 0:
 			return ParseConfig(ro.ConfigBody, "runtime options ConfigBody")
