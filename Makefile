@@ -7,7 +7,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revision=$(REVISION)
 # containerd lines the integration suite runs against.
-CONTAINERD_VERSIONS ?= 2.4.2 2.2.9
+CONTAINERD_VERSIONS ?= 2.4.2 2.2.9 1.7.36
 export CONTAINERD_VERSIONS
 
 .PHONY: all build deps test unit integration stress fuzz demo bench install clean help

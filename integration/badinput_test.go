@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -128,7 +129,6 @@ func TestBadInput(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				ctx := testContext(t)
 				id := containerID(t, "")
-				sockets := socketCount(t)
 				c, err := e.client.NewContainer(ctx, id, tc.opts(id)...)
 				if err != nil {
 					t.Fatalf("new container: %v", err)
@@ -149,8 +149,8 @@ func TestBadInput(t *testing.T) {
 				t.Logf("error: %v", err)
 				assertNothingLeft(t, e, id)
 				eventually(t, 5*time.Second, "no socket left", func() error {
-					if n := socketCount(t); n > sockets {
-						return fmt.Errorf("%d shim sockets, %d before", n, sockets)
+					if _, err := os.Stat(shimSocket(e, id)); err == nil {
+						return fmt.Errorf("shim socket %s left", shimSocket(e, id))
 					}
 					return nil
 				})
@@ -201,12 +201,11 @@ func withAnnotation(k, v string) client.NewContainerOpts {
 	}
 }
 
-func socketCount(t *testing.T) int {
-	entries, err := os.ReadDir("/run/containerd/s")
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	return len(entries)
+// shimSocket is where the shim of a container (its own group) listens:
+// containerd's socket directory, named by sha256(grpc address/ns/group).
+func shimSocket(e *env, group string) string {
+	sum := sha256.Sum256([]byte(e.d.Address() + "/" + namespace + "/" + group))
+	return fmt.Sprintf("/run/containerd/s/%x", sum)
 }
 
 // TestBadRequests: RPCs in the wrong state or for unknown processes fail
@@ -239,7 +238,6 @@ func TestStartWithMalformedSpec(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		bundle := t.TempDir()
 		os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"ociVersion": "1.2.0", "process": {`), 0o644)
-		sockets := socketCount(t)
 		id := containerID(t, "")
 		cmd := exec.Command(filepath.Join(shimDir, shimName), "-namespace", namespace, "-id", id, "-address", e.d.Address(), "start")
 		cmd.Dir = bundle
@@ -253,8 +251,8 @@ func TestStartWithMalformedSpec(t *testing.T) {
 				t.Errorf("output %q does not say %q", out, w)
 			}
 		}
-		if n := socketCount(t); n != sockets {
-			t.Errorf("%d sockets after a failed start, %d before", n, sockets)
+		if _, err := os.Stat(shimSocket(e, id)); err == nil {
+			t.Errorf("a failed start left its socket %s", shimSocket(e, id))
 		}
 		if ps := shimsFor(id); len(ps) > 0 {
 			t.Errorf("shim started: %+v", ps)

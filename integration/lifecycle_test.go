@@ -289,6 +289,19 @@ func TestStatsAndUpdate(t *testing.T) {
 		id := containerID(t, "")
 		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sleep", "1000"), oci.WithMemoryLimit(64<<20))
 		task, _ := startTask(t, c, nil)
+		// Just after start the pids counter may still count runc init's
+		// threads (runc backend, loaded machine).
+		eventually(t, 5*time.Second, "one process in the cgroup", func() error {
+			m, err := task.Metrics(ctx)
+			if err != nil {
+				return err
+			}
+			v, _ := typeurl.UnmarshalAny(m.Data)
+			if s, ok := v.(*cgroup1stats.Metrics); ok && s.Pids.GetCurrent() != 1 {
+				return fmt.Errorf("pids.current %d", s.Pids.GetCurrent())
+			}
+			return nil
+		})
 		limit := func() uint64 {
 			m, err := task.Metrics(ctx)
 			if err != nil {

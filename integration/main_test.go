@@ -4,7 +4,7 @@
 //
 // Needs root and scripts/deps.sh. Environment:
 //
-//	CONTAINERD_VERSIONS  containerd lines to test (default "2.4.2 2.2.9")
+//	CONTAINERD_VERSIONS  containerd lines to test (default "2.4.2 2.2.9 1.7.36")
 //	BACKENDS             backends to test (default "runc runsc")
 //	RUNSC_BINARY         runsc for the runsc backend (default .tools/runsc/runsc)
 //	SHIM_BINARY          the shim to test (default: built from this module)
@@ -133,7 +133,7 @@ func run(m *testing.M) int {
 	}
 	versions := strings.Fields(os.Getenv("CONTAINERD_VERSIONS"))
 	if len(versions) == 0 {
-		versions = []string{"2.4.2", "2.2.9"}
+		versions = []string{"2.4.2", "2.2.9", "1.7.36"}
 	}
 	backends := strings.Fields(os.Getenv("BACKENDS"))
 	if len(backends) == 0 {

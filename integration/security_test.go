@@ -86,12 +86,22 @@ func TestShimSocketSecurity(t *testing.T) {
 			}
 		}
 
-		// Open the path up, then connect as nobody: the ttrpc handshake must
-		// still refuse the peer.
-		os.Chmod(filepath.Dir(sock), 0o711)
-		os.Chmod(sock, 0o666)
-		defer os.Chmod(filepath.Dir(sock), 0o700)
+		// Open a path to the socket up (a hard link in a directory of our
+		// own, so other shims starting meanwhile do not close it again),
+		// then connect as nobody: the ttrpc handshake must still refuse.
+		open, err := os.MkdirTemp("/run", "peer-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(open)
+		os.Chmod(open, 0o755)
+		link := filepath.Join(open, "shim.sock")
+		if err := os.Link(sock, link); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(link, 0o666) // the inode's mode: restored below
 		defer os.Chmod(sock, 0o600)
+		sock = link
 		bin := peerBinary(t)
 		out, err := asUser(bin, 65534, sock)
 		if code := exitCode(err); code != 3 {

@@ -5,8 +5,10 @@
 #     iproute2 procps (apt is skipped entirely when all are installed; needs root
 #     otherwise).
 #   * containerd, ctr and containerd-shim-runc-v2 for every version in
-#     $CONTAINERD_VERSIONS (default "2.4.2 2.2.9"), built from the Go module proxy
-#     into .tools/containerd/<version>/bin/ unless already there.
+#     $CONTAINERD_VERSIONS (default "2.4.2 2.2.9 1.7.36"), built from the Go module
+#     proxy into .tools/containerd/<version>/bin/ unless already there (1.x from a
+#     copy of the module source: `go install` refuses 1.7's go.mod).
+#   * nerdctl (scripts/peer/nerdctl-build.sh) into .tools/peer/bin/nerdctl.
 #
 # .tools/ lives at the repository root (gitignored); the script works from any cwd.
 # env: CONTAINERD_VERSIONS, TOOLS_DIR (default <repo>/.tools)
@@ -14,7 +16,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=${TOOLS_DIR:-$root/.tools}
-versions=${CONTAINERD_VERSIONS:-2.4.2 2.2.9}
+versions=${CONTAINERD_VERSIONS:-2.4.2 2.2.9 1.7.36}
 pkgs=(runc crun runsc busybox-static criu containernetworking-plugins iproute2 procps)
 # gVisor from the Go module proxy (a pseudo-version of gVisor's go-gettable
 # branch). Debian's runsc package (2022, ptrace only) is installed beside it.
@@ -46,6 +48,24 @@ if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
   PATH=/usr/local/go/bin:$PATH
 fi
 
+# build_containerd1 VERSION BIN: containerd 1.x. `go install ...@v1.7.x` is
+# refused ("go.mod ... contains one or more exclude directives"), so build
+# inside a writable copy of the module from the module cache.
+build_containerd1() {
+  local v=$1 bin=$2 mod src
+  # Outside any module (cd /), so no go.mod or go.sum is touched.
+  mod=$(cd / && go mod download -json "github.com/containerd/containerd@v$v" |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -d "$mod" ] || { log "go mod download containerd v$v failed"; return 1; }
+  src=$(mktemp -d)
+  cp -r "$mod/." "$src" && chmod -R u+w "$src"
+  if ! (cd "$src" && GOFLAGS=-mod=mod go build -tags no_btrfs -o "$bin/" \
+        ./cmd/containerd ./cmd/ctr ./cmd/containerd-shim-runc-v2); then
+    rm -rf "$src"; return 1
+  fi
+  rm -rf "$src"
+}
+
 for v in $versions; do
   bin=$tools/containerd/$v/bin
   if has_version "$bin/containerd" "$v" && has_version "$bin/ctr" "$v" &&
@@ -55,11 +75,15 @@ for v in $versions; do
   command -v go >/dev/null || { log "go not found (needed to build containerd $v)"; exit 1; }
   log "building containerd $v into $bin (takes a few minutes)"
   mkdir -p "$bin"
-  # go install pkg@version ignores the current module, so the cwd does not matter.
-  GOFLAGS=-mod=mod GOBIN=$bin go install -tags no_btrfs \
-    "github.com/containerd/containerd/v2/cmd/containerd@v$v" \
-    "github.com/containerd/containerd/v2/cmd/ctr@v$v" \
-    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@v$v"
+  case $v in
+    1.*) build_containerd1 "$v" "$bin" ;;
+    *)
+      # go install pkg@version ignores the current module, so the cwd does not matter.
+      GOFLAGS=-mod=mod GOBIN=$bin go install -tags no_btrfs \
+        "github.com/containerd/containerd/v2/cmd/containerd@v$v" \
+        "github.com/containerd/containerd/v2/cmd/ctr@v$v" \
+        "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@v$v" ;;
+  esac
   has_version "$bin/containerd" "$v" || { log "built containerd does not report version $v"; exit 1; }
 done
 
@@ -85,6 +109,9 @@ if [ "$(cat "$tools/bin/.promtool-version" 2>/dev/null)" != "$promtool_version" 
   echo "$promtool_version" > "$tools/bin/.promtool-version"
 fi
 
+# ---- nerdctl (TestNerdctl; skipped without it) -----------------------------------
+TOOLS_DIR=$tools bash "$root/scripts/peer/nerdctl-build.sh"
+
 # ---- summary -------------------------------------------------------------------
 first_line() { "$@" 2>&1 | head -n1; }
 echo "runc:       $(first_line runc --version)"
@@ -92,6 +119,7 @@ echo "busybox:    $(first_line busybox | cut -d' ' -f1-2)"
 echo "criu:       $(first_line criu --version)"
 echo "promtool:   $tools/bin/promtool ($promtool_version)"
 echo "runsc:      $runsc_dir/runsc ($runsc_version); Debian: $(first_line /usr/bin/runsc --version)"
+echo "nerdctl:    $tools/peer/bin/nerdctl ($(first_line "$tools/peer/bin/nerdctl" --version))"
 echo "cni:        $(find /usr/lib/cni -maxdepth 1 -type f -printf '%f\n' 2>/dev/null | sort | tr '\n' ' ')"
 for v in $versions; do
   echo "containerd: $tools/containerd/$v/bin ($(first_line "$tools/containerd/$v/bin/containerd" --version | awk '{print $3}'))"

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
@@ -39,6 +40,10 @@ type flags struct {
 	info      bool
 	action    string
 	args      []string // after the action
+
+	// publishBinary is containerd's own executable (every line passes it;
+	// "start" reads which containerd it is from it).
+	publishBinary string
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -50,7 +55,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.address, "address", "", "grpc address back to containerd")
 	fs.StringVar(&f.bundle, "bundle", "", "path to the bundle if not the working directory")
 	fs.StringVar(&f.socket, "socket", "", "socket path to serve")
-	fs.String("publish-binary", "", "ignored: events go to $TTRPC_ADDRESS")
+	fs.StringVar(&f.publishBinary, "publish-binary", "", "containerd's binary (events go to $TTRPC_ADDRESS)")
 	fs.BoolVar(&f.debug, "debug", false, "enable debug output in logs")
 	fs.BoolVar(&f.version, "v", false, "show the shim version and exit")
 	fs.BoolVar(&f.version, "version", false, "show the shim version and exit")
@@ -108,6 +113,10 @@ func Run(ctx context.Context, args []string) int {
 
 	switch f.action {
 	case "start":
+		// containerd reads start's stdout and stderr together as its
+		// reply, so logs must not go to stderr: they go to the bundle's
+		// log fifo, which containerd already reads (or nowhere).
+		log.L.Logger.SetOutput(startLog())
 		err = runStart(ctx, f, os.Stdin, os.Stdout)
 	case "delete":
 		err = runDelete(ctx, f, os.Stdout)
@@ -123,6 +132,16 @@ func Run(ctx context.Context, args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// startLog opens the bundle's log fifo without blocking; containerd opened
+// its read end before running "start".
+func startLog() io.Writer {
+	f, err := os.OpenFile("log", os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return io.Discard
+	}
+	return f
 }
 
 // trimUnix turns a unix:// address into a path.

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"debug/buildinfo"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,19 +11,26 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"strconv"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
 	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/v2/defaults"
 	cshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 )
@@ -36,7 +44,9 @@ const (
 	replyProto replyKind = iota
 	// replyJSON: containerd 2.0-2.2; answer {"version":3,...} JSON.
 	replyJSON
-	// replyAddress: containerd 1.x; answer the bare address (task API v2).
+	// replyAddress: containerd 1.x; answer the bare address (task API v2)
+	// and leave it in the bundle's "address" file, where 1.x looks for it
+	// when it reconnects after a restart.
 	replyAddress
 )
 
@@ -52,9 +62,10 @@ type bootstrap struct {
 
 // readBootstrap works out which containerd is calling from stdin: 2.3+
 // writes a BootstrapParams whose ids match the flags; older lines write the
-// runtime options Any (or nothing). A 2.x daemon sets MAX_SHIM_VERSION in
-// the shim's environment, 1.x does not.
-func readBootstrap(f *flags, stdin io.Reader) (*bootstrap, error) {
+// runtime options Any (or nothing). 1.7 and 2.0-2.2 call "start" alike
+// (same flags, same stdin, both set MAX_SHIM_VERSION=2), so which of them
+// it is comes from containerd itself (legacyDaemon).
+func readBootstrap(ctx context.Context, f *flags, stdin io.Reader) (*bootstrap, error) {
 	input, err := io.ReadAll(io.LimitReader(stdin, 10<<20))
 	if err != nil {
 		return nil, fmt.Errorf("read bootstrap input from stdin: %w", err)
@@ -83,10 +94,10 @@ func readBootstrap(f *flags, stdin io.Reader) (*bootstrap, error) {
 		}
 		return b, nil
 	}
-	if os.Getenv("MAX_SHIM_VERSION") != "" {
-		b.kind = replyJSON
-	} else {
+	if legacyDaemon(ctx, f) {
 		b.kind = replyAddress
+	} else {
+		b.kind = replyJSON
 	}
 	if len(input) > 0 {
 		var a anypb.Any
@@ -101,7 +112,7 @@ func readBootstrap(f *flags, stdin io.Reader) (*bootstrap, error) {
 // runStart is the "start" action: find or start the shim process for the
 // container's group and tell containerd its address.
 func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) (retErr error) {
-	b, err := readBootstrap(f, stdin)
+	b, err := readBootstrap(ctx, f, stdin)
 	if err != nil {
 		return err
 	}
@@ -133,6 +144,9 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 		}
 		// The group's shim is already serving: that is grouping.
 		if cshim.CanConnect(address) {
+			if err := writeAddressFile(b.kind, address); err != nil {
+				return err
+			}
 			return reply(stdout, b.kind, address)
 		}
 		if err := cshim.RemoveSocket(address); err != nil {
@@ -196,7 +210,90 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 			return fmt.Errorf("adjust shim OOM score: %w", err)
 		}
 	}
+	if err := writeAddressFile(b.kind, address); err != nil {
+		return err
+	}
 	return reply(stdout, b.kind, address)
+}
+
+// writeAddressFile leaves the address in the bundle (the working directory)
+// for a 1.x daemon, as 1.x's own shims do: 1.x reads bundle/address to
+// reconnect to its shims after a restart (2.x writes bootstrap.json itself).
+func writeAddressFile(kind replyKind, address string) error {
+	if kind != replyAddress {
+		return nil
+	}
+	// Atomically: containerd may read it while a grouped start rewrites it.
+	if err := os.WriteFile(".address.tmp", []byte(address), 0o644); err != nil {
+		return fmt.Errorf("write shim address to the bundle: %w", err)
+	}
+	if err := os.Rename(".address.tmp", "address"); err != nil {
+		os.Remove(".address.tmp")
+		return fmt.Errorf("write shim address to the bundle: %w", err)
+	}
+	return nil
+}
+
+// legacyDaemon reports whether the calling containerd is 1.x, which takes
+// only the plain address (it rejects the version-3 JSON that 2.0-2.2 take:
+// "unsupported shim version (3)"). The containerd binary (-publish-binary,
+// containerd's own executable) names the module it was built from; when it
+// does not (a build embedding containerd), containerd is asked for its
+// version over gRPC. If neither tells, the plain address, which every line
+// accepts. (Nothing is logged here: containerd reads start's stdout and
+// stderr together as the reply.)
+func legacyDaemon(ctx context.Context, f *flags) bool {
+	if major := binaryMajor(f.publishBinary); major != 0 {
+		return major == 1
+	}
+	if major := daemonMajor(ctx, f.address); major != 0 {
+		return major == 1
+	}
+	return true
+}
+
+// binaryMajor is containerd's major version from the Go build information
+// of its binary (main package github.com/containerd/containerd/cmd/... for
+// 1.x, .../containerd/v2/cmd/... for 2.x), or 0 when it does not say.
+func binaryMajor(path string) int {
+	if path == "" {
+		return 0
+	}
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for _, p := range []string{bi.Path, bi.Main.Path} {
+		switch {
+		case strings.HasPrefix(p, "github.com/containerd/containerd/v2/"), p == "github.com/containerd/containerd/v2":
+			return 2
+		case strings.HasPrefix(p, "github.com/containerd/containerd/"), p == "github.com/containerd/containerd":
+			return 1
+		}
+	}
+	return 0
+}
+
+// daemonMajor asks containerd at its gRPC address for its version ("v1.7.36",
+// "1.7.36-k3s1"); 0 when it does not answer within a second.
+func daemonMajor(ctx context.Context, address string) int {
+	if address == "" {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient("unix://"+trimUnix(address), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0
+	}
+	defer conn.Close()
+	resp, err := versionapi.NewVersionClient(conn).Version(ctx, &emptypb.Empty{})
+	if err != nil {
+		return 0
+	}
+	major, _, _ := strings.Cut(strings.TrimPrefix(resp.GetVersion(), "v"), ".")
+	n, _ := strconv.Atoi(major)
+	return n
 }
 
 // ensureSocketDir makes the shared socket directory 0700, whatever mode it

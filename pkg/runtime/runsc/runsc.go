@@ -86,7 +86,7 @@ func newBackend(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec)
 		log:     filepath.Join(bundle, "runsc.log"),
 		sandbox: spec.Annotations[oci.AnnotationCRIType] != oci.CRITypeContainer,
 	}
-	flags := []string{"--network=" + cfg.Network}
+	flags := []string{"--network=" + sandboxNetwork(cfg.Network, b.sandbox, spec)}
 	if cfg.DebugLog != "" {
 		flags = append(flags, "--debug", "--debug-log="+cfg.DebugLog)
 	}
@@ -109,6 +109,26 @@ func newBackend(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec)
 		"--platform=" + platform,
 	}, flags...)
 	return b, nil
+}
+
+// sandboxNetwork picks runsc's --network. "sandbox" copies the interfaces
+// of the network namespace the spec names; a sandbox whose spec asks for a
+// fresh namespace (ctr, nerdctl --net none: no path, no CNI) has nothing to
+// copy there, not even an "up" loopback, so gVisor's own stack with its own
+// loopback ("none") gives it what runc would: a working lo.
+func sandboxNetwork(configured string, sandbox bool, spec *specs.Spec) string {
+	if configured != "sandbox" || !sandbox || spec.Linux == nil {
+		return configured
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			if ns.Path == "" {
+				return "none"
+			}
+			return configured
+		}
+	}
+	return configured // the host's network namespace: keep sandbox
 }
 
 // checkFlags runs runsc once with the configured flags ("runsc list"), so an
