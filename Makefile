@@ -34,16 +34,16 @@ integration: build ## integration suite against real containerd + runc (root; ru
 		$(GO) test -count=1 -timeout 30m -v ./integration/...
 	@echo "--- figures"; cat _output/report.txt 2>/dev/null || true
 
-stress: build ## the long fault and load runs: 1000 lifecycles, 200-exec storm, 50 tasks across a restart, fuzzing
+stress: build ## the long fault and load runs: 1000 lifecycles, 200-exec storm, 50 tasks across a restart, 300000 fuzz inputs per target
 	@mkdir -p _output
 	SHIM_BINARY=$(abspath $(BIN)) TEST_REPORT=$(abspath _output/stress.txt) CHURN_LIFECYCLES=1000 CHURN_LIFECYCLES_GVISOR=250 \
 		EXEC_STORM=200 EXEC_STORM_GVISOR=100 RESTART_TASKS=50 \
 		$(GO) test -count=1 -timeout 60m -v -run 'TestChurn|TestExecStorm|TestContainerdRestart' ./integration/
-	$(MAKE) fuzz FUZZTIME=2m
+	$(MAKE) fuzz FUZZTIME=300000x
 	@cat _output/stress.txt
 
-FUZZTIME ?= 10s
-fuzz: ## run each fuzz target for FUZZTIME (CI runs the short form)
+FUZZTIME ?= 20000x
+fuzz: ## run each fuzz target for FUZZTIME (a count: time limits make the Go fuzzer flake)
 	@for t in oci:FuzzParseConfig oci:FuzzConfigFromOptions oci:FuzzReadSpec metrics:FuzzParseSnapshot; do \
 		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./pkg/$${t%%:*}/ || exit 1; done
 
