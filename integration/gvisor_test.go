@@ -11,8 +11,10 @@ import (
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
 )
@@ -211,6 +213,66 @@ func TestDebianRunsc(t *testing.T) {
 		st, out := runToExit(t, c)
 		if st != 4 || !strings.Contains(out.stdout.String(), "gVisor") {
 			t.Fatalf("exit %d stdout %q stderr %q", st, out.stdout.String(), out.stderr.String())
+		}
+	})
+}
+
+// TestIDsThatArePrefixes: "x" and "x2" side by side (runsc looks containers
+// up by id prefix; the shim keeps each group in a root of its own).
+func TestIDsThatArePrefixes(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := testContext(t)
+		id := containerID(t, "")
+		var tasks []client.Task
+		for _, cid := range []string{id, id + "2"} {
+			c := newContainer(t, e, cid, nil, oci.WithProcessArgs("sleep", "1000"))
+			task, _ := startTask(t, c, nil)
+			tasks = append(tasks, task)
+		}
+		for i, task := range tasks {
+			if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
+				t.Fatalf("kill %d: %v", i, err)
+			}
+		}
+	})
+}
+
+// TestMissingExecutable: a process whose executable is not in the rootfs
+// fails at create on both backends, and leaves nothing behind.
+func TestMissingExecutable(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		id := containerID(t, "")
+		c := newContainer(t, e, id, nil, oci.WithProcessArgs("no-such-binary", "x"))
+		_, err := c.NewTask(testContext(t), cio.NullIO)
+		if err == nil || !strings.Contains(err.Error(), "no-such-binary") {
+			t.Fatalf("create with a missing executable: %v", err)
+		}
+		t.Logf("error: %v", err)
+		assertNothingLeft(t, e, id)
+	})
+}
+
+// TestHostNetworkAndName: a container sharing the host's network and UTS
+// namespaces (a CRI hostNetwork pod) sees the host's interfaces and name,
+// on gVisor too.
+func TestHostNetworkAndName(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		host, _ := os.Hostname()
+		var iface string
+		data, _ := os.ReadFile("/proc/net/dev")
+		for _, l := range strings.Split(string(data), "\n")[2:] {
+			if name, _, ok := strings.Cut(strings.TrimSpace(l), ":"); ok && name != "lo" {
+				iface = name
+				break
+			}
+		}
+		id := containerID(t, "")
+		c := newContainer(t, e, id, nil, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace),
+			oci.WithProcessArgs("sh", "-c", "hostname; cat /proc/net/dev"))
+		st, out := runToExit(t, c)
+		got := out.stdout.String()
+		if st != 0 || !strings.HasPrefix(got, host+"\n") || (iface != "" && !strings.Contains(got, iface+":")) {
+			t.Fatalf("exit %d, want hostname %q and interface %q:\n%s", st, host, iface, got)
 		}
 	})
 }

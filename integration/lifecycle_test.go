@@ -337,11 +337,8 @@ func TestStatsAndUpdate(t *testing.T) {
 		if err != nil || !strings.Contains(out, "memory") {
 			t.Fatalf("ctr task metrics: %v\n%s", err, out)
 		}
-		// runc reports host pids; gVisor the pids inside the sandbox.
+		// Host pids, on gVisor too (the backend maps the sandbox's).
 		wantPid := task.Pid()
-		if e.backend == "runsc" {
-			wantPid = 1
-		}
 		ps, err := task.Pids(ctx)
 		if err != nil || len(ps) != 1 || ps[0].Pid != wantPid {
 			t.Fatalf("pids %v %v (want %d)", ps, err, wantPid)

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 
 	"github.com/containerd/containerd/api/types"
 	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -49,6 +51,9 @@ func runInfo(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	if path, err := exec.LookPath(bin); err == nil {
 		r := &gorunc.Runc{Command: path}
 		if feat, err := r.Features(ctx); err == nil {
+			if cfg.Backend == oci.BackendRunsc {
+				withoutUserNamespaces(feat)
+			}
 			if info.Features, err = typeurl.MarshalAnyToProto(feat); err != nil {
 				return fmt.Errorf("marshal features: %w", err)
 			}
@@ -60,4 +65,19 @@ func runInfo(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	}
 	_, err = stdout.Write(out)
 	return err
+}
+
+// withoutUserNamespaces drops what "runsc features" claims but runsc cannot
+// do through containerd: join CRI's pinned user namespace or idmap mounts.
+// Advertised, CRI would send user-namespaced pods that then fail in the
+// gofer; withheld, CRI refuses them cleanly.
+func withoutUserNamespaces(f *features.Features) {
+	if f.Linux == nil {
+		return
+	}
+	f.Linux.Namespaces = slices.DeleteFunc(f.Linux.Namespaces, func(ns string) bool { return ns == "user" })
+	if m := f.Linux.MountExtensions; m != nil && m.IDMap != nil {
+		off := false
+		m.IDMap.Enabled = &off
+	}
 }

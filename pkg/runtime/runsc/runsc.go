@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,6 +28,7 @@ import (
 	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
@@ -47,6 +49,8 @@ type Backend struct {
 	// runsc create starts the sandbox and hands it the stdio. The others
 	// join it and get their stdio at start.
 	sandbox bool
+	spec    *specs.Spec
+	root    string // runsc --root
 }
 
 // subContainer is the backend of a container that joins a pod's sandbox.
@@ -85,8 +89,17 @@ func newBackend(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec)
 		bundle:  bundle,
 		log:     filepath.Join(bundle, "runsc.log"),
 		sandbox: spec.Annotations[oci.AnnotationCRIType] != oci.CRITypeContainer,
+		spec:    spec,
+		// One root per shim group (a pod): runsc finds containers by id
+		// prefix, so "web" would be ambiguous next to "web2" in a shared
+		// root; a pod's containers must share one to find their sandbox.
+		root: filepath.Join(cfg.Root, namespace, oci.GroupID(filepath.Base(bundle), spec.Annotations)),
 	}
 	flags := []string{"--network=" + sandboxNetwork(cfg.Network, b.sandbox, spec)}
+	if _, set := cfg.Flags["oci-seccomp"]; !set {
+		// Without it runsc ignores the spec's seccomp profile.
+		flags = append(flags, "--oci-seccomp=true")
+	}
 	if cfg.DebugLog != "" {
 		flags = append(flags, "--debug", "--debug-log="+cfg.DebugLog)
 	}
@@ -98,12 +111,12 @@ func newBackend(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec)
 	for _, k := range keys {
 		flags = append(flags, "--"+k+"="+cfg.Flags[k])
 	}
-	platform, err := checkFlags(bin, cfg.Platform, flags)
+	platform, flags, err := checkFlags(bin, cfg.Platform, flags)
 	if err != nil {
 		return nil, err
 	}
 	b.global = append([]string{
-		"--root=" + filepath.Join(cfg.Root, namespace),
+		"--root=" + b.root,
 		"--log=" + b.log,
 		"--log-format=json",
 		"--platform=" + platform,
@@ -115,7 +128,8 @@ func newBackend(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec)
 // of the network namespace the spec names; a sandbox whose spec asks for a
 // fresh namespace (ctr, nerdctl --net none: no path, no CNI) has nothing to
 // copy there, not even an "up" loopback, so gVisor's own stack with its own
-// loopback ("none") gives it what runc would: a working lo.
+// loopback ("none") gives it what runc would: a working lo. A spec without a
+// network namespace shares the host's ("host").
 func sandboxNetwork(configured string, sandbox bool, spec *specs.Spec) string {
 	if configured != "sandbox" || !sandbox || spec.Linux == nil {
 		return configured
@@ -128,7 +142,9 @@ func sandboxNetwork(configured string, sandbox bool, spec *specs.Spec) string {
 			return configured
 		}
 	}
-	return configured // the host's network namespace: keep sandbox
+	// No network namespace: the host's network (CRI hostNetwork pods);
+	// "sandbox" would make runsc create an empty one.
+	return "host"
 }
 
 // checkFlags runs runsc once with the configured flags ("runsc list"), so an
@@ -136,17 +152,22 @@ func sandboxNetwork(configured string, sandbox bool, spec *specs.Spec) string {
 // create in runsc's own words, before anything exists. systrap (the
 // default) falls back to ptrace on older runsc builds (Debian 12's 2022
 // package); kvm is used only when asked for. Results are cached per shim.
-func checkFlags(bin, platform string, flags []string) (string, error) {
+func checkFlags(bin, platform string, flags []string) (string, []string, error) {
 	err := probe(bin, platform, flags)
+	if err != nil && strings.Contains(err.Error(), "oci-seccomp") {
+		log.L.WithField("runsc", bin).Warn("runsc has no --oci-seccomp: seccomp profiles will not be enforced")
+		flags = slices.DeleteFunc(slices.Clone(flags), func(f string) bool { return f == "--oci-seccomp=true" })
+		err = probe(bin, platform, flags)
+	}
 	if err != nil && platform == "systrap" && strings.Contains(err.Error(), "platform") && probe(bin, "ptrace", flags) == nil {
 		log.L.WithField("runsc", bin).Warn("runsc has no systrap platform; falling back to ptrace")
-		return "ptrace", nil
+		return "ptrace", flags, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("runsc backend: fields \"runsc.platform\", \"runsc.network\", \"runsc.flags\": %s rejects %s: %v: %w",
+		return "", nil, fmt.Errorf("runsc backend: fields \"runsc.platform\", \"runsc.network\", \"runsc.flags\": %s rejects %s: %v: %w",
 			bin, strings.Join(append([]string{"--platform=" + platform}, flags...), " "), err, errdefs.ErrInvalidArgument)
 	}
-	return platform, nil
+	return platform, flags, nil
 }
 
 var probes sync.Map // bin and flags -> error (nil: accepted)
@@ -178,6 +199,16 @@ func (b *Backend) Name() string { return Name }
 
 // Create implements runtime.Backend.
 func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, error) {
+	// runc reports a missing executable at create; runsc only when the
+	// process fails to start, too late for the Task API's contract.
+	if err := checkExecutable(c.Bundle, b.spec); err != nil {
+		return 0, err
+	}
+	if b.sandbox {
+		if err := shareHostname(c.Bundle, b.spec); err != nil {
+			return 0, err
+		}
+	}
 	args := []string{"create", "--bundle", c.Bundle, "--pid-file", c.PidFile}
 	if c.ConsoleSocket != nil {
 		args = append(args, "--console-socket", c.ConsoleSocket.Path())
@@ -306,9 +337,33 @@ func (b *Backend) Signal(ctx context.Context, id, execID string, pid int, signal
 func (b *Backend) Delete(ctx context.Context, id string, _ bool) error {
 	err := b.run(ctx, "delete", nil, nil, "delete", "--force", id)
 	if errdefs.IsNotFound(err) {
-		return nil
+		err = nil
+	}
+	if err == nil {
+		removeRoot(b.root)
 	}
 	return err
+}
+
+// removeRoot removes a group's runsc root once its last container is gone.
+// runsc leaves one thing of its own there: "null-netns", a network
+// namespace bind-mounted for sandboxes without network, which must be
+// unmounted or it pins the namespace. Anything else means a container of
+// the group still lives there.
+func removeRoot(root string) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.Name() != "null-netns" {
+			return
+		}
+	}
+	nullNetns := filepath.Join(root, "null-netns")
+	unix.Unmount(nullNetns, unix.MNT_DETACH)
+	os.Remove(nullNetns)
+	os.Remove(root)
 }
 
 // Pause implements runtime.Backend.
@@ -342,7 +397,37 @@ func (b *Backend) Pids(ctx context.Context, id string) ([]int, error) {
 	if err := json.Unmarshal(out.Bytes(), &pids); err != nil {
 		return nil, fmt.Errorf("decode runsc ps output: %w", err)
 	}
-	return pids, nil
+	return b.hostPids(pids), nil
+}
+
+// hostPids maps the pids runsc reports (inside the sandbox) to the host
+// pids containerd knows where there are any: the container's first process
+// to the task's pid, each exec to its host "runsc exec" process. Other
+// sandboxed processes have no host process and keep their sandbox pid.
+func (b *Backend) hostPids(pids []int) []int {
+	if len(pids) == 0 {
+		return pids
+	}
+	host := map[int]int{}
+	if hp, err := gorunc.ReadPidFile(filepath.Join(b.bundle, "init.pid")); err == nil {
+		host[slices.Min(pids)] = hp
+	}
+	internal, _ := filepath.Glob(filepath.Join(b.bundle, "exec-*.pid.internal"))
+	for _, f := range internal {
+		ip, err1 := gorunc.ReadPidFile(f)
+		hp, err2 := gorunc.ReadPidFile(strings.TrimSuffix(f, ".internal"))
+		if err1 == nil && err2 == nil {
+			host[ip] = hp
+		}
+	}
+	out := make([]int, len(pids))
+	for i, p := range pids {
+		if hp, ok := host[p]; ok {
+			p = hp
+		}
+		out[i] = p
+	}
+	return out
 }
 
 // Cgroup implements runtime.Backend: the sandbox's host cgroup (pid is the
