@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revis
 CONTAINERD_VERSIONS ?= 2.4.2 2.2.9 1.7.36
 export CONTAINERD_VERSIONS
 
-.PHONY: all build deps test unit integration stress fuzz demo bench install clean help
+.PHONY: all build deps test unit integration stress fuzz demo bench e2e-k8s install clean help
 
 all: build
 
@@ -53,6 +53,9 @@ demo: deps build ## the main job: private containerd with this shim, containers 
 bench: deps build ## benchmarks against containerd's runc shim; writes docs/benchmarks.md (root)
 	$(GO) run ./integration/bench $(BENCH_FLAGS)
 
+e2e-k8s: deps build ## single-node Kubernetes 1.34 on loopback: Pods on RuntimeClasses custom-runc and custom-runsc through this shim (root; the first run builds Kubernetes into .tools/k8s, ~10 min)
+	bash scripts/k8s/e2e.sh
+
 install: build ## install the shim into $(PREFIX)/bin (containerd finds it on its PATH)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/containerd-shim-custom-v2
 
@@ -60,4 +63,4 @@ clean: ## remove build output (keeps the .tools cache)
 	rm -rf bin _output
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'

@@ -269,9 +269,12 @@ func (a *Aggregator) gatherer() prometheus.Gatherer {
 	return prometheus.Gatherers{prometheus.GathererFunc(a.gather), a.reg}
 }
 
+// promLogger takes promhttp's errors. They are mostly "broken pipe" from
+// clients that stop reading (a kubelet probe reads 10 KiB), one per family
+// left unsent: debug level, or one such client floods the log.
 type promLogger struct{}
 
-func (promLogger) Println(v ...any) { log.L.Warn(v...) }
+func (promLogger) Println(v ...any) { log.L.Debug(v...) }
 
 func (a *Aggregator) gather() ([]*dto.MetricFamily, error) {
 	a.mu.Lock()
@@ -553,6 +556,8 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.Handler())
+	// For liveness probes: answers without scraping any shim.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
 	go func() {
 		t := time.NewTicker(a.cfg.FoldInterval)
