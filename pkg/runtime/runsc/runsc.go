@@ -293,7 +293,17 @@ func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (i
 		args = append(args, "--console-socket", e.ConsoleSocket.Path())
 	}
 	if err := b.run(ctx, "exec", e.IO, nil, append(args, id)...); err != nil {
-		return 0, err
+		// runsc's detached exec can fail after the process ran: its parent
+		// waits for the child's pid file and gives up if the child (and so
+		// a process that exits at once) is gone before it looks. If the
+		// child wrote both pid files, the process did start; its exit comes
+		// through the reaper like any other.
+		pid, perr := gorunc.ReadPidFile(e.PidFile)
+		if _, ierr := gorunc.ReadPidFile(internalPidFile(e.PidFile)); perr != nil || ierr != nil || pid <= 0 {
+			return 0, err
+		}
+		log.G(ctx).WithError(err).WithField("pid", pid).Debug("runsc exec reported a failure after the process started")
+		return pid, nil
 	}
 	pid, err := gorunc.ReadPidFile(e.PidFile)
 	if err != nil {
