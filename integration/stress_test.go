@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -190,6 +191,42 @@ func fdCount(pid int) int {
 	return len(entries)
 }
 
+// fdTargets says what a process's descriptors point at, so a failed
+// descriptor check names what stayed open.
+func fdTargets(pid int) map[string]int {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	entries, _ := os.ReadDir(dir)
+	kinds := map[string]int{}
+	for _, e := range entries {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		if i := strings.Index(target, ":["); i > 0 && !strings.HasPrefix(target, "anon_inode") {
+			target = target[:i] // socket:[123] -> socket
+		}
+		kinds[target]++
+	}
+	return kinds
+}
+
+// fdDiff lists the descriptor kinds whose count changed, as kind:+n.
+func fdDiff(before, after map[string]int) []string {
+	var out []string
+	for k, n := range after {
+		if n != before[k] {
+			out = append(out, fmt.Sprintf("%s:%+d", k, n-before[k]))
+		}
+	}
+	for k, n := range before {
+		if _, ok := after[k]; !ok {
+			out = append(out, fmt.Sprintf("%s:%+d", k, -n))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // TestInitKilledFromOutside: a container's init killed by someone else
 // (the host, the OOM killer) is reported like any exit. On gVisor the
 // host process is the sandbox.
@@ -312,7 +349,7 @@ func TestGroupedShimChurn(t *testing.T) {
 		shim := shimsFor(keeper)[0]
 		// One warm-up lifecycle, so lazily created things exist already.
 		runToExit(t, newContainer(t, e, containerID(t, "warm"), nil, oci.WithProcessArgs("true"), ann))
-		before := fdCount(shim.Pid)
+		before, beforeKinds := fdCount(shim.Pid), fdTargets(shim.Pid)
 		for i := 0; i < n; i++ {
 			c := newContainer(t, e, containerID(t, strconv.Itoa(i)), nil, oci.WithProcessArgs("sh", "-c", "echo out; echo err >&2"), ann)
 			runToExit(t, c)
@@ -325,12 +362,12 @@ func TestGroupedShimChurn(t *testing.T) {
 		// one per task) asynchronously: let them go before counting.
 		var after int
 		eventually(t, 10*time.Second, "descriptors back to where they were", func() error {
-			if after = fdCount(shim.Pid); after > before+3 {
-				return fmt.Errorf("fds %d before, %d after", before, after)
+			if after = fdCount(shim.Pid); after > before+1 {
+				return fmt.Errorf("fds %d before, %d after; changed: %v", before, after, fdDiff(beforeKinds, fdTargets(shim.Pid)))
 			}
 			return nil
 		})
-		line := fmt.Sprintf("grouped-shim %s: %d lifecycles through one shim, fds %d before, %d after", e.name(), n, before, after)
+		line := fmt.Sprintf("grouped-shim %s: %d lifecycles through one shim, fds %d before, %d after %v", e.name(), n, before, after, fdDiff(beforeKinds, fdTargets(shim.Pid)))
 		t.Log(line)
 		report(t, line)
 	})

@@ -43,7 +43,7 @@ func runServe(ctx context.Context, f *flags) error {
 	signal.Notify(signals, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGPIPE, unix.SIGUSR1)
 	// Every child goes through the reaper: go-runc must wait through it, or
 	// its wait4 races the reaper's and loses exits.
-	gorunc.Monitor = reaper.Default
+	gorunc.Monitor = releasingMonitor{reaper.Default}
 	exits := reaper.Default.Subscribe()
 
 	platform, err := runcshim.NewPlatform()
