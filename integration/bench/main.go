@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -49,6 +50,7 @@ var (
 	flagRuntimes   = flag.String("runtimes", "custom-runc,runc-shim,custom-runsc", "runtimes to measure")
 	flagVersion    = flag.String("containerd", "2.4.2", "containerd version (from .tools)")
 	flagNote       = flag.String("note", "", "a line added to the report (e.g. before/after)")
+	flagSteps      = flag.String("steps", "", "only these steps (comma-separated: sequential,throughput,exec,memory,load,restart,floor); a partial run prints but writes no report")
 )
 
 // rt is a runtime under test.
@@ -118,13 +120,16 @@ func main() {
 		fatal(err)
 	}
 
-	b.step("sequential lifecycle", b.sequential)
-	b.step("parallel throughput", b.throughput)
-	b.step("exec and stats latency", b.execStats)
-	b.step("shim memory", b.memory)
-	b.step("lifecycle under load", b.underLoad)
-	b.step("containerd restart", b.restart)
-	b.step("backend floor", b.floor)
+	b.step("sequential", "sequential lifecycle", b.sequential)
+	b.step("throughput", "parallel throughput", b.throughput)
+	b.step("exec", "exec and stats latency", b.execStats)
+	b.step("memory", "shim memory", b.memory)
+	b.step("load", "lifecycle under load", b.underLoad)
+	b.step("restart", "containerd restart", b.restart)
+	b.step("floor", "backend floor", b.floor)
+	if *flagSteps != "" {
+		return // a partial table would replace the whole report
+	}
 	if err := b.write(*flagOut); err != nil {
 		fatal(err)
 	}
@@ -144,7 +149,10 @@ func fatal(err error) {
 	os.Exit(1)
 }
 
-func (b *bench) step(name string, fn func()) {
+func (b *bench) step(key, name string, fn func()) {
+	if *flagSteps != "" && !slices.Contains(strings.Split(*flagSteps, ","), key) {
+		return
+	}
 	start := time.Now()
 	fmt.Printf("== %s\n", name)
 	fn()

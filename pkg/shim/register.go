@@ -49,11 +49,12 @@ func reflectDesc(svc taskv3.TTRPCTaskService) *ttrpc.ServiceDesc {
 // interceptor converts errors to gRPC status once, at the ttrpc boundary,
 // so their errdefs kind reaches containerd (a plain error would arrive as
 // Unknown), and records each RPC's result and duration.
-func interceptor(rec *metrics.Recorder) ttrpc.UnaryServerInterceptor {
+func interceptor(rec *metrics.Recorder, trim *memoryTrimmer) ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
 		start := time.Now()
 		resp, err := method(ctx, unmarshal)
 		rec.RPC(info.FullMethod, metrics.Result(err), time.Since(start))
+		trim.activity()
 		if err != nil {
 			return nil, errgrpc.ToGRPC(err)
 		}

@@ -88,7 +88,7 @@ func runServe(ctx context.Context, f *flags) error {
 
 	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
-		ttrpc.WithUnaryServerInterceptor(interceptor(rec)),
+		ttrpc.WithUnaryServerInterceptor(interceptor(rec, newMemoryTrimmer(ctx))),
 	)
 	if err != nil {
 		return fmt.Errorf("create ttrpc server: %w", err)
