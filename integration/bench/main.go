@@ -43,6 +43,7 @@ var (
 	flagParallel   = flag.Int("parallel", 10, "parallelism of the throughput test")
 	flagTotal      = flag.Int("total", 200, "lifecycles in the throughput test, per runtime")
 	flagExecs      = flag.Int("execs", 40, "execs and stats calls per runtime")
+	flagTTYExecs   = flag.Int("tty-execs", 10, "execs with a terminal and large output per runtime")
 	flagMem        = flag.Int("mem", 10, "containers for the memory test")
 	flagRestart    = flag.Int("restart", 100, "running tasks across a containerd restart")
 	flagBackground = flag.Int("background", 200, "running containers behind the loaded lifecycle test")
@@ -50,7 +51,7 @@ var (
 	flagRuntimes   = flag.String("runtimes", "custom-runc,runc-shim,custom-runsc", "runtimes to measure")
 	flagVersion    = flag.String("containerd", "2.4.2", "containerd version (from .tools)")
 	flagNote       = flag.String("note", "", "a line added to the report (e.g. before/after)")
-	flagSteps      = flag.String("steps", "", "only these steps (comma-separated: sequential,throughput,exec,memory,load,restart,floor); a partial run prints but writes no report")
+	flagSteps      = flag.String("steps", "", "only these steps (comma-separated: sequential,throughput,exec,tty,memory,load,restart,floor); a partial run prints but writes no report")
 )
 
 // rt is a runtime under test.
@@ -123,6 +124,7 @@ func main() {
 	b.step("sequential", "sequential lifecycle", b.sequential)
 	b.step("throughput", "parallel throughput", b.throughput)
 	b.step("exec", "exec and stats latency", b.execStats)
+	b.step("tty", "exec with a terminal and large output", b.ttyOutput)
 	b.step("memory", "shim memory", b.memory)
 	b.step("load", "lifecycle under load", b.underLoad)
 	b.step("restart", "containerd restart", b.restart)
@@ -219,7 +221,7 @@ func (b *bench) lifecycle(r rt, id string) (phases, error) {
 func (b *bench) sequential() {
 	samples := map[string][]phases{}
 	for i := 0; i < *flagSeq; i++ {
-		for _, r := range b.rts {
+		for _, r := range rotate(b.rts, i) {
 			p, err := b.lifecycle(r, b.id("seq-"+r.name))
 			if err != nil {
 				fatal(fmt.Errorf("%s lifecycle: %w", r.name, err))
@@ -310,8 +312,9 @@ func (b *bench) execStats() {
 		rs = append(rs, running{r, c, task})
 	}
 	execs, stats := map[string][]time.Duration{}, map[string][]time.Duration{}
+	execPhases := map[string][4][]time.Duration{} // exec, start, exit, delete
 	for i := 0; i < *flagExecs; i++ {
-		for _, x := range rs {
+		for _, x := range rotate(rs, i) {
 			spec, _ := x.c.Spec(b.ctx)
 			ps := *spec.Process
 			ps.Args = []string{"true"}
@@ -321,12 +324,17 @@ func (b *bench) execStats() {
 				fatal(err)
 			}
 			ch, _ := p.Wait(b.ctx)
+			t1 := time.Now()
 			if err := p.Start(b.ctx); err != nil {
 				fatal(err)
 			}
+			t2 := time.Now()
 			<-ch
+			t3 := time.Now()
 			p.Delete(b.ctx)
 			execs[x.r.name] = append(execs[x.r.name], time.Since(t0))
+			ph := execPhases[x.r.name]
+			execPhases[x.r.name] = [4][]time.Duration{append(ph[0], t1.Sub(t0)), append(ph[1], t2.Sub(t1)), append(ph[2], t3.Sub(t2)), append(ph[3], time.Since(t3))}
 			t0 = time.Now()
 			if _, err := x.task.Metrics(b.ctx); err != nil {
 				fatal(fmt.Errorf("%s stats: %w", x.r.name, err))
@@ -336,6 +344,9 @@ func (b *bench) execStats() {
 	}
 	for _, x := range rs {
 		b.record("exec of `true` p50/p99 (ms)", x.r.name, ms(pct(execs[x.r.name], 50))+" / "+ms(pct(execs[x.r.name], 99)))
+		ph := execPhases[x.r.name]
+		b.record("  exec / start / exit / delete p50 (ms)", x.r.name,
+			ms(pct(ph[0], 50))+" / "+ms(pct(ph[1], 50))+" / "+ms(pct(ph[2], 50))+" / "+ms(pct(ph[3], 50)))
 		b.record("Stats p50/p99 (ms)", x.r.name, ms(pct(stats[x.r.name], 50))+" / "+ms(pct(stats[x.r.name], 99)))
 		b.kill(x.c, x.task)
 	}
@@ -392,6 +403,67 @@ func (b *bench) stopAll(cs []client.Container, ts []client.Task) {
 		}(cs[i], ts[i])
 	}
 	wg.Wait()
+}
+
+// ttyOutput: an exec with a terminal that writes 6.9 MB (what containerd's
+// TestContainerExecLargeOutputWithTTY does 100 times): the console copy path.
+func (b *bench) ttyOutput() {
+	type running struct {
+		r    rt
+		c    client.Container
+		task client.Task
+	}
+	var rs []running
+	for _, r := range b.rts {
+		c, err := b.container(r, b.id("tty-"+r.name), []string{"sleep", "100000"})
+		if err != nil {
+			fatal(err)
+		}
+		task, err := c.NewTask(b.ctx, cio.NullIO)
+		if err != nil {
+			fatal(err)
+		}
+		if err := task.Start(b.ctx); err != nil {
+			fatal(err)
+		}
+		rs = append(rs, running{r, c, task})
+	}
+	took := map[string][]time.Duration{}
+	for i := 0; i < *flagTTYExecs; i++ {
+		for _, x := range rotate(rs, i) {
+			spec, _ := x.c.Spec(b.ctx)
+			ps := *spec.Process
+			ps.Args = []string{"sh", "-c", `seq -s " " 1000000`}
+			ps.Terminal = true
+			var out countingWriter
+			t0 := time.Now()
+			p, err := x.task.Exec(b.ctx, fmt.Sprintf("t%d", i), &ps, cio.NewCreator(cio.WithStreams(nil, &out, nil), cio.WithTerminal))
+			if err != nil {
+				fatal(err)
+			}
+			ch, _ := p.Wait(b.ctx)
+			if err := p.Start(b.ctx); err != nil {
+				fatal(err)
+			}
+			<-ch
+			p.Delete(b.ctx)
+			took[x.r.name] = append(took[x.r.name], time.Since(t0))
+			if out.n < 6_000_000 {
+				fatal(fmt.Errorf("%s: tty exec wrote %d bytes, want about 6.9 MB", x.r.name, out.n))
+			}
+		}
+	}
+	for _, x := range rs {
+		b.record("exec with a tty writing 6.9 MB, p50 (ms)", x.r.name, ms(pct(took[x.r.name], 50)))
+		b.kill(x.c, x.task)
+	}
+}
+
+type countingWriter struct{ n int64 }
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n += int64(len(p))
+	return len(p), nil
 }
 
 func (b *bench) memory() {
@@ -547,6 +619,17 @@ func (b *bench) floor() {
 		}
 		b.record(label, name, ms(pct(t, 50)))
 	}
+}
+
+// rotate returns xs started at position i (mod len). Interleaved loops use
+// it so that every runtime takes every position in turn: drift hits all
+// alike, and no runtime always runs right after another one's teardown.
+func rotate[T any](xs []T, i int) []T {
+	if len(xs) == 0 {
+		return xs
+	}
+	i %= len(xs)
+	return append(append([]T(nil), xs[i:]...), xs[:i]...)
 }
 
 func pct(ds []time.Duration, p float64) time.Duration {
