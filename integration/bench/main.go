@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -221,7 +222,7 @@ func (b *bench) lifecycle(r rt, id string) (phases, error) {
 func (b *bench) sequential() {
 	samples := map[string][]phases{}
 	for i := 0; i < *flagSeq; i++ {
-		for _, r := range rotate(b.rts, i) {
+		for _, r := range shuffled(b.rts, i) {
 			p, err := b.lifecycle(r, b.id("seq-"+r.name))
 			if err != nil {
 				fatal(fmt.Errorf("%s lifecycle: %w", r.name, err))
@@ -245,11 +246,16 @@ func (b *bench) sequential() {
 }
 
 func (b *bench) throughput() {
-	// Two halves per runtime, alternated.
+	// Two halves per runtime, the second in reverse order, so that no
+	// runtime always starts right after the same other one.
 	done := map[string]int{}
 	elapsed := map[string]time.Duration{}
 	for half := 0; half < 2; half++ {
-		for _, r := range b.rts {
+		order := append([]rt(nil), b.rts...)
+		if half == 1 {
+			slices.Reverse(order)
+		}
+		for _, r := range order {
 			n := *flagTotal / 2
 			start := time.Now()
 			var wg sync.WaitGroup
@@ -314,7 +320,7 @@ func (b *bench) execStats() {
 	execs, stats := map[string][]time.Duration{}, map[string][]time.Duration{}
 	execPhases := map[string][4][]time.Duration{} // exec, start, exit, delete
 	for i := 0; i < *flagExecs; i++ {
-		for _, x := range rotate(rs, i) {
+		for _, x := range shuffled(rs, i) {
 			spec, _ := x.c.Spec(b.ctx)
 			ps := *spec.Process
 			ps.Args = []string{"true"}
@@ -430,7 +436,7 @@ func (b *bench) ttyOutput() {
 	}
 	took := map[string][]time.Duration{}
 	for i := 0; i < *flagTTYExecs; i++ {
-		for _, x := range rotate(rs, i) {
+		for _, x := range shuffled(rs, i) {
 			spec, _ := x.c.Spec(b.ctx)
 			ps := *spec.Process
 			ps.Args = []string{"sh", "-c", `seq -s " " 1000000`}
@@ -621,15 +627,16 @@ func (b *bench) floor() {
 	}
 }
 
-// rotate returns xs started at position i (mod len). Interleaved loops use
-// it so that every runtime takes every position in turn: drift hits all
-// alike, and no runtime always runs right after another one's teardown.
-func rotate[T any](xs []T, i int) []T {
-	if len(xs) == 0 {
-		return xs
-	}
-	i %= len(xs)
-	return append(append([]T(nil), xs[i:]...), xs[:i]...)
+// shuffled returns xs in the i-th order of a fixed pseudo-random sequence.
+// Interleaved loops use it so that drift hits every runtime alike and no
+// runtime always runs right after the same other one: a fixed or rotated
+// order put this shim right after gVisor's exec and Stats every time, and
+// runsc's leftover work cost it 5-10 ms per exec.
+func shuffled[T any](xs []T, i int) []T {
+	out := append([]T(nil), xs...)
+	r := rand.New(rand.NewPCG(uint64(i), 0x5eed))
+	r.Shuffle(len(out), func(a, b int) { out[a], out[b] = out[b], out[a] })
+	return out
 }
 
 func pct(ds []time.Duration, p float64) time.Duration {
