@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/log"
@@ -406,6 +407,9 @@ func (a *Aggregator) apply(ctx context.Context, res scrapeResult, now time.Time)
 	if res.err != nil {
 		a.scrapeErrors.WithLabelValues(res.reason).Inc()
 		log.G(ctx).WithError(res.err).WithField("shim", res.name).Debug("scrape shim metrics")
+		if errors.Is(res.err, syscall.ECONNREFUSED) {
+			a.removeDeadSocket(ctx, res.name, now)
+		}
 		return
 	}
 	a.dropped.Add(float64(res.dropped))
@@ -422,6 +426,27 @@ func (a *Aggregator) apply(ctx context.Context, res scrapeResult, now time.Time)
 		a.live[res.name] = sh
 	}
 	sh.view, sh.fresh, sh.lastSeen = res.snap, true, now
+}
+
+// staleSocketAge is how long a socket nobody listens on is kept. A shim
+// killed while containerd was down (or gone for good) never gets
+// containerd's cleanup, and its socket would be retried on every scrape
+// forever; a younger one may be a shim between bind and listen.
+const staleSocketAge = time.Minute
+
+// removeDeadSocket removes the socket of a shim that refused a scrape, once
+// it is older than staleSocketAge.
+func (a *Aggregator) removeDeadSocket(ctx context.Context, name string, now time.Time) {
+	path := SocketPath(a.cfg.SocketDir, name)
+	fi, err := os.Lstat(path)
+	if err != nil || now.Sub(fi.ModTime()) < staleSocketAge {
+		return
+	}
+	if err := CleanupSocket(path); err != nil {
+		log.G(ctx).WithError(err).WithField("shim", name).Warn("remove dead shim metrics socket")
+		return
+	}
+	log.G(ctx).WithField("shim", name).Info("removed the metrics socket of a dead shim")
 }
 
 // retire moves a live shim's last view into base.

@@ -534,3 +534,40 @@ func TestAggregatorForgetsExitedShims(t *testing.T) {
 		t.Fatalf("started = %v, want 6", got)
 	}
 }
+
+// A socket nobody listens on (its shim was SIGKILLed with containerd away)
+// is removed once it is old enough; a young one and a live shim's stay.
+func TestAggregatorRemovesDeadSockets(t *testing.T) {
+	a := newTestAggregator(t, nil)
+	live := startFakeShim(t, a.sockets, "live", "i", counterBody(1))
+	dead := func(name string, age time.Duration) string {
+		path := SocketPath(a.sockets, name)
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		l.Close()
+		mt := a.clock.Add(-age)
+		if err := os.Chtimes(path, mt, mt); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	old, young := dead("old", 2*staleSocketAge), dead("young", staleSocketAge/2)
+	mt := a.clock.Add(-time.Hour)
+	if err := os.Chtimes(live.path, mt, mt); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.scrape(t)[startedKey]; got != 1 {
+		t.Fatalf("started = %v, want 1", got)
+	}
+	if _, err := os.Lstat(old); !os.IsNotExist(err) {
+		t.Errorf("dead socket older than %s kept: %v", staleSocketAge, err)
+	}
+	for _, p := range []string{young, live.path} {
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("%s removed: %v", p, err)
+		}
+	}
+}
