@@ -53,9 +53,10 @@ demo: deps build ## the main job: private containerd with this shim, containers 
 bench: deps build ## benchmarks against containerd's runc shim; writes docs/benchmarks.md (root)
 	$(GO) run ./integration/bench $(BENCH_FLAGS)
 
-peer: deps build ## peer suites offline: containerd's client suite, critest, crictl against this shim (runc, gVisor) and containerd's runc shim (root; summary in _output/peer/summary.txt)
+peer: deps build ## peer suites offline: containerd's client suite, critest, crictl against this shim (runc, gVisor) and containerd's runc shim; fails unless ours pass what the runc shim passes (root; _output/peer/summary.txt)
 	bash scripts/peer/build-tools.sh
 	bash scripts/peer/run-all.sh
+	bash scripts/peer/gate.sh
 
 e2e-k8s: deps build ## single-node Kubernetes 1.34 on loopback: Pods on RuntimeClasses custom-runc and custom-runsc through this shim (root; the first run builds Kubernetes into .tools/k8s, ~10 min)
 	bash scripts/k8s/e2e.sh
