@@ -43,7 +43,7 @@ var (
 	flagSeq        = flag.Int("seq", 40, "sequential lifecycles per runtime")
 	flagParallel   = flag.Int("parallel", 10, "parallelism of the throughput test")
 	flagTotal      = flag.Int("total", 200, "lifecycles in the throughput test, per runtime")
-	flagExecs      = flag.Int("execs", 40, "execs and stats calls per runtime")
+	flagExecs      = flag.Int("execs", 150, "execs and stats calls per runtime")
 	flagTTYExecs   = flag.Int("tty-execs", 10, "execs with a terminal and large output per runtime")
 	flagMem        = flag.Int("mem", 10, "containers for the memory test")
 	flagRestart    = flag.Int("restart", 100, "running tasks across a containerd restart")
@@ -351,8 +351,8 @@ func (b *bench) execStats() {
 	for _, x := range rs {
 		b.record("exec of `true` p50/p99 (ms)", x.r.name, ms(pct(execs[x.r.name], 50))+" / "+ms(pct(execs[x.r.name], 99)))
 		ph := execPhases[x.r.name]
-		b.record("  exec / start / exit / delete p50 (ms)", x.r.name,
-			ms(pct(ph[0], 50))+" / "+ms(pct(ph[1], 50))+" / "+ms(pct(ph[2], 50))+" / "+ms(pct(ph[3], 50)))
+		b.record("  start p50 (exec / exit / delete) (ms)", x.r.name,
+			ms(pct(ph[1], 50))+" ("+ms(pct(ph[0], 50))+" / "+ms(pct(ph[2], 50))+" / "+ms(pct(ph[3], 50))+")")
 		b.record("Stats p50/p99 (ms)", x.r.name, ms(pct(stats[x.r.name], 50))+" / "+ms(pct(stats[x.r.name], 99)))
 		b.kill(x.c, x.task)
 	}
@@ -485,9 +485,9 @@ func (b *bench) memory() {
 		group := fmt.Sprintf("pod-%s-%d", r.name, os.Getpid())
 		cs, ts = b.start(r, *flagMem, "pod-"+r.name, group)
 		time.Sleep(2 * time.Second)
-		rss, pss = shimMemory(r.shim, "pod-"+r.name)
-		b.record(fmt.Sprintf("shim PSS per pod of %d containers (MiB)", *flagMem), r.name, mib(pss))
-		_ = rss
+		m := shimMemoryDetail(r.shim, "pod-"+r.name)
+		b.record(fmt.Sprintf("shim PSS per pod of %d containers (MiB)", *flagMem), r.name, mib(m["Pss:"]))
+		b.record("  of which anonymous / file-backed (MiB)", r.name, mib(m["Pss_Anon:"])+" / "+mib(m["Pss_File:"]))
 		b.stopAll(cs, ts)
 	}
 }
@@ -495,6 +495,13 @@ func (b *bench) memory() {
 // shimMemory sums RSS and PSS (bytes) of the shim processes whose command
 // line names a task id with the prefix.
 func shimMemory(shim, prefix string) (rss, pss float64) {
+	m := shimMemoryDetail(shim, prefix)
+	return m["Rss:"], m["Pss:"]
+}
+
+// shimMemoryDetail sums each smaps_rollup field (bytes) over those shims.
+func shimMemoryDetail(shim, prefix string) map[string]float64 {
+	sum := map[string]float64{}
 	ps, _ := harness.ProcessesMatching(shim + " -namespace " + ns + " -id " + prefix)
 	for _, p := range ps {
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p.Pid))
@@ -503,19 +510,14 @@ func shimMemory(shim, prefix string) (rss, pss float64) {
 		}
 		for _, line := range strings.Split(string(data), "\n") {
 			f := strings.Fields(line)
-			if len(f) < 2 {
+			if len(f) < 3 || f[2] != "kB" {
 				continue
 			}
 			v, _ := strconv.ParseFloat(f[1], 64)
-			switch f[0] {
-			case "Rss:":
-				rss += v * 1024
-			case "Pss:":
-				pss += v * 1024
-			}
+			sum[f[0]] += v * 1024
 		}
 	}
-	return rss, pss
+	return sum
 }
 
 func (b *bench) underLoad() {
