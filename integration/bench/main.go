@@ -481,6 +481,9 @@ func (b *bench) memory() {
 		b.record(fmt.Sprintf("shim RSS per container, %d containers (MiB)", *flagMem), r.name, mib(rss/float64(*flagMem)))
 		b.record(fmt.Sprintf("shim PSS per container, %d containers (MiB)", *flagMem), r.name, mib(pss/float64(*flagMem)))
 		b.stopAll(cs, ts)
+		// A shim process still exiting would share the binary's pages with
+		// the pod's shim and make its PSS look smaller than it is alone.
+		waitGone(r.shim, prefix, 10*time.Second)
 
 		group := fmt.Sprintf("pod-%s-%d", r.name, os.Getpid())
 		cs, ts = b.start(r, *flagMem, "pod-"+r.name, group)
@@ -489,6 +492,15 @@ func (b *bench) memory() {
 		b.record(fmt.Sprintf("shim PSS per pod of %d containers (MiB)", *flagMem), r.name, mib(m["Pss:"]))
 		b.record("  of which anonymous / file-backed (MiB)", r.name, mib(m["Pss_Anon:"])+" / "+mib(m["Pss_File:"]))
 		b.stopAll(cs, ts)
+	}
+}
+
+// waitGone waits until no shim process names a task id with the prefix.
+func waitGone(shim, prefix string, timeout time.Duration) {
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if ps, _ := harness.ProcessesMatching(shim + " -namespace " + ns + " -id " + prefix); len(ps) == 0 {
+			return
+		}
 	}
 }
 
