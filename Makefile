@@ -36,6 +36,7 @@ integration: build ## integration suite against real containerd + runc (root; ru
 
 stress: build ## the long fault and load runs: 1000 lifecycles, 200-exec storm, 50 tasks across a restart, 300000 fuzz inputs per target
 	@mkdir -p _output
+	@rm -f _output/stress.txt
 	SHIM_BINARY=$(abspath $(BIN)) TEST_REPORT=$(abspath _output/stress.txt) CHURN_LIFECYCLES=1000 CHURN_LIFECYCLES_GVISOR=250 \
 		EXEC_STORM=200 EXEC_STORM_GVISOR=100 RESTART_TASKS=50 \
 		$(GO) test -count=1 -timeout 60m -v -run 'TestChurn|TestExecStorm|TestContainerdRestart' ./integration/
