@@ -296,27 +296,7 @@ func (b *bench) throughput() {
 }
 
 func (b *bench) execStats() {
-	type running struct {
-		r    rt
-		c    client.Container
-		task client.Task
-	}
-	var rs []running
-	for _, r := range b.rts {
-		id := b.id("exec-" + r.name)
-		c, err := b.container(r, id, []string{"sleep", "100000"})
-		if err != nil {
-			fatal(err)
-		}
-		task, err := c.NewTask(b.ctx, cio.NullIO)
-		if err != nil {
-			fatal(err)
-		}
-		if err := task.Start(b.ctx); err != nil {
-			fatal(err)
-		}
-		rs = append(rs, running{r, c, task})
-	}
+	rs := b.sleepers("exec-")
 	execs, stats := map[string][]time.Duration{}, map[string][]time.Duration{}
 	execPhases := map[string][4][]time.Duration{} // exec, start, exit, delete
 	for i := 0; i < *flagExecs; i++ {
@@ -414,26 +394,7 @@ func (b *bench) stopAll(cs []client.Container, ts []client.Task) {
 // ttyOutput: an exec with a terminal that writes 6.9 MB (what containerd's
 // TestContainerExecLargeOutputWithTTY does 100 times): the console copy path.
 func (b *bench) ttyOutput() {
-	type running struct {
-		r    rt
-		c    client.Container
-		task client.Task
-	}
-	var rs []running
-	for _, r := range b.rts {
-		c, err := b.container(r, b.id("tty-"+r.name), []string{"sleep", "100000"})
-		if err != nil {
-			fatal(err)
-		}
-		task, err := c.NewTask(b.ctx, cio.NullIO)
-		if err != nil {
-			fatal(err)
-		}
-		if err := task.Start(b.ctx); err != nil {
-			fatal(err)
-		}
-		rs = append(rs, running{r, c, task})
-	}
+	rs := b.sleepers("tty-")
 	took := map[string][]time.Duration{}
 	for i := 0; i < *flagTTYExecs; i++ {
 		for _, x := range shuffled(rs, i) {
@@ -463,6 +424,33 @@ func (b *bench) ttyOutput() {
 		b.record("exec with a tty writing 6.9 MB, p50 (ms)", x.r.name, ms(pct(took[x.r.name], 50)))
 		b.kill(x.c, x.task)
 	}
+}
+
+// running is a long-running task of one runtime that a step execs into.
+type running struct {
+	r    rt
+	c    client.Container
+	task client.Task
+}
+
+// sleepers starts one `sleep` task per runtime.
+func (b *bench) sleepers(prefix string) []running {
+	var rs []running
+	for _, r := range b.rts {
+		c, err := b.container(r, b.id(prefix+r.name), []string{"sleep", "100000"})
+		if err != nil {
+			fatal(err)
+		}
+		task, err := c.NewTask(b.ctx, cio.NullIO)
+		if err != nil {
+			fatal(err)
+		}
+		if err := task.Start(b.ctx); err != nil {
+			fatal(err)
+		}
+		rs = append(rs, running{r, c, task})
+	}
+	return rs
 }
 
 type countingWriter struct{ n int64 }
