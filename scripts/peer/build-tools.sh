@@ -86,7 +86,7 @@ fi
 
 # ---- images -------------------------------------------------------------------------------
 # Rebuilt when busybox, the image scripts or the Go helpers change.
-want=$(cat /bin/busybox "$PEER/mkimages.sh" "$PEER/mkoci.sh" "$PEER"/go/go.mod "$PEER"/go/cmd/*/*.go | sha256sum | cut -d' ' -f1)
+want=$(cat /bin/busybox "$PEER/mkimages.sh" "$PEER/busybox-rootfs.sh" "$PEER/mkoci.sh" "$PEER"/go/go.mod "$PEER"/go/cmd/*/*.go | sha256sum | cut -d' ' -f1)
 if stamp_ok "$PEER_TOOLS/.images.stamp" "$want" && [ -f "$PEER_TOOLS/images/busybox.tar" ]; then
   log "images (cached)"
 else
