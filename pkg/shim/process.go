@@ -117,6 +117,11 @@ func (p *process) invalidLocked(op string) error {
 	if !p.isInit() {
 		what = fmt.Sprintf("exec %s of task %s", p.id, p.c.id)
 	}
+	if p.state == stateDeleted {
+		// A concurrent Delete won the race: the process is gone, which
+		// callers that clean up (CRI, ctr) treat as done.
+		return fmt.Errorf("cannot %s %s: already deleted: %w", op, what, errdefs.ErrNotFound)
+	}
 	return fmt.Errorf("cannot %s %s: process is %s: %w", op, what, p.state, errdefs.ErrFailedPrecondition)
 }
 

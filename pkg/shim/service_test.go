@@ -442,3 +442,39 @@ func TestDeleteCreatedTaskReportsKilled(t *testing.T) {
 	}
 	wantEvents(t, h.flushed(), []string{"/tasks/create c1", "/tasks/delete c1"})
 }
+
+// Concurrent deletes of one task (CRI's exit handler and a cleanup racing):
+// one wins, the others learn the task is gone (NotFound, which callers treat
+// as done), and containerd hears one TaskDelete.
+func TestConcurrentDeletesOneWinsOthersNotFound(t *testing.T) {
+	h := newHarness(t)
+	pid := h.create("c1")
+	if _, err := h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	h.exit(pid, 0)
+	if _, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := h.svc.Delete(h.ctx, &taskAPI.DeleteRequest{ID: "c1"})
+			errs <- err
+		}()
+	}
+	ok := 0
+	for range n {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case !errdefs.IsNotFound(err):
+			t.Errorf("losing delete: %v, want NotFound", err)
+		}
+	}
+	if ok != 1 {
+		t.Errorf("%d deletes succeeded, want 1", ok)
+	}
+	wantEvents(t, h.flushed(), []string{"/tasks/create c1", "/tasks/start c1", "/tasks/exit c1/c1 0", "/tasks/delete c1"})
+}
