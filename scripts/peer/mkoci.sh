@@ -12,12 +12,14 @@
 #                org.opencontainers.image.ref.name=<tag>.
 # Deterministic: sorted entries, mtime 0, owner 0:0, gzip -n. Same input, same
 # digests (critest compares image ids across pulls).
+# env: ARCH (default from uname -m)
 set -euo pipefail
 export LC_ALL=C
 out=${1:?usage}; rootfs=${2:?usage}; cfg=${3:?usage}; shift 3
 [ $# -ge 1 ] || { echo "mkoci.sh: need at least one NAME" >&2; exit 2; }
-arch=amd64
-case "$(uname -m)" in aarch64|arm64) arch=arm64;; esac
+case "${ARCH:-$(uname -m)}" in
+  x86_64|amd64) arch=amd64;; aarch64|arm64) arch=arm64;; *) arch=${ARCH:-$(uname -m)};;
+esac
 
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 blobs=$work/layout/blobs/sha256; mkdir -p "$blobs"
