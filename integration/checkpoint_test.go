@@ -66,17 +66,8 @@ func TestCheckpointRestore(t *testing.T) {
 		if err := task.Start(ctx); err != nil {
 			t.Fatalf("start restored task: %v", err)
 		}
-		spec, _ := c.Spec(ctx)
-		pspec := *spec.Process
-		pspec.Args = []string{"cat", "/tmp/count"}
 		var out outputs
-		p, err := task.Exec(ctx, "count", &pspec, out.creator())
-		if err != nil {
-			t.Fatal(err)
-		}
-		pc, _ := p.Wait(ctx)
-		p.Start(ctx)
-		waitExit(t, pc, 10*time.Second)
+		execToExit(t, c, task, "count", out.creator(), "cat", "/tmp/count")
 		if n := strings.TrimSpace(out.stdout.String()); n == "" || n == "0" {
 			t.Fatalf("restored counter %q", n)
 		}

@@ -96,19 +96,9 @@ func (o *outputs) creator() cio.Creator {
 // its exit status and outputs.
 func runToExit(t *testing.T, c client.Container) (uint32, *outputs) {
 	t.Helper()
-	ctx := testContext(t)
 	var out outputs
-	task, err := c.NewTask(ctx, out.creator())
-	if err != nil {
-		t.Fatalf("new task: %v", err)
-	}
-	statusC, err := task.Wait(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := task.Start(ctx); err != nil {
-		t.Fatalf("start: %v", err)
-	}
+	task, statusC := startTask(t, c, out.creator())
+	ctx := testContext(t)
 	var st client.ExitStatus
 	select {
 	case st = <-statusC:
@@ -140,6 +130,38 @@ func startTask(t *testing.T, c client.Container, creator cio.Creator) (client.Ta
 		t.Fatalf("start: %v", err)
 	}
 	return task, statusC
+}
+
+// execToExit runs args as exec id in task, with the rest of the container's
+// process spec, waits for it, deletes it and returns its exit code.
+func execToExit(t *testing.T, c client.Container, task client.Task, id string, creator cio.Creator, args ...string) uint32 {
+	t.Helper()
+	ctx := testContext(t)
+	spec, err := c.Spec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := *spec.Process
+	ps.Args = args
+	if creator == nil {
+		creator = cio.NullIO
+	}
+	p, err := task.Exec(ctx, id, &ps, creator)
+	if err != nil {
+		t.Fatalf("exec %s: %v", id, err)
+	}
+	ch, err := p.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatalf("start exec %s: %v", id, err)
+	}
+	st := waitExit(t, ch, 30*time.Second)
+	if _, err := p.Delete(ctx); err != nil {
+		t.Fatalf("delete exec %s: %v", id, err)
+	}
+	return st.ExitCode()
 }
 
 func waitExit(t *testing.T, ch <-chan client.ExitStatus, timeout time.Duration) client.ExitStatus {

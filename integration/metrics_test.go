@@ -16,7 +16,6 @@ import (
 	"time"
 
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
-	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -154,18 +153,10 @@ func TestMetrics(t *testing.T) {
 			"io.kubernetes.cri.container-name":    "app",
 		}))
 		task, statusC := startTask(t, c, nil)
-		spec, _ := c.Spec(ctx)
 		for i, code := range []int{0, 5} {
-			ps := *spec.Process
-			ps.Args = []string{"sh", "-c", fmt.Sprintf("exit %d", code)}
-			p, err := task.Exec(ctx, fmt.Sprintf("x%d", i), &ps, cio.NullIO)
-			if err != nil {
-				t.Fatal(err)
+			if got := execToExit(t, c, task, fmt.Sprintf("x%d", i), nil, "sh", "-c", fmt.Sprintf("exit %d", code)); got != uint32(code) {
+				t.Fatalf("exec exit %d, want %d", got, code)
 			}
-			ch, _ := p.Wait(ctx)
-			p.Start(ctx)
-			<-ch
-			p.Delete(ctx)
 		}
 		// The other tasks' shims may still be on their way out.
 		var shimSock string

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
-	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -221,17 +220,7 @@ func TestSecretsNotLogged(t *testing.T) {
 			oci.WithEnv([]string{"API_TOKEN=" + secret}))
 		task, statusC := startTask(t, c, nil)
 		ctx := testContext(t)
-		spec, _ := c.Spec(ctx)
-		ps := *spec.Process
-		ps.Args = []string{"sh", "-c", "echo " + secret + " >/dev/null"}
-		p, err := task.Exec(ctx, "sec", &ps, cio.NullIO)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ch, _ := p.Wait(ctx)
-		p.Start(ctx)
-		<-ch
-		p.Delete(ctx)
+		execToExit(t, c, task, "sec", nil, "sh", "-c", "echo "+secret+" >/dev/null")
 		task.Kill(ctx, syscall.SIGKILL)
 		waitExit(t, statusC, 10*time.Second)
 		task.Delete(ctx)
