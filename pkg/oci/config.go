@@ -6,12 +6,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
+	"golang.org/x/sys/unix"
 )
 
 // Backend names.
@@ -176,14 +178,48 @@ func ParseConfig(data []byte, source string) (*Config, error) {
 	return c, nil
 }
 
+// readConfigFile reads a regular file of at most maxConfigSize bytes. A
+// path naming a directory, fifo or device is refused without reading it: a
+// fifo would block the shim and /dev/zero would never end.
+func readConfigFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		switch {
+		case errors.Is(err, os.ErrNotExist), errors.Is(err, unix.ENOTDIR):
+			return nil, fmt.Errorf("runtime config file %s does not exist: %w", path, errdefs.ErrNotFound)
+		case errors.Is(err, unix.ENAMETOOLONG), errors.Is(err, unix.ELOOP):
+			return nil, fmt.Errorf("runtime config file %s: %v: %w", path, unwrapPathError(err), errdefs.ErrInvalidArgument)
+		}
+		return nil, fmt.Errorf("open runtime config file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat runtime config file: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("runtime config file %s is not a regular file (%s): %w", path, st.Mode().Type(), errdefs.ErrInvalidArgument)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read runtime config file %s: %w", path, err)
+	}
+	return data, nil
+}
+
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
 // LoadConfigFile reads and parses a TOML configuration file.
 func LoadConfigFile(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("runtime config file %s does not exist: %w", path, errdefs.ErrNotFound)
-		}
-		return nil, fmt.Errorf("read runtime config file %s: %w", path, err)
+		return nil, err
 	}
 	c, err := ParseConfig(data, path)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -227,5 +228,41 @@ func TestGroupAndBackendAnnotations(t *testing.T) {
 	}
 	if err := SelectBackend(c, map[string]string{AnnotationBackend: "vm"}); !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestLoadConfigFileRefusesWhatIsNotAFile: a ConfigPath naming a directory,
+// fifo or device fails at once with its kind; none is read (a fifo would
+// block, /dev/zero never ends).
+func TestLoadConfigFileRefusesWhatIsNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo.toml")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.toml")
+	if err := os.WriteFile(big, []byte("# "+strings.Repeat("x", maxConfigSize)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	plain := filepath.Join(dir, "plain")
+	if err := os.WriteFile(plain, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path, text string
+		is         func(error) bool
+	}{
+		{dir, "not a regular file (d", errdefs.IsInvalidArgument},
+		{fifo, "not a regular file (p", errdefs.IsInvalidArgument},
+		{"/dev/zero", "not a regular file (Dc", errdefs.IsInvalidArgument},
+		{big, "more than the 65536", errdefs.IsInvalidArgument},
+		{filepath.Join(dir, "missing.toml"), "does not exist", errdefs.IsNotFound},
+		{filepath.Join(plain, "x.toml"), "does not exist", errdefs.IsNotFound},
+		{"/" + strings.Repeat("a", 5000), "file name too long", errdefs.IsInvalidArgument},
+	} {
+		_, err := LoadConfigFile(tc.path)
+		if err == nil || !tc.is(err) || !strings.Contains(err.Error(), tc.text) || !strings.Contains(err.Error(), tc.path[:min(len(tc.path), 40)]) {
+			t.Errorf("%s: got %v, want %q of the right kind, naming the file", tc.path[:min(len(tc.path), 40)], err, tc.text)
+		}
 	}
 }
