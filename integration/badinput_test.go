@@ -148,7 +148,7 @@ func TestBadInput(t *testing.T) {
 				}
 				t.Logf("error: %v", err)
 				assertNothingLeft(t, e, id)
-				eventually(t, 5*time.Second, "no socket left", func() error {
+				eventually(t, 30*time.Second, "no socket left", func() error {
 					if _, err := os.Stat(shimSocket(e, id)); err == nil {
 						return fmt.Errorf("shim socket %s left", shimSocket(e, id))
 					}

@@ -47,7 +47,7 @@ func TestCheckpointRestore(t *testing.T) {
 		if err := task.Kill(ctx, 9); err != nil {
 			t.Fatal(err)
 		}
-		waitExit(t, statusC, 10*time.Second)
+		waitExit(t, statusC, 30*time.Second)
 		if _, err := task.Delete(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -72,7 +72,7 @@ func TestCheckpointRestore(t *testing.T) {
 			t.Fatalf("restored counter %q", n)
 		}
 		task.Kill(ctx, 9)
-		waitExit(t, statusC, 10*time.Second)
+		waitExit(t, statusC, 30*time.Second)
 	})
 }
 

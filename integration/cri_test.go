@@ -216,7 +216,7 @@ func TestCRIStdoutWhileContainerdDown(t *testing.T) {
 		if _, err := rc.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID}); err != nil {
 			t.Fatalf("RemovePodSandbox: %v", err)
 		}
-		eventually(t, 10*time.Second, "the pod's shim exits", func() error {
+		eventually(t, 30*time.Second, "the pod's shim exits", func() error {
 			ps, _ := harness.ProcessesMatching(shimName + " -namespace " + criNamespace + " -id " + podID)
 			if len(ps) > 0 {
 				return fmt.Errorf("shim still running: %+v", ps)

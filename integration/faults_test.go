@@ -79,7 +79,7 @@ func TestContainerdRestart(t *testing.T) {
 			if err := task.Kill(ctx, syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
-			if st := waitExit(t, statusC, 10*time.Second); st.ExitCode() != 7 {
+			if st := waitExit(t, statusC, 30*time.Second); st.ExitCode() != 7 {
 				t.Fatalf("%s exit %d after restart, want 7", id, st.ExitCode())
 			}
 			if _, err := task.Delete(ctx); err != nil {
@@ -89,7 +89,7 @@ func TestContainerdRestart(t *testing.T) {
 		// containerd removes, as it loads shims, a task that stopped while
 		// it was down (no pids, not a sandbox: core/runtime/v2/shim_load.go);
 		// the shim must let it clean up completely.
-		eventually(t, 10*time.Second, "stopped task cleaned up by containerd", func() error {
+		eventually(t, 30*time.Second, "stopped task cleaned up by containerd", func() error {
 			c, err := e.client.LoadContainer(ctx, exitsWhileDown)
 			if err != nil {
 				return err
@@ -142,7 +142,7 @@ func TestShimKilled(t *testing.T) {
 		// with containerd's runc shim); the exit containerd publishes comes
 		// from the shim's "delete" cleanup.
 		waitExit(t, statusC, 20*time.Second)
-		ev, err := rec.WaitFor(harness.Match(harness.TopicTaskExit, id), 10*time.Second)
+		ev, err := rec.WaitFor(harness.Match(harness.TopicTaskExit, id), 30*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,7 +150,7 @@ func TestShimKilled(t *testing.T) {
 			t.Fatalf("TaskExit after shim kill: %+v, want status 137 pid %d", ex, task.Pid())
 		}
 		task.Delete(ctx)
-		eventually(t, 10*time.Second, "container process gone", func() error {
+		eventually(t, 30*time.Second, "container process gone", func() error {
 			if err := syscall.Kill(int(task.Pid()), 0); err == nil {
 				return fmt.Errorf("pid %d still alive", task.Pid())
 			}
@@ -209,7 +209,7 @@ func TestGrouping(t *testing.T) {
 		for i, task := range tasks {
 			statusC, _ := task.Wait(ctx)
 			task.Kill(ctx, syscall.SIGKILL)
-			waitExit(t, statusC, 10*time.Second)
+			waitExit(t, statusC, 30*time.Second)
 			if _, err := task.Delete(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -218,7 +218,7 @@ func TestGrouping(t *testing.T) {
 				t.Fatalf("shim exited with %d tasks left", len(tasks)-1-i)
 			}
 		}
-		eventually(t, 10*time.Second, "grouped shim exits after the last task", func() error {
+		eventually(t, 30*time.Second, "grouped shim exits after the last task", func() error {
 			if syscall.Kill(shim.Pid, 0) == nil {
 				return fmt.Errorf("shim %d still running", shim.Pid)
 			}

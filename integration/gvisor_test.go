@@ -83,7 +83,7 @@ func TestPodSharesOneShimAndSandbox(t *testing.T) {
 		if n := len(shimsFor(appID)); n != 0 {
 			t.Fatalf("the app container got a shim of its own")
 		}
-		eventually(t, 10*time.Second, "app output", func() error {
+		eventually(t, 30*time.Second, "app output", func() error {
 			if !strings.Contains(out.stdout.String(), "from-app") {
 				return fmt.Errorf("stdout %q", out.stdout.String())
 			}
@@ -113,7 +113,7 @@ func TestPodSharesOneShimAndSandbox(t *testing.T) {
 		if err := appTask.Kill(ctx, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		if st := waitExit(t, appStatus, 10*time.Second); st.ExitCode() != 137 {
+		if st := waitExit(t, appStatus, 30*time.Second); st.ExitCode() != 137 {
 			t.Fatalf("app exit %d", st.ExitCode())
 		}
 		if st, err := podTask.Status(ctx); err != nil || st.Status != "running" {

@@ -208,7 +208,7 @@ func shimsFor(id string) []harness.Proc {
 // mounts, no runc state and no processes behind.
 func assertNothingLeft(t *testing.T, e *env, id string) {
 	t.Helper()
-	eventually(t, 10*time.Second, "no shim left for "+id, func() error {
+	eventually(t, 30*time.Second, "no shim left for "+id, func() error {
 		if ps := shimsFor(id); len(ps) > 0 {
 			return fmt.Errorf("shim still running: %+v", ps)
 		}

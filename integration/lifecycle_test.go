@@ -46,14 +46,14 @@ func TestExitCodes(t *testing.T) {
 				if tc.name == "error" && (out.stdout.String() != "out\n" || out.stderr.String() != "err\n") {
 					t.Fatalf("stdout %q stderr %q", out.stdout.String(), out.stderr.String())
 				}
-				ev, err := rec.WaitFor(harness.Match(harness.TopicTaskExit, id), 10*time.Second)
+				ev, err := rec.WaitFor(harness.Match(harness.TopicTaskExit, id), 30*time.Second)
 				if err != nil {
 					t.Fatal(err)
 				}
 				if s := ev.Payload.(*eventtypes.TaskExit).ExitStatus; s != tc.want {
 					t.Fatalf("TaskExit status %d, want %d", s, tc.want)
 				}
-				if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 10*time.Second); err != nil {
+				if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 30*time.Second); err != nil {
 					t.Fatal(err)
 				}
 				want := []string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}
@@ -77,7 +77,7 @@ func TestSignals(t *testing.T) {
 		if err := task.Kill(ctx, syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		if st := waitExit(t, statusC, 10*time.Second); st.ExitCode() != 42 {
+		if st := waitExit(t, statusC, 30*time.Second); st.ExitCode() != 42 {
 			t.Fatalf("exit %d, want 42", st.ExitCode())
 		}
 		err := task.Kill(ctx, syscall.SIGKILL)
@@ -89,7 +89,7 @@ func TestSignals(t *testing.T) {
 		id2 := containerID(t, "all")
 		c2 := newContainer(t, e, id2, nil, oci.WithProcessArgs("sh", "-c", "sleep 1000 & sleep 1000 & wait"))
 		task2, statusC2 := startTask(t, c2, nil)
-		eventually(t, 5*time.Second, "three processes", func() error {
+		eventually(t, 30*time.Second, "three processes", func() error {
 			ps, err := task2.Pids(ctx)
 			if err != nil || len(ps) < 3 {
 				return fmt.Errorf("pids %v %v", ps, err)
@@ -99,7 +99,7 @@ func TestSignals(t *testing.T) {
 		if err := task2.Kill(ctx, syscall.SIGKILL, client.WithKillAll); err != nil {
 			t.Fatal(err)
 		}
-		if st := waitExit(t, statusC2, 10*time.Second); st.ExitCode() != 137 {
+		if st := waitExit(t, statusC2, 30*time.Second); st.ExitCode() != 137 {
 			t.Fatalf("exit %d, want 137", st.ExitCode())
 		}
 		task2.Delete(ctx)
@@ -132,7 +132,7 @@ func TestExec(t *testing.T) {
 		if err := p.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if st := waitExit(t, pc, 10*time.Second); st.ExitCode() != 5 {
+		if st := waitExit(t, pc, 30*time.Second); st.ExitCode() != 5 {
 			t.Fatalf("exec exit %d", st.ExitCode())
 		}
 		p.Delete(ctx)
@@ -164,8 +164,8 @@ func TestExec(t *testing.T) {
 		if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		waitExit(t, statusC, 10*time.Second)
-		waitExit(t, lc, 10*time.Second)
+		waitExit(t, statusC, 30*time.Second)
+		waitExit(t, lc, 30*time.Second)
 		// No exec may start once the init has exited.
 		pspec.Args = []string{"true"}
 		if late, err := task.Exec(ctx, "e3", &pspec, cio.NullIO); err == nil {
@@ -178,7 +178,7 @@ func TestExec(t *testing.T) {
 		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 10*time.Second); err != nil {
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		var order []string
@@ -208,7 +208,7 @@ func TestStdinAndCloseIO(t *testing.T) {
 		var out outputs
 		in := strings.NewReader("from-stdin\n")
 		task, statusC := startTask(t, c, cio.NewCreator(cio.WithStreams(in, &out.stdout, &out.stderr)))
-		eventually(t, 5*time.Second, "stdin copied", func() error {
+		eventually(t, 30*time.Second, "stdin copied", func() error {
 			if !strings.Contains(out.stdout.String(), "from-stdin") {
 				return fmt.Errorf("stdout %q", out.stdout.String())
 			}
@@ -217,7 +217,7 @@ func TestStdinAndCloseIO(t *testing.T) {
 		if err := task.CloseIO(ctx, client.WithStdinCloser); err != nil {
 			t.Fatal(err)
 		}
-		if st := waitExit(t, statusC, 10*time.Second); st.ExitCode() != 0 {
+		if st := waitExit(t, statusC, 30*time.Second); st.ExitCode() != 0 {
 			t.Fatalf("exit %d", st.ExitCode())
 		}
 		task.Delete(ctx)
@@ -239,7 +239,7 @@ func TestTTY(t *testing.T) {
 		if err := task.Resize(ctx, 34, 12); err != nil {
 			t.Fatal(err)
 		}
-		if st := waitExit(t, statusC, 10*time.Second); st.ExitCode() != 0 {
+		if st := waitExit(t, statusC, 30*time.Second); st.ExitCode() != 0 {
 			t.Fatalf("exit %d", st.ExitCode())
 		}
 		task.Delete(ctx)
@@ -273,7 +273,7 @@ func TestPauseResume(t *testing.T) {
 			t.Fatalf("status %v after resume", st.Status)
 		}
 		for _, topic := range []string{harness.TopicTaskPaused, harness.TopicTaskResumed} {
-			if _, err := rec.WaitFor(harness.Match(topic, id), 5*time.Second); err != nil {
+			if _, err := rec.WaitFor(harness.Match(topic, id), 30*time.Second); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -291,7 +291,7 @@ func TestStatsAndUpdate(t *testing.T) {
 		task, _ := startTask(t, c, nil)
 		// Just after start the pids counter may still count runc init's
 		// threads (runc backend, loaded machine).
-		eventually(t, 5*time.Second, "one process in the cgroup", func() error {
+		eventually(t, 30*time.Second, "one process in the cgroup", func() error {
 			m, err := task.Metrics(ctx)
 			if err != nil {
 				return err
@@ -380,7 +380,7 @@ func TestOOM(t *testing.T) {
 			t.Fatalf("OOM kill count %d in stats", kills)
 		}
 		task.Delete(ctx)
-		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 10*time.Second); err != nil {
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		topics := strings.Join(rec.Topics(id), " ")
@@ -416,7 +416,7 @@ func TestLogURIs(t *testing.T) {
 			harness.BusyboxImage, id, "sh", "-c", "echo to-binary"); err != nil {
 			t.Fatalf("ctr run: %v %s", err, out)
 		}
-		eventually(t, 5*time.Second, "binary log written", func() error {
+		eventually(t, 30*time.Second, "binary log written", func() error {
 			data, _ := os.ReadFile(binLog)
 			if !strings.Contains(string(data), "to-binary") {
 				return fmt.Errorf("binary log %q", data)

@@ -116,7 +116,7 @@ func TestMetrics(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { agg.Process.Signal(syscall.SIGTERM); agg.Wait() }()
-		eventually(t, 10*time.Second, "aggregator up", func() error {
+		eventually(t, 30*time.Second, "aggregator up", func() error {
 			_, err := os.Stat(aggSock)
 			return err
 		})
@@ -160,7 +160,7 @@ func TestMetrics(t *testing.T) {
 		}
 		// The other tasks' shims may still be on their way out.
 		var shimSock string
-		eventually(t, 10*time.Second, "one live shim socket", func() error {
+		eventually(t, 30*time.Second, "one live shim socket", func() error {
 			entries, _ := os.ReadDir(filepath.Join(dir, "metrics"))
 			if len(entries) != 1 {
 				return fmt.Errorf("%d sockets", len(entries))
@@ -178,7 +178,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("task_state for the running task %v, want 1:\n%s", v, text)
 		}
 		task.Kill(ctx, syscall.SIGKILL)
-		waitExit(t, statusC, 10*time.Second)
+		waitExit(t, statusC, 30*time.Second)
 		if _, err := task.Delete(ctx); err != nil {
 			t.Fatal(err)
 		}

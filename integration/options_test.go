@@ -57,7 +57,7 @@ func TestRuntimeOptions(t *testing.T) {
 					t.Fatalf("no runc state for %s under %s", id, tc.root)
 				}
 				task.Kill(ctx, 9)
-				waitExit(t, statusC, 10*time.Second)
+				waitExit(t, statusC, 30*time.Second)
 				if _, err := task.Delete(ctx); err != nil {
 					t.Fatal(err)
 				}
@@ -196,7 +196,7 @@ func TestShimCgroupAndIOOwner(t *testing.T) {
 		}
 		// runc hands the pipe's uid to the process user (root here) and keeps
 		// the group the shim set: the group shows the option arrived.
-		eventually(t, 5*time.Second, "stdout owner", func() error {
+		eventually(t, 30*time.Second, "stdout owner", func() error {
 			if !strings.Contains(out.stdout.String(), ":5678") {
 				return fmt.Errorf("stdout %q", out.stdout.String())
 			}

@@ -222,7 +222,7 @@ func TestSecretsNotLogged(t *testing.T) {
 		ctx := testContext(t)
 		execToExit(t, c, task, "sec", nil, "sh", "-c", "echo "+secret+" >/dev/null")
 		task.Kill(ctx, syscall.SIGKILL)
-		waitExit(t, statusC, 10*time.Second)
+		waitExit(t, statusC, 30*time.Second)
 		task.Delete(ctx)
 		data, err := os.ReadFile(e.d.LogPath())
 		if err != nil {

@@ -83,7 +83,7 @@ func TestChurn(t *testing.T) {
 			t.Error(err)
 		}
 		took := time.Since(start)
-		rec.WaitFor(harness.Match(harness.TopicTaskDelete, all[len(all)-1]), 10*time.Second)
+		rec.WaitFor(harness.Match(harness.TopicTaskDelete, all[len(all)-1]), 30*time.Second)
 		time.Sleep(time.Second)
 		want := strings.Join([]string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}, " ")
 		complete := 0
@@ -173,7 +173,7 @@ func TestExecStorm(t *testing.T) {
 		took := time.Since(start)
 		// Exec stdio and containerd's connections close asynchronously.
 		var fdsAfter int
-		eventually(t, 10*time.Second, "shim descriptors back", func() error {
+		eventually(t, 30*time.Second, "shim descriptors back", func() error {
 			if fdsAfter = fdCount(shim.Pid); fdsAfter > fdsBefore+3 {
 				return fmt.Errorf("shim fds grew from %d to %d", fdsBefore, fdsAfter)
 			}
@@ -239,7 +239,7 @@ func TestInitKilledFromOutside(t *testing.T) {
 		if err := syscall.Kill(int(task.Pid()), syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		if st := waitExit(t, statusC, 10*time.Second); st.ExitCode() != 137 {
+		if st := waitExit(t, statusC, 30*time.Second); st.ExitCode() != 137 {
 			t.Fatalf("exit %d", st.ExitCode())
 		}
 		if _, err := task.Delete(ctx); err != nil {
@@ -271,7 +271,7 @@ exec runc "$@"
 		}
 		t.Logf("error: %v", err)
 		assertNothingLeft(t, e, id)
-		eventually(t, 10*time.Second, "no container process left", func() error {
+		eventually(t, 30*time.Second, "no container process left", func() error {
 			ps, _ := harness.ProcessesMatching("sleep 1000")
 			for _, p := range ps {
 				root, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", p.Pid))
@@ -361,7 +361,7 @@ func TestGroupedShimChurn(t *testing.T) {
 		// containerd closes its per-task connections to the shim (1.7 keeps
 		// one per task) asynchronously: let them go before counting.
 		var after int
-		eventually(t, 10*time.Second, "descriptors back to where they were", func() error {
+		eventually(t, 30*time.Second, "descriptors back to where they were", func() error {
 			if after = fdCount(shim.Pid); after > before+1 {
 				return fmt.Errorf("fds %d before, %d after; changed: %v", before, after, fdDiff(beforeKinds, fdTargets(shim.Pid)))
 			}
