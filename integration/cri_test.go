@@ -185,6 +185,13 @@ func TestCRIStdoutWhileContainerdDown(t *testing.T) {
 			t.Fatal(err)
 		}
 		rc = connect()
+		// A restarted containerd reattaches to the container's output while
+		// it recovers, before CRI serves requests ("server is not
+		// initialized yet" from 1.7 meanwhile); the kubelet waits too.
+		eventually(t, 60*time.Second, "CRI serves again after the restart", func() error {
+			_, err := rc.Status(ctx, &runtimeapi.StatusRequest{})
+			return err
+		})
 		eventually(t, 60*time.Second, "container writes again after containerd is back", func() error {
 			if s := size(); s < stalled+1<<20 {
 				return fmt.Errorf("log is %d bytes, %d when containerd stopped", s, stalled)
