@@ -188,7 +188,7 @@ func readConfigFile(path string) ([]byte, error) {
 		case errors.Is(err, os.ErrNotExist), errors.Is(err, unix.ENOTDIR):
 			return nil, fmt.Errorf("runtime config file %s does not exist: %w", path, errdefs.ErrNotFound)
 		case errors.Is(err, unix.ENAMETOOLONG), errors.Is(err, unix.ELOOP):
-			return nil, fmt.Errorf("runtime config file %s: %v: %w", path, unwrapPathError(err), errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("runtime config file %s: %v: %w", path, errors.Unwrap(err), errdefs.ErrInvalidArgument)
 		}
 		return nil, fmt.Errorf("open runtime config file: %w", err)
 	}
@@ -205,14 +205,6 @@ func readConfigFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("read runtime config file %s: %w", path, err)
 	}
 	return data, nil
-}
-
-func unwrapPathError(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // LoadConfigFile reads and parses a TOML configuration file.
