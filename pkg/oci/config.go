@@ -9,23 +9,18 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strconv"
 	"strings"
 
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
 	"golang.org/x/sys/unix"
 )
 
-// Backend names.
-const (
-	BackendRunc  = "runc"
-	BackendRunsc = "runsc"
-)
-
 // Defaults for options that are not set anywhere.
 const (
-	DefaultRuncRoot  = "/run/containerd/custom/runc"
-	DefaultRunscRoot = "/run/containerd/custom/runsc"
 	// DefaultConfigPath is read when containerd sends no runtime options
 	// (ctr without --runtime-config-path, nerdctl, containerd's client suite).
 	DefaultConfigPath = "/etc/containerd/custom-shim.toml"
@@ -34,121 +29,121 @@ const (
 	ConfigEnv = "CONTAINERD_SHIM_CUSTOM_CONFIG"
 )
 
-// Config is the shim's TOML configuration, one per runtime handler.
+// Config is the shim's TOML configuration, one per runtime handler:
 //
-//	backend = "runc"                  # "runc" or "runsc"
+//	backend = "runc"                  # a backend built into the shim
 //	allow_backend_annotation = false  # honour io.containerd.custom.v2.backend
 //	runtime_handler = ""              # metrics label; default: this file's name
-//	[runc]
-//	binary_name = "runc"              # any runc-compatible CLI, e.g. crun
-//	root = "/run/containerd/custom/runc"
-//	systemd_cgroup = false
-//	no_pivot_root = false
-//	no_new_keyring = false
-//	criu_work_path = ""               # default: <bundle>/work
-//	[runsc]
-//	binary_name = "runsc"
-//	root = "/run/containerd/custom/runsc"
-//	platform = "systrap"
-//	network = "sandbox"
-//	debug_log = ""
-//	flags = { "overlay2" = "root:memory" }
+//	[runc]                            # one table per backend, its own keys
+//	...
+//
+// The backend tables belong to the backends: each registers its table's
+// name and type in a Schema (pkg/runtime), and this package decodes them
+// without knowing what they hold.
 type Config struct {
-	Backend                string `toml:"backend" json:"backend"`
-	AllowBackendAnnotation bool   `toml:"allow_backend_annotation" json:"allow_backend_annotation,omitempty"`
+	Backend                string
+	AllowBackendAnnotation bool
 	// RuntimeHandler names the handler in metrics (runtime_handler label);
 	// containerd does not tell shims. Default: the config file's base name.
-	RuntimeHandler string      `toml:"runtime_handler" json:"runtime_handler,omitempty"`
-	Runc           RuncConfig  `toml:"runc" json:"runc"`
-	Runsc          RunscConfig `toml:"runsc" json:"runsc"`
+	RuntimeHandler string
 
-	// TypeUrl may appear when CRI passes a whole options table as ConfigBody.
-	TypeURL string `toml:"TypeUrl" json:"-"`
+	// Process settings that apply whatever the backend; only containerd's
+	// runc options carry them, per task.
+	IoUID, IoGID int
+	ShimCgroup   string
+
+	// Sections are the backends' tables, keyed by backend name.
+	Sections map[string]Section
 
 	// Source says where the configuration came from, for errors and logs.
-	Source string `toml:"-" json:"source,omitempty"`
+	Source string
 }
 
-// RuncConfig configures the runc backend (and crun through the same CLI).
-type RuncConfig struct {
-	BinaryName    string `toml:"binary_name" json:"binary_name,omitempty"`
-	Root          string `toml:"root" json:"root,omitempty"`
-	SystemdCgroup bool   `toml:"systemd_cgroup" json:"systemd_cgroup,omitempty"`
-	NoPivotRoot   bool   `toml:"no_pivot_root" json:"no_pivot_root,omitempty"`
-	NoNewKeyring  bool   `toml:"no_new_keyring" json:"no_new_keyring,omitempty"`
-	CriuWorkPath  string `toml:"criu_work_path" json:"criu_work_path,omitempty"`
-
-	// Set only through containerd's runc options, which carry them per task.
-	IoUID      int    `toml:"-" json:"io_uid,omitempty"`
-	IoGID      int    `toml:"-" json:"io_gid,omitempty"`
-	ShimCgroup string `toml:"-" json:"shim_cgroup,omitempty"`
+// Section is one backend's table, decoded into the type its backend owns.
+type Section interface {
+	// Validate checks values that decoding cannot. Errors name the key as
+	// field "<table>.<key>" and carry errdefs.ErrInvalidArgument.
+	Validate() error
+	// Binary is the runtime executable the settings name, "" for none.
+	Binary() string
+	// ClaimsBinary reports whether containerd's runc option BinaryName
+	// (base name) names this backend's runtime (runsc for gVisor).
+	ClaimsBinary(name string) bool
+	// ApplyRuncOptions takes what containerd's runc options say about the
+	// runtime (binary, root, cgroup driver, …).
+	ApplyRuncOptions(ro *runcoptions.Options)
 }
 
-// RunscConfig configures the gVisor backend.
-type RunscConfig struct {
-	BinaryName string            `toml:"binary_name" json:"binary_name,omitempty"`
-	Root       string            `toml:"root" json:"root,omitempty"`
-	Platform   string            `toml:"platform" json:"platform,omitempty"`
-	Network    string            `toml:"network" json:"network,omitempty"`
-	DebugLog   string            `toml:"debug_log" json:"debug_log,omitempty"`
-	Flags      map[string]string `toml:"flags" json:"flags,omitempty"`
+// Schema lists the backends a configuration may name; the first is the
+// default.
+type Schema struct {
+	names []string
+	newFn map[string]func() Section
+}
+
+// NewSchema starts a schema; Add registers backends.
+func NewSchema() *Schema { return &Schema{newFn: map[string]func() Section{}} }
+
+// Add registers a backend's table: newSection returns the backend's
+// settings with their defaults, a pointer to a struct whose toml and json
+// tags name its keys.
+func (s *Schema) Add(name string, newSection func() Section) *Schema {
+	s.names = append(s.names, name)
+	s.newFn[name] = newSection
+	return s
+}
+
+// Names lists the backends in registration order.
+func (s *Schema) Names() []string { return append([]string(nil), s.names...) }
+
+// Has reports whether name is a registered backend.
+func (s *Schema) Has(name string) bool { _, ok := s.newFn[name]; return ok }
+
+func (s *Schema) defaultBackend() string {
+	if len(s.names) == 0 {
+		return ""
+	}
+	return s.names[0]
+}
+
+func (s *Schema) unknownBackend(what, name string) error {
+	return fmt.Errorf("%s: unknown backend %q (want %s): %w", what, name, quoteList(s.names), errdefs.ErrInvalidArgument)
+}
+
+func quoteList(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	switch len(q) {
+	case 0:
+		return "none"
+	case 1:
+		return q[0]
+	}
+	return strings.Join(q[:len(q)-1], ", ") + " or " + q[len(q)-1]
 }
 
 // DefaultConfig returns the built-in configuration.
-func DefaultConfig() *Config {
-	c := &Config{Source: "built-in defaults"}
-	c.setDefaults()
+func (s *Schema) DefaultConfig() *Config {
+	c := &Config{Backend: s.defaultBackend(), Source: "built-in defaults", Sections: map[string]Section{}}
+	for _, n := range s.names {
+		c.Sections[n] = s.newFn[n]()
+	}
 	return c
 }
 
-func (c *Config) setDefaults() {
-	if c.Backend == "" {
-		c.Backend = BackendRunc
-	}
-	if c.Runc.BinaryName == "" {
-		c.Runc.BinaryName = "runc"
-	}
-	if c.Runc.Root == "" {
-		c.Runc.Root = DefaultRuncRoot
-	}
-	if c.Runsc.BinaryName == "" {
-		c.Runsc.BinaryName = "runsc"
-	}
-	if c.Runsc.Root == "" {
-		c.Runsc.Root = DefaultRunscRoot
-	}
-	if c.Runsc.Platform == "" {
-		c.Runsc.Platform = "systrap"
-	}
-	if c.Runsc.Network == "" {
-		c.Runsc.Network = "sandbox"
-	}
-}
+// Section returns the settings of the selected backend.
+func (c *Config) Section() Section { return c.Sections[c.Backend] }
 
-// Validate checks values that TOML decoding cannot; source names the input.
-func (c *Config) Validate() error {
-	switch c.Backend {
-	case BackendRunc, BackendRunsc:
-	default:
-		return fmt.Errorf("%s: field \"backend\": unknown backend %q (want %q or %q): %w",
-			c.Source, c.Backend, BackendRunc, BackendRunsc, errdefs.ErrInvalidArgument)
+// Validate checks values that TOML decoding cannot.
+func (c *Config) validate(s *Schema) error {
+	if !s.Has(c.Backend) {
+		return fmt.Errorf("%s: %w", c.Source, s.unknownBackend("field \"backend\"", c.Backend))
 	}
-	switch c.Runsc.Platform {
-	case "systrap", "ptrace", "kvm":
-	default:
-		return fmt.Errorf("%s: field \"runsc.platform\": unknown platform %q (want systrap, ptrace or kvm): %w",
-			c.Source, c.Runsc.Platform, errdefs.ErrInvalidArgument)
-	}
-	switch c.Runsc.Network {
-	case "sandbox", "host", "none":
-	default:
-		return fmt.Errorf("%s: field \"runsc.network\": unknown network %q (want sandbox, host or none): %w",
-			c.Source, c.Runsc.Network, errdefs.ErrInvalidArgument)
-	}
-	for k := range c.Runsc.Flags {
-		if k == "" || strings.HasPrefix(k, "-") || strings.ContainsAny(k, "= \t\n") {
-			return fmt.Errorf("%s: field \"runsc.flags\": invalid flag name %q (write it without dashes, e.g. \"overlay2\"): %w",
-				c.Source, k, errdefs.ErrInvalidArgument)
+	for _, n := range s.names {
+		if err := c.Sections[n].Validate(); err != nil {
+			return fmt.Errorf("%s: %w", c.Source, err)
 		}
 	}
 	return nil
@@ -160,22 +155,60 @@ const maxConfigSize = 64 << 10
 
 // ParseConfig decodes TOML, rejecting unknown keys, and applies defaults.
 // source names the input in errors (a file path, or "ConfigBody").
-func ParseConfig(data []byte, source string) (*Config, error) {
+func (s *Schema) ParseConfig(data []byte, source string) (*Config, error) {
 	if len(data) > maxConfigSize {
 		return nil, fmt.Errorf("%s: %d bytes, more than the %d a configuration may have: %w", source, len(data), maxConfigSize, errdefs.ErrInvalidArgument)
 	}
-	c := &Config{}
-	dec := toml.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(c); err != nil {
+	c := s.DefaultConfig()
+	c.Source = source
+	if err := s.decodeTOML(data, c); err != nil {
 		return nil, fmt.Errorf("%s: %s: %w", source, describeTOMLError(err), errdefs.ErrInvalidArgument)
 	}
-	c.Source = source
-	c.setDefaults()
-	if err := c.Validate(); err != nil {
+	if c.Backend == "" {
+		c.Backend = s.defaultBackend()
+	}
+	if err := c.validate(s); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// decodeTOML decodes into a struct built for this schema (the common keys
+// plus one field per backend table, holding the backend's defaults), so
+// that the TOML decoder itself rejects unknown keys with their position.
+func (s *Schema) decodeTOML(data []byte, c *Config) error {
+	fields := []reflect.StructField{
+		{Name: "Backend", Type: reflect.TypeFor[string](), Tag: `toml:"backend"`},
+		{Name: "AllowBackendAnnotation", Type: reflect.TypeFor[bool](), Tag: `toml:"allow_backend_annotation"`},
+		{Name: "RuntimeHandler", Type: reflect.TypeFor[string](), Tag: `toml:"runtime_handler"`},
+		// CRI passes a handler's whole options table as ConfigBody, TypeUrl
+		// included.
+		{Name: "TypeURL", Type: reflect.TypeFor[string](), Tag: `toml:"TypeUrl"`},
+	}
+	const common = 4
+	for i, n := range s.names {
+		fields = append(fields, reflect.StructField{
+			Name: fmt.Sprintf("Section%d", i),
+			Type: reflect.TypeOf(c.Sections[n]).Elem(),
+			Tag:  reflect.StructTag(fmt.Sprintf("toml:%q", n)),
+		})
+	}
+	v := reflect.New(reflect.StructOf(fields)).Elem()
+	for i, n := range s.names {
+		v.Field(common + i).Set(reflect.ValueOf(c.Sections[n]).Elem())
+	}
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v.Addr().Interface()); err != nil {
+		return err
+	}
+	c.Backend = v.Field(0).String()
+	c.AllowBackendAnnotation = v.Field(1).Bool()
+	c.RuntimeHandler = v.Field(2).String()
+	for i, n := range s.names {
+		reflect.ValueOf(c.Sections[n]).Elem().Set(v.Field(common + i))
+	}
+	return nil
 }
 
 // readConfigFile reads a regular file of at most maxConfigSize bytes. A
@@ -208,12 +241,12 @@ func readConfigFile(path string) ([]byte, error) {
 }
 
 // LoadConfigFile reads and parses a TOML configuration file.
-func LoadConfigFile(path string) (*Config, error) {
+func (s *Schema) LoadConfigFile(path string) (*Config, error) {
 	data, err := readConfigFile(path)
 	if err != nil {
 		return nil, err
 	}
-	c, err := ParseConfig(data, path)
+	c, err := s.ParseConfig(data, path)
 	if err != nil {
 		return nil, err
 	}
@@ -226,13 +259,13 @@ func LoadConfigFile(path string) (*Config, error) {
 // LoadDefaultConfig is used when containerd sends no options: the file named
 // by $CONTAINERD_SHIM_CUSTOM_CONFIG, else DefaultConfigPath if present, else
 // the built-in defaults.
-func LoadDefaultConfig() (*Config, error) {
+func (s *Schema) LoadDefaultConfig() (*Config, error) {
 	if p := os.Getenv(ConfigEnv); p != "" {
-		return LoadConfigFile(p)
+		return s.LoadConfigFile(p)
 	}
-	c, err := LoadConfigFile(DefaultConfigPath)
+	c, err := s.LoadConfigFile(DefaultConfigPath)
 	if errdefs.IsNotFound(err) {
-		return DefaultConfig(), nil
+		return s.DefaultConfig(), nil
 	}
 	return c, err
 }
@@ -258,13 +291,4 @@ func describeTOMLError(err error) string {
 		return fmt.Sprintf("unknown option key(s) %s", strings.Join(keys, ", "))
 	}
 	return err.Error()
-}
-
-// configFileName is where the shim keeps a task's resolved configuration in
-// its bundle, so the "delete" action can clean up after a dead shim.
-const configFileName = "custom-shim.json"
-
-// ConfigFilePath returns the path of the resolved configuration in a bundle.
-func ConfigFilePath(bundle string) string {
-	return filepath.Join(bundle, configFileName)
 }

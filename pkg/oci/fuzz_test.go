@@ -7,6 +7,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 )
 
 // FuzzParseConfig: any TOML either parses into a valid configuration or
@@ -17,14 +19,15 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("backend = 1\n"))
 	f.Add([]byte("[[runc]]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := ParseConfig(data, "fuzz.toml")
+		sc := testSchema()
+		c, err := sc.ParseConfig(data, "fuzz.toml")
 		if err != nil {
 			if !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("error of the wrong kind: %v", err)
 			}
 			return
 		}
-		if err := c.Validate(); err != nil {
+		if err := c.validate(sc); err != nil {
 			t.Fatalf("parsed config does not validate: %v", err)
 		}
 	})
@@ -40,7 +43,7 @@ func FuzzConfigFromOptions(f *testing.F) {
 		urls := []string{"containerd.runc.v1.Options", "runtimeoptions.v1.Options", "example.com/Other"}
 		a := &anypb.Any{TypeUrl: urls[int(kind)%len(urls)], Value: value}
 		t.Setenv(ConfigEnv, filepath.Join(t.TempDir(), "none.toml"))
-		_, err := ConfigFromOptions(a)
+		_, err := testSchema().ConfigFromOptions(a)
 		if err != nil && !errdefs.IsInvalidArgument(err) && !errdefs.IsNotFound(err) && !os.IsNotExist(err) {
 			t.Fatalf("error of the wrong kind: %v", err)
 		}
@@ -58,7 +61,7 @@ func FuzzReadSpec(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		s, err := ReadSpec(dir)
+		s, err := ReadSpec(bundle.Bundle(dir))
 		if err != nil {
 			if !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("error of the wrong kind: %v", err)
@@ -66,10 +69,11 @@ func FuzzReadSpec(f *testing.F) {
 			return
 		}
 		_ = GroupID("id", s.Annotations)
-		c := DefaultConfig()
+		sc := testSchema()
+		c := sc.DefaultConfig()
 		c.AllowBackendAnnotation = true
-		_ = SelectBackend(c, s.Annotations)
-		if err := ValidateSpec(dir, s, true); err != nil && !errdefs.IsInvalidArgument(err) {
+		_ = sc.SelectBackend(c, s.Annotations)
+		if err := ValidateSpec(bundle.Bundle(dir), s, true); err != nil && !errdefs.IsInvalidArgument(err) {
 			t.Fatalf("error of the wrong kind: %v", err)
 		}
 	})

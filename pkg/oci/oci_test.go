@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +14,67 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 )
+
+// Test sections shaped like the real backends' tables: this package
+// decodes tables it does not know, so its tests bring their own.
+type tRunc struct {
+	BinaryName string `toml:"binary_name" json:"binary_name"`
+	Root       string `toml:"root" json:"root"`
+}
+
+func (c *tRunc) Validate() error {
+	if c.BinaryName == "" {
+		return fmt.Errorf("field \"runc.binary_name\": must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+func (c *tRunc) Binary() string           { return c.BinaryName }
+func (c *tRunc) ClaimsBinary(string) bool { return false }
+func (c *tRunc) ApplyRuncOptions(ro *runcoptions.Options) {
+	if ro.BinaryName != "" {
+		c.BinaryName = ro.BinaryName
+	}
+	if ro.Root != "" {
+		c.Root = ro.Root
+	}
+}
+
+type tRunsc struct {
+	BinaryName string            `toml:"binary_name" json:"binary_name"`
+	Platform   string            `toml:"platform" json:"platform"`
+	Flags      map[string]string `toml:"flags" json:"flags"`
+}
+
+func (c *tRunsc) Validate() error {
+	if c.Platform != "systrap" && c.Platform != "ptrace" {
+		return fmt.Errorf("field \"runsc.platform\": unknown platform %q: %w", c.Platform, errdefs.ErrInvalidArgument)
+	}
+	for k := range c.Flags {
+		if strings.HasPrefix(k, "-") {
+			return fmt.Errorf("field \"runsc.flags\": invalid flag name %q: %w", k, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+func (c *tRunsc) Binary() string                { return c.BinaryName }
+func (c *tRunsc) ClaimsBinary(name string) bool { return strings.Contains(name, "runsc") }
+func (c *tRunsc) ApplyRuncOptions(ro *runcoptions.Options) {
+	if ro.BinaryName != "" {
+		c.BinaryName = ro.BinaryName
+	}
+}
+
+func testSchema() *Schema {
+	return NewSchema().
+		Add("runc", func() Section { return &tRunc{BinaryName: "runc", Root: "/run/r"} }).
+		Add("runsc", func() Section { return &tRunsc{BinaryName: "runsc", Platform: "systrap"} })
+}
+
+func runcOf(c *Config) *tRunc   { return c.Sections["runc"].(*tRunc) }
+func runscOf(c *Config) *tRunsc { return c.Sections["runsc"].(*tRunsc) }
 
 func anyOf(t *testing.T, v any) *anypb.Any {
 	t.Helper()
@@ -32,27 +93,28 @@ func TestParseConfig(t *testing.T) {
 		check   func(*Config) bool
 	}{
 		{name: "empty is defaults", toml: "", check: func(c *Config) bool {
-			return c.Backend == "runc" && c.Runc.BinaryName == "runc" && c.Runsc.Platform == "systrap" && c.Runc.Root == DefaultRuncRoot
+			return c.Backend == "runc" && runcOf(c).BinaryName == "runc" && runscOf(c).Platform == "systrap" && runcOf(c).Root == "/run/r"
 		}},
 		{name: "runsc", toml: "backend = \"runsc\"\n[runsc]\nplatform = \"ptrace\"\nflags = { overlay2 = \"none\" }\n", check: func(c *Config) bool {
-			return c.Backend == "runsc" && c.Runsc.Platform == "ptrace" && c.Runsc.Flags["overlay2"] == "none"
+			return c.Backend == "runsc" && runscOf(c).Platform == "ptrace" && runscOf(c).Flags["overlay2"] == "none"
 		}},
 		{name: "crun through runc backend", toml: "[runc]\nbinary_name = \"crun\"\n", check: func(c *Config) bool {
-			return c.Backend == "runc" && c.Runc.BinaryName == "crun"
+			return c.Backend == "runc" && runcOf(c).BinaryName == "crun"
 		}},
 		{name: "CRI TypeUrl key tolerated", toml: "TypeUrl = \"x\"\nbackend = \"runc\"\n", check: func(c *Config) bool { return c.Backend == "runc" }},
 		{name: "unknown key", toml: "backend = \"runc\"\nbinary = \"x\"\n", wantErr: `unknown option key "binary"`},
 		{name: "unknown nested key", toml: "[runc]\nroott = \"/x\"\n", wantErr: `runc.roott`},
 		{name: "bad syntax", toml: "backend = runc\n", wantErr: "line 1"},
 		{name: "wrong type", toml: "backend = 3\n", wantErr: `line 1`},
-		{name: "unknown backend", toml: "backend = \"kata\"\n", wantErr: `field "backend": unknown backend "kata"`},
+		{name: "unknown backend", toml: "backend = \"kata\"\n", wantErr: `field "backend": unknown backend "kata" (want "runc" or "runsc")`},
+		{name: "empty binary", toml: "[runc]\nbinary_name = \"\"\n", wantErr: `field "runc.binary_name"`},
 		{name: "unknown platform", toml: "[runsc]\nplatform = \"xen\"\n", wantErr: `field "runsc.platform"`},
 		{name: "too large", toml: "# " + strings.Repeat("x", maxConfigSize), wantErr: "more than the"},
 		{name: "flag with dashes", toml: "[runsc.flags]\n\"--debug\" = \"true\"\n", wantErr: `field "runsc.flags"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := ParseConfig([]byte(tc.toml), "test.toml")
+			c, err := testSchema().ParseConfig([]byte(tc.toml), "test.toml")
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "test.toml") {
 					t.Fatalf("want error with %q naming the file, got %v", tc.wantErr, err)
@@ -81,68 +143,68 @@ func TestConfigFromOptions(t *testing.T) {
 	os.WriteFile(bad, []byte("backend = \n"), 0o644)
 
 	t.Run("nil options use built-in defaults", func(t *testing.T) {
-		c, err := ConfigFromOptions(nil)
+		c, err := testSchema().ConfigFromOptions(nil)
 		if err != nil || c.Backend != "runc" {
 			t.Fatalf("%v %v", c, err)
 		}
 	})
 	t.Run("nil options use the file named by the environment", func(t *testing.T) {
 		t.Setenv(ConfigEnv, good)
-		c, err := ConfigFromOptions(nil)
+		c, err := testSchema().ConfigFromOptions(nil)
 		if err != nil || c.Backend != "runsc" || c.Source != good {
 			t.Fatalf("%+v %v", c, err)
 		}
 	})
 	t.Run("ConfigPath", func(t *testing.T) {
-		c, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: good}))
+		c, err := testSchema().ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: good}))
 		if err != nil || c.Backend != "runsc" {
 			t.Fatalf("%v %v", c, err)
 		}
 	})
 	t.Run("ConfigPath missing", func(t *testing.T) {
-		_, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: filepath.Join(dir, "nope.toml")}))
+		_, err := testSchema().ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: filepath.Join(dir, "nope.toml")}))
 		if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "nope.toml") {
 			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("ConfigPath relative", func(t *testing.T) {
-		_, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: "shim.toml"}))
+		_, err := testSchema().ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: "shim.toml"}))
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "ConfigPath") {
 			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("ConfigPath bad TOML names the file", func(t *testing.T) {
-		_, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: bad}))
+		_, err := testSchema().ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigPath: bad}))
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), bad) {
 			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("ConfigBody", func(t *testing.T) {
-		c, err := ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte("[runc]\nbinary_name = \"crun\"\n")}))
-		if err != nil || c.Runc.BinaryName != "crun" {
+		c, err := testSchema().ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte("[runc]\nbinary_name = \"crun\"\n")}))
+		if err != nil || runcOf(c).BinaryName != "crun" {
 			t.Fatalf("%v %v", c, err)
 		}
 	})
 	t.Run("runc options", func(t *testing.T) {
-		c, err := ConfigFromOptions(anyOf(t, &runcoptions.Options{BinaryName: "/usr/bin/crun", Root: "/r", IoUid: 7, ShimCgroup: "/s"}))
-		if err != nil || c.Backend != "runc" || c.Runc.BinaryName != "/usr/bin/crun" || c.Runc.Root != "/r" || c.Runc.IoUID != 7 || c.Runc.ShimCgroup != "/s" {
+		c, err := testSchema().ConfigFromOptions(anyOf(t, &runcoptions.Options{BinaryName: "/usr/bin/crun", Root: "/r", IoUid: 7, ShimCgroup: "/s"}))
+		if err != nil || c.Backend != "runc" || runcOf(c).BinaryName != "/usr/bin/crun" || runcOf(c).Root != "/r" || c.IoUID != 7 || c.ShimCgroup != "/s" {
 			t.Fatalf("%+v %v", c, err)
 		}
 	})
 	t.Run("runc options naming runsc", func(t *testing.T) {
-		c, err := ConfigFromOptions(anyOf(t, &runcoptions.Options{BinaryName: "/usr/local/bin/runsc"}))
-		if err != nil || c.Backend != "runsc" || c.Runsc.BinaryName != "/usr/local/bin/runsc" {
+		c, err := testSchema().ConfigFromOptions(anyOf(t, &runcoptions.Options{BinaryName: "/usr/local/bin/runsc"}))
+		if err != nil || c.Backend != "runsc" || runscOf(c).BinaryName != "/usr/local/bin/runsc" {
 			t.Fatalf("%+v %v", c, err)
 		}
 	})
 	t.Run("wrong options type", func(t *testing.T) {
-		_, err := ConfigFromOptions(anyOf(t, &runcoptions.CheckpointOptions{}))
+		_, err := testSchema().ConfigFromOptions(anyOf(t, &runcoptions.CheckpointOptions{}))
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "unsupported runtime options type") {
 			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("garbage options", func(t *testing.T) {
-		_, err := ConfigFromOptions(&anypb.Any{TypeUrl: runcOptionsURL, Value: []byte{0xff, 0xff}})
+		_, err := testSchema().ConfigFromOptions(&anypb.Any{TypeUrl: runcOptionsURL, Value: []byte{0xff, 0xff}})
 		if !errdefs.IsInvalidArgument(err) {
 			t.Fatalf("got %v", err)
 		}
@@ -179,9 +241,9 @@ func TestReadAndValidateSpec(t *testing.T) {
 			if tc.mkRootfs {
 				os.Mkdir(filepath.Join(dir, "rootfs"), 0o755)
 			}
-			s, err := ReadSpec(dir)
+			s, err := ReadSpec(bundle.Bundle(dir))
 			if err == nil {
-				err = ValidateSpec(dir, s, false)
+				err = ValidateSpec(bundle.Bundle(dir), s, false)
 			}
 			if tc.wantErr == "" {
 				if err != nil {
@@ -195,14 +257,14 @@ func TestReadAndValidateSpec(t *testing.T) {
 		})
 	}
 	t.Run("missing config.json", func(t *testing.T) {
-		if _, err := ReadSpec(t.TempDir()); !errdefs.IsNotFound(err) {
+		if _, err := ReadSpec(bundle.Bundle(t.TempDir())); !errdefs.IsNotFound(err) {
 			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("huge annotations", func(t *testing.T) {
 		s := &specs.Spec{Process: &specs.Process{Args: []string{"sh"}}, Root: &specs.Root{Path: "/"},
 			Annotations: map[string]string{"big": strings.Repeat("x", maxAnnotationsLength+1)}}
-		if err := ValidateSpec(t.TempDir(), s, true); !errdefs.IsInvalidArgument(err) {
+		if err := ValidateSpec(bundle.Bundle(t.TempDir()), s, true); !errdefs.IsInvalidArgument(err) {
 			t.Fatalf("got %v", err)
 		}
 	})
@@ -218,15 +280,16 @@ func TestGroupAndBackendAnnotations(t *testing.T) {
 	if g := GroupID("c1", map[string]string{AnnotationSandboxID: "pod", AnnotationGroup: "mine"}); g != "mine" {
 		t.Fatal(g)
 	}
-	c := DefaultConfig()
-	if err := SelectBackend(c, map[string]string{AnnotationBackend: "runsc"}); !errdefs.IsInvalidArgument(err) {
+	sc := testSchema()
+	c := sc.DefaultConfig()
+	if err := sc.SelectBackend(c, map[string]string{AnnotationBackend: "runsc"}); !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("annotation must be refused unless allowed: %v", err)
 	}
 	c.AllowBackendAnnotation = true
-	if err := SelectBackend(c, map[string]string{AnnotationBackend: "runsc"}); err != nil || c.Backend != "runsc" {
+	if err := sc.SelectBackend(c, map[string]string{AnnotationBackend: "runsc"}); err != nil || c.Backend != "runsc" {
 		t.Fatalf("%v %s", err, c.Backend)
 	}
-	if err := SelectBackend(c, map[string]string{AnnotationBackend: "vm"}); !errdefs.IsInvalidArgument(err) {
+	if err := sc.SelectBackend(c, map[string]string{AnnotationBackend: "vm"}); !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -260,9 +323,33 @@ func TestLoadConfigFileRefusesWhatIsNotAFile(t *testing.T) {
 		{filepath.Join(plain, "x.toml"), "does not exist", errdefs.IsNotFound},
 		{"/" + strings.Repeat("a", 5000), "file name too long", errdefs.IsInvalidArgument},
 	} {
-		_, err := LoadConfigFile(tc.path)
+		_, err := testSchema().LoadConfigFile(tc.path)
 		if err == nil || !tc.is(err) || !strings.Contains(err.Error(), tc.text) || !strings.Contains(err.Error(), tc.path[:min(len(tc.path), 40)]) {
 			t.Errorf("%s: got %v, want %q of the right kind, naming the file", tc.path[:min(len(tc.path), 40)], err, tc.text)
 		}
+	}
+}
+
+// The configuration a bundle keeps for "delete" round-trips.
+func TestConfigFileRoundTrip(t *testing.T) {
+	sc := testSchema()
+	c, err := sc.ParseConfig([]byte("backend = \"runsc\"\nruntime_handler = \"h\"\n[runsc]\nplatform = \"ptrace\"\n"), "x.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.IoUID = 9
+	b := bundle.Bundle(t.TempDir())
+	if _, err := sc.ReadConfigFile(b); !errdefs.IsNotFound(err) {
+		t.Fatalf("no file: got %v, want NotFound", err)
+	}
+	if err := WriteConfigFile(b, c); err != nil {
+		t.Fatal(err)
+	}
+	got, err := sc.ReadConfigFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Backend != "runsc" || got.RuntimeHandler != "h" || got.IoUID != 9 || runscOf(got).Platform != "ptrace" || runscOf(got).BinaryName != "runsc" {
+		t.Fatalf("round trip: %+v %+v", got, runscOf(got))
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 )
 
 // Option type URLs as containerd sends them.
@@ -35,9 +37,9 @@ func mustTypeURL(v any) string {
 //     names runsc;
 //   - runtimeoptions.v1.Options: TOML from ConfigPath, else ConfigBody;
 //   - nothing: LoadDefaultConfig.
-func ConfigFromOptions(opts *anypb.Any) (*Config, error) {
+func (s *Schema) ConfigFromOptions(opts *anypb.Any) (*Config, error) {
 	if opts == nil || (opts.GetTypeUrl() == "" && len(opts.GetValue()) == 0) {
-		return LoadDefaultConfig()
+		return s.LoadDefaultConfig()
 	}
 	switch {
 	case opts.MessageIs(&runcoptions.Options{}):
@@ -45,7 +47,7 @@ func ConfigFromOptions(opts *anypb.Any) (*Config, error) {
 		if err := opts.UnmarshalTo(&ro); err != nil {
 			return nil, fmt.Errorf("decode runtime options %s: %v: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 		}
-		return configFromRuncOptions(&ro)
+		return s.configFromRuncOptions(&ro)
 	case opts.MessageIs(&runtimeoptions.Options{}):
 		var ro runtimeoptions.Options
 		if err := opts.UnmarshalTo(&ro); err != nil {
@@ -56,11 +58,11 @@ func ConfigFromOptions(opts *anypb.Any) (*Config, error) {
 			if !filepath.IsAbs(ro.ConfigPath) || strings.ContainsRune(ro.ConfigPath, 0) {
 				return nil, fmt.Errorf("runtime options: field \"ConfigPath\": %q is not an absolute path: %w", ro.ConfigPath, errdefs.ErrInvalidArgument)
 			}
-			return LoadConfigFile(ro.ConfigPath)
+			return s.LoadConfigFile(ro.ConfigPath)
 		case len(ro.ConfigBody) > 0:
-			return ParseConfig(ro.ConfigBody, "runtime options ConfigBody")
+			return s.ParseConfig(ro.ConfigBody, "runtime options ConfigBody")
 		default:
-			return LoadDefaultConfig()
+			return s.LoadDefaultConfig()
 		}
 	default:
 		return nil, fmt.Errorf("unsupported runtime options type %q (want %q or %q): %w",
@@ -70,55 +72,67 @@ func ConfigFromOptions(opts *anypb.Any) (*Config, error) {
 
 // configFromRuncOptions maps containerd's runc options onto our schema. The
 // defaults file still applies underneath, so an operator's settings (say a
-// runc root) hold for clients that always send runc options.
-func configFromRuncOptions(ro *runcoptions.Options) (*Config, error) {
-	c, err := LoadDefaultConfig()
+// runc root) hold for clients that always send runc options. A BinaryName
+// that a backend claims (runsc) selects that backend, else the default one.
+func (s *Schema) configFromRuncOptions(ro *runcoptions.Options) (*Config, error) {
+	c, err := s.LoadDefaultConfig()
 	if err != nil {
 		return nil, err
 	}
 	c.Source = "runc options (containerd.runc.v1.Options)"
-	if ro.BinaryName != "" && strings.Contains(filepath.Base(ro.BinaryName), "runsc") {
-		c.Backend = BackendRunsc
-		c.Runsc.BinaryName = ro.BinaryName
-		if ro.Root != "" {
-			c.Runsc.Root = ro.Root
-		}
-	} else {
-		c.Backend = BackendRunc
-		if ro.BinaryName != "" {
-			c.Runc.BinaryName = ro.BinaryName
-		}
-		if ro.Root != "" {
-			c.Runc.Root = ro.Root
+	c.Backend = s.defaultBackend()
+	if ro.BinaryName != "" {
+		for _, n := range s.names {
+			if c.Sections[n].ClaimsBinary(filepath.Base(ro.BinaryName)) {
+				c.Backend = n
+				break
+			}
 		}
 	}
-	c.Runc.SystemdCgroup = ro.SystemdCgroup
-	c.Runc.NoPivotRoot = ro.NoPivotRoot
-	c.Runc.NoNewKeyring = ro.NoNewKeyring
-	if ro.CriuWorkPath != "" {
-		c.Runc.CriuWorkPath = ro.CriuWorkPath
-	}
-	c.Runc.IoUID = int(ro.IoUid)
-	c.Runc.IoGID = int(ro.IoGid)
-	c.Runc.ShimCgroup = ro.ShimCgroup
-	return c, c.Validate()
+	c.Section().ApplyRuncOptions(ro)
+	c.IoUID = int(ro.IoUid)
+	c.IoGID = int(ro.IoGid)
+	c.ShimCgroup = ro.ShimCgroup
+	return c, c.validate(s)
 }
 
-// WriteConfigFile stores the resolved configuration in the bundle.
-func WriteConfigFile(bundle string, c *Config) error {
-	data, err := json.Marshal(c)
+// stored is a Config as a bundle keeps it: the selected backend's table
+// only.
+type stored struct {
+	Backend                string          `json:"backend"`
+	AllowBackendAnnotation bool            `json:"allow_backend_annotation,omitempty"`
+	RuntimeHandler         string          `json:"runtime_handler,omitempty"`
+	IoUID                  int             `json:"io_uid,omitempty"`
+	IoGID                  int             `json:"io_gid,omitempty"`
+	ShimCgroup             string          `json:"shim_cgroup,omitempty"`
+	Settings               json.RawMessage `json:"settings,omitempty"`
+	Source                 string          `json:"source,omitempty"`
+}
+
+// WriteConfigFile stores the resolved configuration in the bundle, for
+// "delete" to find the backend after the shim is gone.
+func WriteConfigFile(b bundle.Bundle, c *Config) error {
+	settings, err := json.Marshal(c.Section())
 	if err != nil {
 		return fmt.Errorf("encode shim config: %w", err)
 	}
-	if err := os.WriteFile(ConfigFilePath(bundle), data, 0o600); err != nil {
+	data, err := json.Marshal(stored{
+		Backend: c.Backend, AllowBackendAnnotation: c.AllowBackendAnnotation, RuntimeHandler: c.RuntimeHandler,
+		IoUID: c.IoUID, IoGID: c.IoGID, ShimCgroup: c.ShimCgroup, Settings: settings, Source: c.Source,
+	})
+	if err != nil {
+		return fmt.Errorf("encode shim config: %w", err)
+	}
+	if err := os.WriteFile(b.ShimConfig(), data, 0o600); err != nil {
 		return fmt.Errorf("write shim config into bundle: %w", err)
 	}
 	return nil
 }
 
-// ReadConfigFile loads what WriteConfigFile stored.
-func ReadConfigFile(bundle string) (*Config, error) {
-	p := ConfigFilePath(bundle)
+// ReadConfigFile loads what WriteConfigFile stored. NotFound: the bundle
+// has none (a create that never got as far as the backend).
+func (s *Schema) ReadConfigFile(b bundle.Bundle) (*Config, error) {
+	p := b.ShimConfig()
 	data, err := os.ReadFile(p)
 	if err != nil {
 		if os.IsNotExist(err) {
@@ -126,10 +140,20 @@ func ReadConfigFile(bundle string) (*Config, error) {
 		}
 		return nil, err
 	}
-	c := &Config{}
-	if err := json.Unmarshal(data, c); err != nil {
+	var st stored
+	if err := json.Unmarshal(data, &st); err != nil {
 		return nil, fmt.Errorf("decode %s: %w", p, err)
 	}
-	c.setDefaults()
+	c := s.DefaultConfig()
+	if !s.Has(st.Backend) {
+		return nil, fmt.Errorf("%s: %w", p, s.unknownBackend("field \"backend\"", st.Backend))
+	}
+	c.Backend, c.AllowBackendAnnotation, c.RuntimeHandler = st.Backend, st.AllowBackendAnnotation, st.RuntimeHandler
+	c.IoUID, c.IoGID, c.ShimCgroup, c.Source = st.IoUID, st.IoGID, st.ShimCgroup, st.Source
+	if len(st.Settings) > 0 {
+		if err := json.Unmarshal(st.Settings, c.Section()); err != nil {
+			return nil, fmt.Errorf("decode %s: settings: %w", p, err)
+		}
+	}
 	return c, nil
 }

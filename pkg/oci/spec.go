@@ -9,6 +9,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 )
 
 // Annotations the shim reads from config.json.
@@ -34,15 +36,10 @@ const (
 // one present wins.
 var groupAnnotations = []string{AnnotationGroup, annotationRuncGroup, AnnotationSandboxID}
 
-// SpecPath returns the path of a bundle's config.json.
-func SpecPath(bundle string) string {
-	return filepath.Join(bundle, "config.json")
-}
-
 // ReadSpec reads and decodes a bundle's config.json. Decoding errors name the
 // file and, where the JSON decoder knows it, the field and offset.
-func ReadSpec(bundle string) (*specs.Spec, error) {
-	p := SpecPath(bundle)
+func ReadSpec(b bundle.Bundle) (*specs.Spec, error) {
+	p := b.Spec()
 	data, err := os.ReadFile(p)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -72,8 +69,8 @@ func describeJSONError(err error) string {
 // ValidateSpec checks what the shim relies on before asking a backend to
 // create anything, so a bad bundle fails with a clear error and no side
 // effects. rootfsMounted says the shim will mount the rootfs itself.
-func ValidateSpec(bundle string, s *specs.Spec, rootfsMounted bool) error {
-	p := SpecPath(bundle)
+func ValidateSpec(b bundle.Bundle, s *specs.Spec, rootfsMounted bool) error {
+	p := b.Spec()
 	if s.Process == nil {
 		return fmt.Errorf("%s: field \"process\": missing: %w", p, errdefs.ErrInvalidArgument)
 	}
@@ -104,7 +101,7 @@ func ValidateSpec(bundle string, s *specs.Spec, rootfsMounted bool) error {
 	if !rootfsMounted {
 		root := s.Root.Path
 		if !filepath.IsAbs(root) {
-			root = filepath.Join(bundle, root)
+			root = filepath.Join(b.Path(), root)
 		}
 		fi, err := os.Stat(root)
 		if err != nil {
@@ -131,7 +128,7 @@ func GroupID(id string, annotations map[string]string) string {
 // SelectBackend applies the per-container backend annotation to a handler's
 // configuration. The annotation is refused unless the handler allows it, so
 // a workload cannot escape the sandbox its RuntimeClass chose.
-func SelectBackend(c *Config, annotations map[string]string) error {
+func (sc *Schema) SelectBackend(c *Config, annotations map[string]string) error {
 	want, ok := annotations[AnnotationBackend]
 	if !ok || want == c.Backend {
 		return nil
@@ -140,12 +137,9 @@ func SelectBackend(c *Config, annotations map[string]string) error {
 		return fmt.Errorf("annotation %s=%q: backend selection by annotation is not allowed by %s (set allow_backend_annotation = true): %w",
 			AnnotationBackend, want, c.Source, errdefs.ErrInvalidArgument)
 	}
-	switch want {
-	case BackendRunc, BackendRunsc:
-		c.Backend = want
-		return nil
-	default:
-		return fmt.Errorf("annotation %s: unknown backend %q (want %q or %q): %w",
-			AnnotationBackend, want, BackendRunc, BackendRunsc, errdefs.ErrInvalidArgument)
+	if !sc.Has(want) {
+		return sc.unknownBackend("annotation "+AnnotationBackend, want)
 	}
+	c.Backend = want
+	return nil
 }

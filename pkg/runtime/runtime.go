@@ -1,53 +1,56 @@
-// Package runtime is the seam between the task service (pkg/shim) and the
-// OCI runtimes that run containers.
+// Package runtime is the seam between the task service (pkg/task) and the
+// OCI runtimes that run containers: the Backend interface, the types that
+// cross it (stdio, console, exits, cgroups), and the registry of backends
+// built into the shim.
 //
 // A Backend keeps no task state: the task service owns the process state
 // machines, the stdio and the events, and calls a backend only for runtime
-// work. One Backend value serves one container (it carries that container's
-// configuration); its methods are safe for concurrent use.
+// work. One Backend value serves one container (it carries that
+// container's settings); its methods are safe for concurrent use.
 package runtime
 
 import (
 	"context"
-	"path/filepath"
+	"os"
+	"syscall"
 	"time"
 
-	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 )
 
-// Backend runs one OCI bundle. Every method documents the errdefs kinds it
-// returns; other failures come back wrapped with the runtime's own message.
+// Backend runs one OCI container. Every method documents the errdefs kinds
+// it returns; other failures come back wrapped with the runtime's own words.
 type Backend interface {
-	// Name is the backend's name, e.g. "runc".
-	Name() string
-
-	// Create creates the container with its init process waiting to be
-	// started (OCI "create") and returns the init pid.
+	// Create creates the container with its init waiting to be started
+	// (OCI "create") and returns the init's host pid.
 	// InvalidArgument: the bundle is unusable. AlreadyExists: id is taken.
 	Create(ctx context.Context, c *CreateConfig) (pid int, err error)
 
-	// Start starts the created init process (OCI "start"). io is the init's
-	// stdio once more, for runtimes that connect it at start rather than at
+	// Start starts the created init (OCI "start"). io is the init's stdio
+	// once more, for runtimes that connect it at start rather than at
 	// create (gVisor sub-containers); others ignore it.
 	// NotFound: no such container.
-	Start(ctx context.Context, id string, io runc.IO) error
+	Start(ctx context.Context, id string, io *IO) error
 
 	// Restore creates and starts the container from a checkpoint image and
 	// returns the init pid. NotImplemented where unsupported.
 	Restore(ctx context.Context, c *CreateConfig, r *RestoreConfig) (pid int, err error)
 
 	// Exec starts an additional process in a running container and returns
-	// its pid. NotFound: no such container; FailedPrecondition: not running.
+	// its host pid. NotFound: no such container; FailedPrecondition: not
+	// running.
 	Exec(ctx context.Context, id string, e *ExecConfig) (pid int, err error)
 
-	// Kill signals the init process, or with all every process of the
-	// container. NotFound: the container or its init is gone.
-	Kill(ctx context.Context, id string, signal int, all bool) error
+	// Kill signals the init, or with all every process of the container.
+	// NotFound: the container or its init is gone.
+	Kill(ctx context.Context, id string, sig syscall.Signal, all bool) error
 
-	// Signal signals one exec process, by its exec id and the pid Exec
-	// returned. NotFound: the process is gone.
-	Signal(ctx context.Context, id, execID string, pid int, signal int) error
+	// Signal signals one exec, by its id and the pid Exec returned.
+	// NotFound: the process is gone.
+	Signal(ctx context.Context, id string, p ExecProcess, sig syscall.Signal) error
 
 	// Delete removes the container's runtime state; force kills it first.
 	// Deleting a container that does not exist succeeds, so Delete can be
@@ -55,7 +58,7 @@ type Backend interface {
 	Delete(ctx context.Context, id string, force bool) error
 
 	// Pause and Resume freeze and thaw every process of the container.
-	// NotImplemented where unsupported.
+	// FailedPrecondition: wrong state. NotImplemented where unsupported.
 	Pause(ctx context.Context, id string) error
 	Resume(ctx context.Context, id string) error
 
@@ -65,15 +68,14 @@ type Backend interface {
 	// Pids lists the host pids of the container's processes.
 	Pids(ctx context.Context, id string) ([]int, error)
 
-	// Cgroup returns the host cgroup of the container whose init is pid, a
-	// cgroup1.Cgroup or a *cgroup2.Manager, or nil if it has none. The task
-	// service watches it for OOM kills and hands it back to Stats.
-	Cgroup(ctx context.Context, id string, pid int) (any, error)
+	// Cgroup returns the host cgroup of the container whose init is pid, or
+	// nil if it has none. The task service watches it for OOM kills and
+	// hands it back to Stats.
+	Cgroup(ctx context.Context, id string, pid int) (cgroup.Cgroup, error)
 
-	// Stats returns metrics as *cgroup1stats.Metrics or
-	// *cgroup2stats.Metrics (what containerd's runc shim returns); cgroup is
-	// what Cgroup returned. NotFound: the container has no cgroup any more.
-	Stats(ctx context.Context, id string, cgroup any) (any, error)
+	// Stats returns the container's metrics; cg is what Cgroup returned.
+	// NotFound: the container has no cgroup any more.
+	Stats(ctx context.Context, id string, cg cgroup.Cgroup) (*cgroup.Metrics, error)
 
 	// Checkpoint dumps the container's state. NotImplemented where
 	// unsupported.
@@ -91,17 +93,53 @@ type InitWaiter interface {
 	WaitInit(ctx context.Context, id string) (Exit, error)
 }
 
-// Exit describes a process exit. Status is the exit code, or 128+signal.
-type Exit = runc.Exit
+// Exit is a process's exit. Status is the exit code, or 128+signal.
+type Exit struct {
+	Pid       int
+	Status    int
+	Timestamp time.Time
+}
+
+// IO is the stdio of one process as a runtime sees it: the files the
+// process gets. The shim owns them and closes its copies once the process
+// has started; a backend must not keep them past the call it got them in.
+type IO struct {
+	// Stdin, Stdout, Stderr are the process's ends; nil means none
+	// (/dev/null for the runtime to choose).
+	Stdin, Stdout, Stderr *os.File
+}
+
+// Console is the unix socket a runtime sends a terminal's pty master to,
+// when the process has a terminal.
+type Console struct {
+	// Path is the socket's path.
+	Path string
+}
+
+// ExecProcess names an exec to signal.
+type ExecProcess struct {
+	ID  string
+	Pid int
+}
+
+// Container is what a backend is built for: one container of one task.
+type Container struct {
+	ID        string
+	Namespace string
+	Bundle    bundle.Bundle
+	Spec      *specs.Spec
+	// Group is the shim group (a pod) the container belongs to.
+	Group string
+}
 
 // CreateConfig describes a container to create.
 type CreateConfig struct {
 	ID     string
-	Bundle string
-	// IO is the stdio handed to the runtime; nil with a terminal.
-	IO runc.IO
-	// ConsoleSocket receives the pty master when Terminal is set.
-	ConsoleSocket runc.ConsoleSocket
+	Bundle bundle.Bundle
+	// IO is the init's stdio; nil with a terminal.
+	IO *IO
+	// Console receives the pty master when the spec asks for a terminal.
+	Console *Console
 	// PidFile is where the runtime writes the init pid.
 	PidFile string
 }
@@ -115,11 +153,11 @@ type RestoreConfig struct {
 
 // ExecConfig describes an additional process.
 type ExecConfig struct {
-	ID            string
-	Spec          *specs.Process
-	IO            runc.IO
-	ConsoleSocket runc.ConsoleSocket
-	PidFile       string
+	ID      string
+	Spec    *specs.Process
+	IO      *IO
+	Console *Console
+	PidFile string
 }
 
 // CheckpointConfig mirrors containerd's runc checkpoint options.
@@ -133,15 +171,4 @@ type CheckpointConfig struct {
 	AllowTerminal            bool
 	FileLocks                bool
 	EmptyNamespaces          []string
-}
-
-// ExitedAt is a convenience for backends that synthesise exits.
-func ExitedAt(pid, status int) Exit {
-	return Exit{Pid: pid, Status: status, Timestamp: time.Now()}
-}
-
-// ExecPidFile is where an exec's pid file goes in its task's bundle; a
-// backend may keep files of its own next to it.
-func ExecPidFile(bundle, execID string) string {
-	return filepath.Join(bundle, "exec-"+execID+".pid")
 }

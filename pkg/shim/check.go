@@ -6,14 +6,13 @@ import (
 	"os/exec"
 
 	"github.com/containerd/cgroups/v3"
-
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 )
 
 // runCheck is "containerd-shim-custom-v2 check": which backends will work
 // on this host, and why not.
 func runCheck(w io.Writer) int {
-	cfg, err := oci.LoadDefaultConfig()
+	reg := backends()
+	cfg, err := reg.Schema().LoadDefaultConfig()
 	if err != nil {
 		fmt.Fprintf(w, "config: %v\n", err)
 		return 1
@@ -25,23 +24,17 @@ func runCheck(w io.Writer) int {
 	}[cgroups.Mode()]
 	fmt.Fprintf(w, "cgroups: %s\n", mode)
 	rc := 0
-	for _, b := range []struct{ name, bin string }{
-		{oci.BackendRunc, cfg.Runc.BinaryName},
-		{oci.BackendRunsc, cfg.Runsc.BinaryName},
-	} {
-		path, err := exec.LookPath(b.bin)
+	for _, name := range reg.Names() {
+		bin := cfg.Sections[name].Binary()
+		path, err := exec.LookPath(bin)
 		if err != nil {
-			fmt.Fprintf(w, "backend %s: unavailable: binary %q not found\n", b.name, b.bin)
-			if b.name == cfg.Backend {
+			fmt.Fprintf(w, "backend %s: unavailable: binary %q not found\n", name, bin)
+			if name == cfg.Backend {
 				rc = 1
 			}
 			continue
 		}
-		if _, ok := DefaultBackends[b.name]; !ok {
-			fmt.Fprintf(w, "backend %s: unavailable: not built into this shim (binary %s)\n", b.name, path)
-			continue
-		}
-		fmt.Fprintf(w, "backend %s: ok (%s)\n", b.name, path)
+		fmt.Fprintf(w, "backend %s: ok (%s)\n", name, path)
 	}
 	return rc
 }

@@ -14,67 +14,43 @@ import (
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	cshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/errdefs"
-	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 )
 
-const exitStatusFile = "custom-shim-exit.json"
-
-// writeExitStatus records an init's exit in its bundle so that "delete"
-// can report it after the shim is gone.
-func writeExitStatus(bundle string, e runtime.Exit) error {
-	data, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	tmp := filepath.Join(bundle, "."+exitStatusFile)
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(bundle, exitStatusFile))
-}
-
-func readExitStatus(bundle string) (runtime.Exit, error) {
-	var e runtime.Exit
-	data, err := os.ReadFile(filepath.Join(bundle, exitStatusFile))
-	if err != nil {
-		return e, err
-	}
-	return e, json.Unmarshal(data, &e)
-}
-
 // runDelete is the "delete" action: containerd runs it when a shim died (or
 // a start failed) to clean up what the shim left: the backend's container,
 // the rootfs mount, a dead socket. It reports the init's exit.
-func runDelete(ctx context.Context, f *flags, stdout io.Writer) error {
-	bundle := f.bundle
-	if bundle == "" {
+func runDelete(ctx context.Context, f *flags, reg *runtime.Registry, stdout io.Writer) error {
+	dir := f.bundle
+	if dir == "" {
 		wd, err := os.Getwd()
 		if err != nil {
 			return err
 		}
-		bundle = wd
+		dir = wd
 	}
+	b := bundle.Bundle(dir)
 	// Logs go to stderr, which containerd logs as warnings.
 	log.L.Logger.SetOutput(os.Stderr)
 
-	cleanupBackend(ctx, f.namespace, f.id, bundle)
-	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil {
+	cleanupBackend(ctx, reg, f.namespace, f.id, b)
+	if err := mount.UnmountRecursive(b.Rootfs(), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmount rootfs")
 	}
-	removeDeadSocket(f.namespace, bundle)
+	removeDeadSocket(f.namespace, b)
 
-	e, err := readExitStatus(bundle)
+	e, err := b.ReadExit()
 	if err != nil {
-		pid, _ := gorunc.ReadPidFile(filepath.Join(bundle, "init.pid"))
-		e = runtime.Exit{Pid: pid, Status: 128 + int(unix.SIGKILL), Timestamp: time.Now()}
+		pid, _ := bundle.ReadPidFile(b.InitPidFile())
+		e = bundle.Exit{Pid: pid, Status: 128 + int(unix.SIGKILL), Timestamp: time.Now()}
 	}
 	data, err := proto.Marshal(&taskAPI.DeleteResponse{
 		Pid:        uint32(e.Pid),
@@ -90,26 +66,21 @@ func runDelete(ctx context.Context, f *flags, stdout io.Writer) error {
 
 // cleanupBackend force-deletes the task's container in the backend the shim
 // recorded in the bundle at Create.
-func cleanupBackend(ctx context.Context, ns, id, bundle string) {
-	cfg, err := oci.ReadConfigFile(bundle)
+func cleanupBackend(ctx context.Context, reg *runtime.Registry, ns, id string, bdl bundle.Bundle) {
+	cfg, err := reg.Schema().ReadConfigFile(bdl)
 	if errdefs.IsNotFound(err) {
 		return // Create never got as far as the backend
 	}
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("read shim config from bundle; trying defaults")
-		cfg = oci.DefaultConfig()
+		cfg = reg.Schema().DefaultConfig()
 	}
-	factory, ok := DefaultBackends[cfg.Backend]
-	if !ok {
-		log.G(ctx).WithField("backend", cfg.Backend).Warn("unknown backend in bundle")
-		return
-	}
-	spec, err := oci.ReadSpec(bundle)
+	spec, err := oci.ReadSpec(bdl)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("read bundle spec")
 		spec = &specs.Spec{}
 	}
-	b, err := factory(cfg, ns, bundle, spec)
+	b, err := reg.New(cfg, &runtime.Container{ID: id, Namespace: ns, Bundle: bdl, Spec: spec, Group: oci.GroupID(id, spec.Annotations)})
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("cannot clean up backend state")
 		return
@@ -122,9 +93,9 @@ func cleanupBackend(ctx context.Context, ns, id, bundle string) {
 // removeDeadSocket removes the socket of a shim that no longer answers, so
 // a SIGKILLed shim leaves no socket behind. containerd recorded the address
 // in bootstrap.json (2.x) or address (1.x).
-func removeDeadSocket(namespace, bundle string) {
+func removeDeadSocket(namespace string, b bundle.Bundle) {
 	var address string
-	if data, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json")); err == nil {
+	if data, err := os.ReadFile(b.BootstrapFile()); err == nil {
 		var b struct {
 			Address string `json:"address"`
 		}
@@ -133,7 +104,7 @@ func removeDeadSocket(namespace, bundle string) {
 		}
 	}
 	if address == "" {
-		if data, err := os.ReadFile(filepath.Join(bundle, "address")); err == nil {
+		if data, err := os.ReadFile(b.AddressFile()); err == nil {
 			address = string(data)
 		}
 	}

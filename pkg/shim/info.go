@@ -4,17 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os/exec"
-	"slices"
 
 	"github.com/containerd/containerd/api/types"
-	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/typeurl/v2"
-	"github.com/opencontainers/runtime-spec/specs-go/features"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 )
 
 // runInfo answers containerd's "-info" call (2.2+): the runtime options on
@@ -32,7 +26,8 @@ func runInfo(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 			return fmt.Errorf("decode runtime options: %w", err)
 		}
 	}
-	cfg, err := oci.ConfigFromOptions(opts)
+	reg := backends()
+	cfg, err := reg.Schema().ConfigFromOptions(opts)
 	if err != nil {
 		return err
 	}
@@ -44,19 +39,10 @@ func runInfo(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 			"backend": cfg.Backend,
 		},
 	}
-	bin := cfg.Runc.BinaryName
-	if cfg.Backend == oci.BackendRunsc {
-		bin = cfg.Runsc.BinaryName
-	}
-	if path, err := exec.LookPath(bin); err == nil {
-		r := &gorunc.Runc{Command: path}
-		if feat, err := r.Features(ctx); err == nil {
-			if cfg.Backend == oci.BackendRunsc {
-				withoutUserNamespaces(feat)
-			}
-			if info.Features, err = typeurl.MarshalAnyToProto(feat); err != nil {
-				return fmt.Errorf("marshal features: %w", err)
-			}
+	// A runtime that cannot say is not an error: containerd only logs it.
+	if feat, err := reg.Features(ctx, cfg); err == nil && feat != nil {
+		if info.Features, err = typeurl.MarshalAnyToProto(feat); err != nil {
+			return fmt.Errorf("marshal features: %w", err)
 		}
 	}
 	out, err := proto.Marshal(info)
@@ -65,19 +51,4 @@ func runInfo(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	}
 	_, err = stdout.Write(out)
 	return err
-}
-
-// withoutUserNamespaces drops what "runsc features" claims but runsc cannot
-// do through containerd: join CRI's pinned user namespace or idmap mounts.
-// Advertised, CRI would send user-namespaced pods that then fail in the
-// gofer; withheld, CRI refuses them cleanly.
-func withoutUserNamespaces(f *features.Features) {
-	if f.Linux == nil {
-		return
-	}
-	f.Linux.Namespaces = slices.DeleteFunc(f.Linux.Namespaces, func(ns string) bool { return ns == "user" })
-	if m := f.Linux.MountExtensions; m != nil && m.IDMap != nil {
-		off := false
-		m.IDMap.Enabled = &off
-	}
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	runcshim "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
@@ -21,7 +22,10 @@ import (
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/events"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/task"
 )
 
 // runServe is the long-running shim server. containerd's "start" call
@@ -63,26 +67,18 @@ func runServe(ctx context.Context, f *flags) error {
 	}
 
 	shutdown := make(chan struct{})
-	var once = make(chan struct{}, 1)
-	svc, err := NewService(ctx, ServiceConfig{
+	var once sync.Once
+	svc := task.NewService(ctx, task.Config{
 		Namespace: f.namespace,
-		Events:    newTTRPCSender(os.Getenv("TTRPC_ADDRESS")),
+		Events:    events.NewTTRPCSender(os.Getenv("TTRPC_ADDRESS")),
 		Platform:  platform,
+		Backends:  backends(),
 		Metrics:   rec,
-		Shutdown: func() {
-			select {
-			case once <- struct{}{}:
-				close(shutdown)
-			default:
-			}
-		},
+		Shutdown:  func() { once.Do(func() { close(shutdown) }) },
 	})
-	if err != nil {
-		return err
-	}
 	go func() {
 		for e := range exits {
-			svc.HandleExit(e)
+			svc.HandleExit(runtime.Exit{Pid: e.Pid, Status: e.Status, Timestamp: e.Timestamp})
 		}
 	}()
 
@@ -175,6 +171,3 @@ func dumpStacks(ctx context.Context) {
 	n := goruntime.Stack(buf, true)
 	log.G(ctx).Infof("=== goroutine stack dump ===\n%s\n=== end ===", buf[:n])
 }
-
-// HandleExit is fed every exit the reaper reports.
-func (s *Service) HandleExit(e gorunc.Exit) { s.exits.HandleExit(e) }

@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 )
 
@@ -65,7 +66,9 @@ type bootstrap struct {
 // runtime options Any (or nothing). 1.7 and 2.0-2.2 call "start" alike
 // (same flags, same stdin, both set MAX_SHIM_VERSION=2), so which of them
 // it is comes from containerd itself (legacyDaemon).
-func readBootstrap(ctx context.Context, f *flags, stdin io.Reader) (*bootstrap, error) {
+// legacy is asked only when stdin is not a BootstrapParams (it may dial
+// containerd).
+func readBootstrap(f *flags, stdin io.Reader, legacy func() bool) (*bootstrap, error) {
 	input, err := io.ReadAll(io.LimitReader(stdin, 10<<20))
 	if err != nil {
 		return nil, fmt.Errorf("read bootstrap input from stdin: %w", err)
@@ -94,7 +97,7 @@ func readBootstrap(ctx context.Context, f *flags, stdin io.Reader) (*bootstrap, 
 		}
 		return b, nil
 	}
-	if legacyDaemon(ctx, f) {
+	if legacy() {
 		b.kind = replyAddress
 	} else {
 		b.kind = replyJSON
@@ -112,15 +115,15 @@ func readBootstrap(ctx context.Context, f *flags, stdin io.Reader) (*bootstrap, 
 // runStart is the "start" action: find or start the shim process for the
 // container's group and tell containerd its address.
 func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) (retErr error) {
-	b, err := readBootstrap(ctx, f, stdin)
+	b, err := readBootstrap(f, stdin, func() bool { return legacyDaemon(ctx, f) })
 	if err != nil {
 		return err
 	}
-	bundle, err := os.Getwd()
+	wd, err := os.Getwd()
 	if err != nil {
 		return err
 	}
-	spec, err := oci.ReadSpec(bundle)
+	spec, err := oci.ReadSpec(bundle.Bundle(wd))
 	if err != nil {
 		return err
 	}
@@ -177,7 +180,7 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 		args = append(args, "-debug")
 	}
 	cmd := exec.Command(self, args...)
-	cmd.Dir = bundle
+	cmd.Dir = wd
 	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+b.ttrpcAddress, "GOMAXPROCS=2")
 	cmd.ExtraFiles = []*os.File{sock}
 	// Own process group: signals sent to containerd's group must not reach
@@ -224,11 +227,11 @@ func writeAddressFile(kind replyKind, address string) error {
 		return nil
 	}
 	// Atomically: containerd may read it while a grouped start rewrites it.
-	if err := os.WriteFile(".address.tmp", []byte(address), 0o644); err != nil {
-		return fmt.Errorf("write shim address to the bundle: %w", err)
+	wd, err := os.Getwd()
+	if err != nil {
+		return err
 	}
-	if err := os.Rename(".address.tmp", "address"); err != nil {
-		os.Remove(".address.tmp")
+	if err := bundle.WriteFileAtomic(bundle.Bundle(wd).AddressFile(), []byte(address), 0o644); err != nil {
 		return fmt.Errorf("write shim address to the bundle: %w", err)
 	}
 	return nil
@@ -263,13 +266,20 @@ func binaryMajor(path string) int {
 	if err != nil {
 		return 0
 	}
-	for _, p := range []string{bi.Path, bi.Main.Path} {
-		switch {
-		case strings.HasPrefix(p, "github.com/containerd/containerd/v2/"), p == "github.com/containerd/containerd/v2":
-			return 2
-		case strings.HasPrefix(p, "github.com/containerd/containerd/"), p == "github.com/containerd/containerd":
-			return 1
-		}
+	if m := moduleMajor(bi.Path); m != 0 {
+		return m
+	}
+	return moduleMajor(bi.Main.Path)
+}
+
+// moduleMajor is containerd's major version from a Go package or module
+// path of containerd's, or 0.
+func moduleMajor(p string) int {
+	switch {
+	case strings.HasPrefix(p, "github.com/containerd/containerd/v2/"), p == "github.com/containerd/containerd/v2":
+		return 2
+	case strings.HasPrefix(p, "github.com/containerd/containerd/"), p == "github.com/containerd/containerd":
+		return 1
 	}
 	return 0
 }

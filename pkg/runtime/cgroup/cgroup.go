@@ -1,5 +1,8 @@
-// Package cgroup finds a process's host cgroup and reads its metrics, for
-// cgroup v1 (legacy and hybrid hosts) and v2, as containerd's runc shim does.
+// Package cgroup is a container's host cgroup as the shim sees it: found
+// from a pid, read for Task.Stats, and watched for OOM kills, on cgroup v1
+// (legacy and hybrid hosts) and v2, through containerd's cgroups library as
+// containerd's runc shim does. The v1/v2 difference stays in this package:
+// the task service and the backends hold a Cgroup.
 package cgroup
 
 import (
@@ -7,83 +10,131 @@ import (
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
-	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
+	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
 )
 
-// Load loads the cgroup of pid for the host's cgroup mode.
-func Load(pid int) (any, error) {
+// Cgroup is one host cgroup.
+type Cgroup interface {
+	// Stats reads the cgroup's metrics.
+	Stats() (*Metrics, error)
+	// OOMKills is the kernel's count of OOM kills in the cgroup.
+	OOMKills() (uint64, error)
+	// MemoryLimit is the cgroup's memory limit, 0 if none or unknown.
+	MemoryLimit() uint64
+	// Path names the cgroup, for logs and errors.
+	Path() string
+}
+
+// Metrics are what Task.Stats returns: containerd's cgroup1 or cgroup2
+// metrics message, whichever the host's hierarchy gives (exactly one set).
+type Metrics struct {
+	V1 *v1stats.Metrics
+	V2 *v2stats.Metrics
+}
+
+// Proto is the message to marshal into the Stats response.
+func (m *Metrics) Proto() proto.Message {
+	if m.V2 != nil {
+		return m.V2
+	}
+	return m.V1
+}
+
+// Unified reports whether the host runs cgroup v2 alone.
+func Unified() bool { return cgroups.Mode() == cgroups.Unified }
+
+// Load finds the cgroup of pid for the host's cgroup mode.
+func Load(pid int) (Cgroup, error) {
 	if pid <= 0 {
 		return nil, fmt.Errorf("no process to find a cgroup for: %w", errdefs.ErrNotFound)
 	}
-	if cgroups.Mode() == cgroups.Unified {
-		path, err := cgroupsv2.PidGroupPath(pid)
+	if Unified() {
+		path, err := cgroup2.PidGroupPath(pid)
 		if err != nil {
 			return nil, fmt.Errorf("cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
 		}
-		cg, err := cgroupsv2.Load(path)
-		if err != nil {
-			return nil, fmt.Errorf("load cgroup %s: %v: %w", path, err, errdefs.ErrNotFound)
-		}
-		return cg, nil
+		return LoadV2(path)
 	}
 	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
 	if err != nil {
 		return nil, fmt.Errorf("load cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
 	}
-	return cg, nil
+	return &v1{cg: cg, path: fmt.Sprintf("v1 cgroup of pid %d", pid)}, nil
 }
 
-// Stats returns the metrics of a cgroup loaded by Load.
-func Stats(cg any) (any, error) {
-	switch cg := cg.(type) {
-	case cgroup1.Cgroup:
-		st, err := cg.Stat(cgroup1.IgnoreNotExist)
-		if err != nil {
-			return nil, fmt.Errorf("read cgroup v1 stats: %w", err)
-		}
-		return st, nil
-	case *cgroupsv2.Manager:
-		st, err := cg.Stat()
-		if err != nil {
-			return nil, fmt.Errorf("read cgroup v2 stats: %w", err)
-		}
-		return st, nil
-	default:
-		return nil, fmt.Errorf("unsupported cgroup type %T: %w", cg, errdefs.ErrNotImplemented)
+// LoadV2 loads a cgroup v2 group (a path under the unified mount, e.g.
+// "/kubepods/pod1/c1"); opts select another mountpoint (tests).
+func LoadV2(group string, opts ...cgroup2.InitOpts) (Cgroup, error) {
+	m, err := cgroup2.Load(group, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("load cgroup %s: %v: %w", group, err, errdefs.ErrNotFound)
 	}
+	return &v2{m: m, path: group}, nil
 }
 
-// OOMKills reads the cgroup's OOM kill counter.
-func OOMKills(cg any) (uint64, error) {
-	switch cg := cg.(type) {
-	case cgroup1.Cgroup:
-		st, err := cg.Stat(cgroup1.IgnoreNotExist)
-		if err != nil {
-			return 0, err
-		}
-		return st.GetMemoryOomControl().GetOomKill(), nil
-	case *cgroupsv2.Manager:
-		st, err := cg.Stat()
-		if err != nil {
-			return 0, err
-		}
-		return st.GetMemoryEvents().GetOomKill(), nil
+// FromV1 wraps a cgroup v1 handle (tests, callers that built one).
+func FromV1(cg cgroup1.Cgroup, path string) Cgroup { return &v1{cg: cg, path: path} }
+
+type v1 struct {
+	cg   cgroup1.Cgroup
+	path string
+}
+
+func (c *v1) Path() string { return c.path }
+
+func (c *v1) Stats() (*Metrics, error) {
+	st, err := c.cg.Stat(cgroup1.IgnoreNotExist)
+	if err != nil {
+		return nil, fmt.Errorf("read cgroup v1 stats of %s: %w", c.path, err)
 	}
-	return 0, fmt.Errorf("unsupported cgroup type %T: %w", cg, errdefs.ErrNotImplemented)
+	return &Metrics{V1: st}, nil
 }
 
-// MemoryLimit reads the cgroup's memory limit (0 if unknown).
-func MemoryLimit(cg any) uint64 {
-	switch cg := cg.(type) {
-	case cgroup1.Cgroup:
-		if st, err := cg.Stat(cgroup1.IgnoreNotExist); err == nil {
-			return st.GetMemory().GetUsage().GetLimit()
-		}
-	case *cgroupsv2.Manager:
-		if st, err := cg.Stat(); err == nil {
-			return st.GetMemory().GetUsageLimit()
-		}
+func (c *v1) OOMKills() (uint64, error) {
+	st, err := c.cg.Stat(cgroup1.IgnoreNotExist)
+	if err != nil {
+		return 0, err
+	}
+	return st.GetMemoryOomControl().GetOomKill(), nil
+}
+
+func (c *v1) MemoryLimit() uint64 {
+	if st, err := c.cg.Stat(cgroup1.IgnoreNotExist); err == nil {
+		return st.GetMemory().GetUsage().GetLimit()
+	}
+	return 0
+}
+
+type v2 struct {
+	m    *cgroup2.Manager
+	path string
+}
+
+func (c *v2) Path() string { return c.path }
+
+func (c *v2) Stats() (*Metrics, error) {
+	st, err := c.m.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read cgroup v2 stats of %s: %w", c.path, err)
+	}
+	return &Metrics{V2: st}, nil
+}
+
+func (c *v2) OOMKills() (uint64, error) {
+	st, err := c.m.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.GetMemoryEvents().GetOomKill(), nil
+}
+
+func (c *v2) MemoryLimit() uint64 {
+	if st, err := c.m.Stat(); err == nil {
+		return st.GetMemory().GetUsageLimit()
 	}
 	return 0
 }

@@ -6,16 +6,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
 	"golang.org/x/sys/unix"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
@@ -23,12 +28,90 @@ import (
 )
 
 // Name of this backend.
-const Name = oci.BackendRunc
+const Name = "runc"
+
+// DefaultRoot is where runc keeps container state, per namespace.
+const DefaultRoot = "/run/containerd/custom/runc"
+
+// Config is the [runc] table.
+//
+//	[runc]
+//	binary_name = "runc"              # any runc-compatible CLI, e.g. crun
+//	root = "/run/containerd/custom/runc"
+//	systemd_cgroup = false
+//	no_pivot_root = false
+//	no_new_keyring = false
+//	criu_work_path = ""               # default: <bundle>/work
+type Config struct {
+	BinaryName    string `toml:"binary_name" json:"binary_name,omitempty"`
+	Root          string `toml:"root" json:"root,omitempty"`
+	SystemdCgroup bool   `toml:"systemd_cgroup" json:"systemd_cgroup,omitempty"`
+	NoPivotRoot   bool   `toml:"no_pivot_root" json:"no_pivot_root,omitempty"`
+	NoNewKeyring  bool   `toml:"no_new_keyring" json:"no_new_keyring,omitempty"`
+	CriuWorkPath  string `toml:"criu_work_path" json:"criu_work_path,omitempty"`
+}
+
+// Validate implements oci.Section.
+func (c *Config) Validate() error {
+	if c.BinaryName == "" {
+		return fmt.Errorf("field \"runc.binary_name\": must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	if !filepath.IsAbs(c.Root) {
+		return fmt.Errorf("field \"runc.root\": %q is not an absolute path: %w", c.Root, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// Binary implements oci.Section.
+func (c *Config) Binary() string { return c.BinaryName }
+
+// ClaimsBinary implements oci.Section: runc is the default backend, chosen
+// for any binary no other backend claims.
+func (c *Config) ClaimsBinary(string) bool { return false }
+
+// ApplyRuncOptions implements oci.Section.
+func (c *Config) ApplyRuncOptions(ro *runcoptions.Options) {
+	if ro.BinaryName != "" {
+		c.BinaryName = ro.BinaryName
+	}
+	if ro.Root != "" {
+		c.Root = ro.Root
+	}
+	c.SystemdCgroup = ro.SystemdCgroup
+	c.NoPivotRoot = ro.NoPivotRoot
+	c.NoNewKeyring = ro.NoNewKeyring
+	if ro.CriuWorkPath != "" {
+		c.CriuWorkPath = ro.CriuWorkPath
+	}
+}
+
+// Registration registers the backend with the shim.
+func Registration() runtime.Registration {
+	return runtime.Registration{
+		Name:     Name,
+		Settings: func() oci.Section { return &Config{BinaryName: "runc", Root: DefaultRoot} },
+		New: func(s oci.Section, c *runtime.Container) (runtime.Backend, error) {
+			return New(*s.(*Config), c.Namespace, c.Bundle)
+		},
+		Features: func(ctx context.Context, s oci.Section) (*features.Features, error) {
+			return CLIFeatures(ctx, s.Binary())
+		},
+	}
+}
+
+// CLIFeatures asks a runtime CLI for its features ("<binary> features").
+func CLIFeatures(ctx context.Context, binary string) (*features.Features, error) {
+	path, err := exec.LookPath(binary)
+	if err != nil {
+		return nil, fmt.Errorf("runtime binary %q not found: %w", binary, errdefs.ErrNotFound)
+	}
+	return (&gorunc.Runc{Command: path}).Features(ctx)
+}
 
 // Backend drives one container through a runc-compatible CLI.
 type Backend struct {
-	cfg    oci.RuncConfig
-	bundle string
+	cfg    Config
+	bundle bundle.Bundle
 	runc   *gorunc.Runc
 }
 
@@ -36,7 +119,7 @@ var _ runtime.Backend = (*Backend)(nil)
 
 // New returns the backend for the container in bundle. The binary must
 // exist: a missing runtime is reported here, before anything is created.
-func New(cfg oci.RuncConfig, namespace, bundle string) (*Backend, error) {
+func New(cfg Config, namespace string, b bundle.Bundle) (*Backend, error) {
 	bin, err := exec.LookPath(cfg.BinaryName)
 	if err != nil {
 		return nil, fmt.Errorf("runc backend: field \"runc.binary_name\": runtime binary %q not found: %v: %w",
@@ -44,10 +127,10 @@ func New(cfg oci.RuncConfig, namespace, bundle string) (*Backend, error) {
 	}
 	return &Backend{
 		cfg:    cfg,
-		bundle: bundle,
+		bundle: b,
 		runc: &gorunc.Runc{
 			Command:       bin,
-			Log:           filepath.Join(bundle, "log.json"),
+			Log:           b.RuntimeLog("log.json"),
 			LogFormat:     gorunc.JSON,
 			PdeathSignal:  unix.SIGKILL,
 			Root:          filepath.Join(cfg.Root, namespace),
@@ -56,22 +139,59 @@ func New(cfg oci.RuncConfig, namespace, bundle string) (*Backend, error) {
 	}, nil
 }
 
-// Name implements runtime.Backend.
-func (b *Backend) Name() string { return Name }
+// cmdIO hands a process's files to a runtime command (go-runc's IO).
+type cmdIO struct{ io *runtime.IO }
+
+// CmdIO adapts runtime.IO for go-runc; nil stays nil.
+func CmdIO(io *runtime.IO) gorunc.IO {
+	if io == nil {
+		return nil
+	}
+	return cmdIO{io}
+}
+
+func (c cmdIO) Set(cmd *exec.Cmd) {
+	if c.io.Stdin != nil {
+		cmd.Stdin = c.io.Stdin
+	}
+	if c.io.Stdout != nil {
+		cmd.Stdout = c.io.Stdout
+	}
+	if c.io.Stderr != nil {
+		cmd.Stderr = c.io.Stderr
+	}
+}
+func (cmdIO) Close() error          { return nil }
+func (cmdIO) Stdin() io.WriteCloser { return nil }
+func (cmdIO) Stdout() io.ReadCloser { return nil }
+func (cmdIO) Stderr() io.ReadCloser { return nil }
+
+type consoleSocket string
+
+func (s consoleSocket) Path() string { return string(s) }
+
+// ConsoleSocket adapts a runtime.Console for go-runc; nil must stay an
+// untyped nil interface.
+func ConsoleSocket(c *runtime.Console) gorunc.ConsoleSocket {
+	if c == nil {
+		return nil
+	}
+	return consoleSocket(c.Path)
+}
 
 // Create implements runtime.Backend.
 func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, error) {
 	opts := &gorunc.CreateOpts{
-		IO:            c.IO,
+		IO:            CmdIO(c.IO),
 		PidFile:       c.PidFile,
-		ConsoleSocket: c.ConsoleSocket,
+		ConsoleSocket: ConsoleSocket(c.Console),
 		NoPivot:       b.cfg.NoPivotRoot,
 		NoNewKeyring:  b.cfg.NoNewKeyring,
 	}
-	if err := b.run("create", func() error { return b.runc.Create(ctx, c.ID, c.Bundle, opts) }); err != nil {
+	if err := b.run("create", func() error { return b.runc.Create(ctx, c.ID, c.Bundle.Path(), opts) }); err != nil {
 		return 0, err
 	}
-	pid, err := gorunc.ReadPidFile(c.PidFile)
+	pid, err := bundle.ReadPidFile(c.PidFile)
 	if err != nil {
 		return 0, fmt.Errorf("read init pid file: %w", err)
 	}
@@ -79,7 +199,7 @@ func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, err
 }
 
 // Start implements runtime.Backend.
-func (b *Backend) Start(ctx context.Context, id string, _ gorunc.IO) error {
+func (b *Backend) Start(ctx context.Context, id string, _ *runtime.IO) error {
 	return b.run("start", func() error { return b.runc.Start(ctx, id) })
 }
 
@@ -98,21 +218,21 @@ func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runti
 			WorkDir:    work,
 			ParentPath: r.ParentPath,
 		},
-		IO:            c.IO,
+		IO:            CmdIO(c.IO),
 		PidFile:       c.PidFile,
-		ConsoleSocket: c.ConsoleSocket,
+		ConsoleSocket: ConsoleSocket(c.Console),
 		NoPivot:       b.cfg.NoPivotRoot,
 		Detach:        true,
 		NoSubreaper:   true,
 	}
 	err := b.run("restore", func() error {
-		_, err := b.runc.Restore(ctx, c.ID, c.Bundle, opts)
+		_, err := b.runc.Restore(ctx, c.ID, c.Bundle.Path(), opts)
 		return err
 	})
 	if err != nil {
 		return 0, err
 	}
-	pid, err := gorunc.ReadPidFile(c.PidFile)
+	pid, err := bundle.ReadPidFile(c.PidFile)
 	if err != nil {
 		return 0, fmt.Errorf("read restored init pid file: %w", err)
 	}
@@ -122,15 +242,15 @@ func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runti
 // Exec implements runtime.Backend.
 func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (int, error) {
 	opts := &gorunc.ExecOpts{
-		IO:            e.IO,
+		IO:            CmdIO(e.IO),
 		PidFile:       e.PidFile,
-		ConsoleSocket: e.ConsoleSocket,
+		ConsoleSocket: ConsoleSocket(e.Console),
 		Detach:        true,
 	}
 	if err := b.run("exec", func() error { return b.runc.Exec(ctx, id, *e.Spec, opts) }); err != nil {
 		return 0, err
 	}
-	pid, err := gorunc.ReadPidFile(e.PidFile)
+	pid, err := bundle.ReadPidFile(e.PidFile)
 	if err != nil {
 		return 0, fmt.Errorf("read exec pid file: %w", err)
 	}
@@ -138,8 +258,8 @@ func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (i
 }
 
 // Kill implements runtime.Backend.
-func (b *Backend) Kill(ctx context.Context, id string, signal int, all bool) error {
-	err := b.run("kill", func() error { return b.runc.Kill(ctx, id, signal, &gorunc.KillOpts{All: all}) })
+func (b *Backend) Kill(ctx context.Context, id string, sig syscall.Signal, all bool) error {
+	err := b.run("kill", func() error { return b.runc.Kill(ctx, id, int(sig), &gorunc.KillOpts{All: all}) })
 	if errdefs.IsNotFound(err) {
 		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}
@@ -182,8 +302,16 @@ func (b *Backend) Pids(ctx context.Context, id string) ([]int, error) {
 
 // Signal implements runtime.Backend: exec processes are the shim's children
 // (runc exec --detach reparents them to the subreaper), so a plain kill(2).
-func (b *Backend) Signal(ctx context.Context, id, execID string, pid int, signal int) error {
-	if err := unix.Kill(pid, unix.Signal(signal)); err != nil {
+func (b *Backend) Signal(ctx context.Context, id string, p runtime.ExecProcess, sig syscall.Signal) error {
+	return SignalPid(p.Pid, sig)
+}
+
+// SignalPid signals a host process; ESRCH is NotFound.
+func SignalPid(pid int, sig syscall.Signal) error {
+	if pid <= 0 {
+		return fmt.Errorf("process has no pid: %w", errdefs.ErrNotFound)
+	}
+	if err := unix.Kill(pid, sig); err != nil {
 		if errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("process %d already finished: %w", pid, errdefs.ErrNotFound)
 		}
@@ -193,18 +321,18 @@ func (b *Backend) Signal(ctx context.Context, id, execID string, pid int, signal
 }
 
 // Cgroup implements runtime.Backend.
-func (b *Backend) Cgroup(ctx context.Context, id string, pid int) (any, error) {
+func (b *Backend) Cgroup(ctx context.Context, id string, pid int) (cgroup.Cgroup, error) {
 	return cgroup.Load(pid)
 }
 
 // Stats implements runtime.Backend. It reads the cgroup directly instead of
 // forking "runc events --stats": Stats is polled every few seconds by CRI
 // and containerd's metrics collector.
-func (b *Backend) Stats(ctx context.Context, id string, cg any) (any, error) {
+func (b *Backend) Stats(ctx context.Context, id string, cg cgroup.Cgroup) (*cgroup.Metrics, error) {
 	if cg == nil {
 		return nil, fmt.Errorf("task %s has no cgroup: %w", id, errdefs.ErrNotFound)
 	}
-	return cgroup.Stats(cg)
+	return cg.Stats()
 }
 
 // Checkpoint implements runtime.Backend.
@@ -235,7 +363,7 @@ func (b *Backend) Checkpoint(ctx context.Context, id string, c *runtime.Checkpoi
 	})
 	if err != nil {
 		// The work directory goes away; keep criu's log in the bundle.
-		dumpLog := filepath.Join(b.bundle, "criu-dump.log")
+		dumpLog := b.bundle.CriuDumpLog()
 		if data, rerr := os.ReadFile(filepath.Join(work, "dump.log")); rerr == nil {
 			os.WriteFile(dumpLog, data, 0o600)
 			return fmt.Errorf("%w (criu log: %s)", err, dumpLog)
@@ -252,7 +380,7 @@ func (b *Backend) criuWorkDir() string {
 	if b.cfg.CriuWorkPath != "" {
 		return b.cfg.CriuWorkPath
 	}
-	return filepath.Join(b.bundle, "work")
+	return b.bundle.CriuWork()
 }
 
 // run runs one runc command and, when it fails, wraps the failure with the
@@ -267,7 +395,7 @@ func (b *Backend) run(op string, fn func() error) error {
 	msg := clilog.LastError(b.runc.Log, off)
 	bin := filepath.Base(b.runc.Command)
 	if msg == "" {
-		if hint := clilog.SpaceHint(b.bundle); hint != "" {
+		if hint := clilog.SpaceHint(b.bundle.Path()); hint != "" {
 			return fmt.Errorf("%s %s failed: %w (%s)", bin, op, err, hint)
 		}
 		if kind := classify(err.Error()); kind != nil {

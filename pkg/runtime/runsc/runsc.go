@@ -19,31 +19,135 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
-	"github.com/containerd/cgroups/v3"
 	cgroup1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
 	cgroup2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
 	"golang.org/x/sys/unix"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/clilog"
+	runcbackend "github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/runc"
 )
 
 // Name of this backend.
-const Name = oci.BackendRunsc
+const Name = "runsc"
+
+// DefaultRoot is where runsc keeps container state, per namespace and pod.
+const DefaultRoot = "/run/containerd/custom/runsc"
+
+// Config is the [runsc] table.
+//
+//	[runsc]
+//	binary_name = "runsc"
+//	root = "/run/containerd/custom/runsc"
+//	platform = "systrap"              # systrap, ptrace or kvm
+//	network = "sandbox"               # sandbox, host or none
+//	debug_log = ""
+//	flags = { "overlay2" = "root:memory" }
+type Config struct {
+	BinaryName string            `toml:"binary_name" json:"binary_name,omitempty"`
+	Root       string            `toml:"root" json:"root,omitempty"`
+	Platform   string            `toml:"platform" json:"platform,omitempty"`
+	Network    string            `toml:"network" json:"network,omitempty"`
+	DebugLog   string            `toml:"debug_log" json:"debug_log,omitempty"`
+	Flags      map[string]string `toml:"flags" json:"flags,omitempty"`
+}
+
+// Validate implements oci.Section.
+func (c *Config) Validate() error {
+	if c.BinaryName == "" {
+		return fmt.Errorf("field \"runsc.binary_name\": must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	if !filepath.IsAbs(c.Root) {
+		return fmt.Errorf("field \"runsc.root\": %q is not an absolute path: %w", c.Root, errdefs.ErrInvalidArgument)
+	}
+	switch c.Platform {
+	case "systrap", "ptrace", "kvm":
+	default:
+		return fmt.Errorf("field \"runsc.platform\": unknown platform %q (want systrap, ptrace or kvm): %w", c.Platform, errdefs.ErrInvalidArgument)
+	}
+	switch c.Network {
+	case "sandbox", "host", "none":
+	default:
+		return fmt.Errorf("field \"runsc.network\": unknown network %q (want sandbox, host or none): %w", c.Network, errdefs.ErrInvalidArgument)
+	}
+	for k := range c.Flags {
+		if k == "" || strings.HasPrefix(k, "-") || strings.ContainsAny(k, "= \t\n") {
+			return fmt.Errorf("field \"runsc.flags\": invalid flag name %q (write it without dashes, e.g. \"overlay2\"): %w", k, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// Binary implements oci.Section.
+func (c *Config) Binary() string { return c.BinaryName }
+
+// ClaimsBinary implements oci.Section: containerd's runc options whose
+// BinaryName names runsc select gVisor.
+func (c *Config) ClaimsBinary(name string) bool { return strings.Contains(name, "runsc") }
+
+// ApplyRuncOptions implements oci.Section.
+func (c *Config) ApplyRuncOptions(ro *runcoptions.Options) {
+	if ro.BinaryName != "" {
+		c.BinaryName = ro.BinaryName
+	}
+	if ro.Root != "" {
+		c.Root = ro.Root
+	}
+}
+
+// Registration registers the backend with the shim.
+func Registration() runtime.Registration {
+	return runtime.Registration{
+		Name: Name,
+		Settings: func() oci.Section {
+			return &Config{BinaryName: "runsc", Root: DefaultRoot, Platform: "systrap", Network: "sandbox"}
+		},
+		New: func(s oci.Section, c *runtime.Container) (runtime.Backend, error) {
+			return New(*s.(*Config), c)
+		},
+		Features: func(ctx context.Context, s oci.Section) (*features.Features, error) {
+			f, err := runcbackend.CLIFeatures(ctx, s.Binary())
+			if err != nil {
+				return nil, err
+			}
+			withoutUserNamespaces(f)
+			return f, nil
+		},
+	}
+}
+
+// withoutUserNamespaces drops what "runsc features" claims but runsc cannot
+// do through containerd: join CRI's pinned user namespace or idmap mounts.
+// Advertised, CRI would send user-namespaced pods that then fail in the
+// gofer; withheld, CRI refuses them cleanly.
+func withoutUserNamespaces(f *features.Features) {
+	if f.Linux == nil {
+		return
+	}
+	f.Linux.Namespaces = slices.DeleteFunc(f.Linux.Namespaces, func(ns string) bool { return ns == "user" })
+	if m := f.Linux.MountExtensions; m != nil && m.IDMap != nil {
+		off := false
+		m.IDMap.Enabled = &off
+	}
+}
 
 // Backend drives one container through runsc.
 type Backend struct {
 	bin    string
 	global []string // flags before the subcommand
-	bundle string
+	bundle bundle.Bundle
 	log    string // runsc's log file, for error messages
 	// sandbox is true for a pod's first container (or a lone container):
 	// runsc create starts the sandbox and hands it the stdio. The others
@@ -67,8 +171,8 @@ var (
 // New returns the backend for the container in bundle. A missing binary,
 // or a platform this runsc does not have, is reported here, before
 // anything is created.
-func New(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec) (runtime.Backend, error) {
-	b, err := newBackend(cfg, namespace, bundle, spec)
+func New(cfg Config, c *runtime.Container) (runtime.Backend, error) {
+	b, err := newBackend(cfg, c.Namespace, c.Bundle, c.Spec, c.Group)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +182,7 @@ func New(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec) (runti
 	return b, nil
 }
 
-func newBackend(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec) (*Backend, error) {
+func newBackend(cfg Config, namespace string, bdl bundle.Bundle, spec *specs.Spec, group string) (*Backend, error) {
 	bin, err := exec.LookPath(cfg.BinaryName)
 	if err != nil {
 		return nil, fmt.Errorf("runsc backend: field \"runsc.binary_name\": runtime binary %q not found: %v: %w",
@@ -86,14 +190,14 @@ func newBackend(cfg oci.RunscConfig, namespace, bundle string, spec *specs.Spec)
 	}
 	b := &Backend{
 		bin:     bin,
-		bundle:  bundle,
-		log:     filepath.Join(bundle, "runsc.log"),
+		bundle:  bdl,
+		log:     bdl.RuntimeLog("runsc.log"),
 		sandbox: spec.Annotations[oci.AnnotationCRIType] != oci.CRITypeContainer,
 		spec:    spec,
 		// One root per shim group (a pod): runsc finds containers by id
 		// prefix, so "web" would be ambiguous next to "web2" in a shared
 		// root; a pod's containers must share one to find their sandbox.
-		root: filepath.Join(cfg.Root, namespace, oci.GroupID(filepath.Base(bundle), spec.Annotations)),
+		root: filepath.Join(cfg.Root, namespace, group),
 	}
 	flags := []string{"--network=" + sandboxNetwork(cfg.Network, b.sandbox, spec)}
 	if _, set := cfg.Flags["oci-seccomp"]; !set {
@@ -194,9 +298,6 @@ func probe(bin, platform string, flags []string) error {
 	return err
 }
 
-// Name implements runtime.Backend.
-func (b *Backend) Name() string { return Name }
-
 // Create implements runtime.Backend.
 func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, error) {
 	// runc reports a missing executable at create; runsc only when the
@@ -209,18 +310,18 @@ func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, err
 			return 0, err
 		}
 	}
-	args := []string{"create", "--bundle", c.Bundle, "--pid-file", c.PidFile}
-	if c.ConsoleSocket != nil {
-		args = append(args, "--console-socket", c.ConsoleSocket.Path())
+	args := []string{"create", "--bundle", c.Bundle.Path(), "--pid-file", c.PidFile}
+	if c.Console != nil {
+		args = append(args, "--console-socket", c.Console.Path)
 	}
-	var cio gorunc.IO
+	var cio *runtime.IO
 	if b.sandbox {
 		cio = c.IO
 	}
 	if err := b.run(ctx, "create", cio, nil, append(args, c.ID)...); err != nil {
 		return 0, err
 	}
-	pid, err := gorunc.ReadPidFile(c.PidFile)
+	pid, err := bundle.ReadPidFile(c.PidFile)
 	if err != nil {
 		return 0, fmt.Errorf("read init pid file: %w", err)
 	}
@@ -228,7 +329,7 @@ func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, err
 }
 
 // Start implements runtime.Backend.
-func (b *Backend) Start(ctx context.Context, id string, cio gorunc.IO) error {
+func (b *Backend) Start(ctx context.Context, id string, cio *runtime.IO) error {
 	if b.sandbox {
 		cio = nil
 	}
@@ -255,7 +356,7 @@ func (b subContainer) WaitInit(ctx context.Context, id string) (runtime.Exit, er
 func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runtime.RestoreConfig) (int, error) {
 	// A rootfs restored with its read-write layer carries the checkpointed
 	// sandbox's overlay filestore, which runsc refuses to reuse.
-	stale, _ := filepath.Glob(filepath.Join(c.Bundle, "rootfs", ".gvisor.filestore.*"))
+	stale, _ := filepath.Glob(filepath.Join(c.Bundle.Rootfs(), ".gvisor.filestore.*"))
 	for _, f := range stale {
 		os.Remove(f)
 	}
@@ -263,7 +364,7 @@ func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runti
 	if err != nil {
 		return 0, err
 	}
-	var cio gorunc.IO
+	var cio *runtime.IO
 	if !b.sandbox {
 		cio = c.IO
 	}
@@ -278,7 +379,7 @@ func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runti
 // "runsc exec" process on the host: it stays a child of the shim for as
 // long as the process runs in the sandbox and exits with its status.
 func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (int, error) {
-	f, err := os.CreateTemp(b.bundle, "runsc-process-*.json")
+	f, err := os.CreateTemp(b.bundle.Path(), "runsc-process-*.json")
 	if err != nil {
 		return 0, err
 	}
@@ -288,9 +389,10 @@ func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (i
 	if err != nil {
 		return 0, err
 	}
-	args := []string{"exec", "--process", f.Name(), "--detach", "--pid-file", e.PidFile, "--internal-pid-file", internalPidFile(e.PidFile)}
-	if e.ConsoleSocket != nil {
-		args = append(args, "--console-socket", e.ConsoleSocket.Path())
+	internal := b.bundle.ExecInternalPidFile(e.ID)
+	args := []string{"exec", "--process", f.Name(), "--detach", "--pid-file", e.PidFile, "--internal-pid-file", internal}
+	if e.Console != nil {
+		args = append(args, "--console-socket", e.Console.Path)
 	}
 	if err := b.run(ctx, "exec", e.IO, nil, append(args, id)...); err != nil {
 		// runsc's detached exec can fail after the process ran: its parent
@@ -298,29 +400,27 @@ func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (i
 		// a process that exits at once) is gone before it looks. If the
 		// child wrote both pid files, the process did start; its exit comes
 		// through the reaper like any other.
-		pid, perr := gorunc.ReadPidFile(e.PidFile)
-		if _, ierr := gorunc.ReadPidFile(internalPidFile(e.PidFile)); perr != nil || ierr != nil || pid <= 0 {
+		pid, perr := bundle.ReadPidFile(e.PidFile)
+		if _, ierr := bundle.ReadPidFile(internal); perr != nil || ierr != nil || pid <= 0 {
 			return 0, err
 		}
 		log.G(ctx).WithError(err).WithField("pid", pid).Debug("runsc exec reported a failure after the process started")
 		return pid, nil
 	}
-	pid, err := gorunc.ReadPidFile(e.PidFile)
+	pid, err := bundle.ReadPidFile(e.PidFile)
 	if err != nil {
 		return 0, fmt.Errorf("read exec pid file: %w", err)
 	}
 	return pid, nil
 }
 
-func internalPidFile(pidFile string) string { return pidFile + ".internal" }
-
 // Kill implements runtime.Backend.
-func (b *Backend) Kill(ctx context.Context, id string, signal int, all bool) error {
+func (b *Backend) Kill(ctx context.Context, id string, sig syscall.Signal, all bool) error {
 	args := []string{"kill"}
 	if all {
 		args = append(args, "--all")
 	}
-	err := b.run(ctx, "kill", nil, nil, append(args, id, strconv.Itoa(signal))...)
+	err := b.run(ctx, "kill", nil, nil, append(args, id, strconv.Itoa(int(sig)))...)
 	if errdefs.IsNotFound(err) {
 		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}
@@ -329,12 +429,12 @@ func (b *Backend) Kill(ctx context.Context, id string, signal int, all bool) err
 
 // Signal implements runtime.Backend: runsc signals a sandboxed process by
 // its pid inside the sandbox.
-func (b *Backend) Signal(ctx context.Context, id, execID string, pid int, signal int) error {
-	ipid, err := gorunc.ReadPidFile(internalPidFile(runtime.ExecPidFile(b.bundle, execID)))
+func (b *Backend) Signal(ctx context.Context, id string, p runtime.ExecProcess, sig syscall.Signal) error {
+	ipid, err := bundle.ReadPidFile(b.bundle.ExecInternalPidFile(p.ID))
 	if err != nil {
-		return fmt.Errorf("exec %s: internal pid: %w", execID, err)
+		return fmt.Errorf("exec %s: internal pid: %w", p.ID, err)
 	}
-	err = b.run(ctx, "kill", nil, nil, "kill", "--pid", strconv.Itoa(ipid), id, strconv.Itoa(signal))
+	err = b.run(ctx, "kill", nil, nil, "kill", "--pid", strconv.Itoa(ipid), id, strconv.Itoa(int(sig)))
 	if errdefs.IsNotFound(err) {
 		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}
@@ -394,7 +494,7 @@ func (b *Backend) Update(ctx context.Context, id string, r *specs.LinuxResources
 	}
 	cmd := b.command(ctx, "update", "--resources=-", id)
 	cmd.Stdin = bytes.NewReader(data)
-	return b.wait(cmd, "update", nil, &bytes.Buffer{})
+	return b.wait(cmd, "update", &bytes.Buffer{})
 }
 
 // Pids implements runtime.Backend.
@@ -419,13 +519,12 @@ func (b *Backend) hostPids(pids []int) []int {
 		return pids
 	}
 	host := map[int]int{}
-	if hp, err := gorunc.ReadPidFile(filepath.Join(b.bundle, "init.pid")); err == nil {
+	if hp, err := bundle.ReadPidFile(b.bundle.InitPidFile()); err == nil {
 		host[slices.Min(pids)] = hp
 	}
-	internal, _ := filepath.Glob(filepath.Join(b.bundle, "exec-*.pid.internal"))
-	for _, f := range internal {
-		ip, err1 := gorunc.ReadPidFile(f)
-		hp, err2 := gorunc.ReadPidFile(strings.TrimSuffix(f, ".internal"))
+	for _, execID := range b.bundle.ExecInternalPidFiles() {
+		ip, err1 := bundle.ReadPidFile(b.bundle.ExecInternalPidFile(execID))
+		hp, err2 := bundle.ReadPidFile(b.bundle.ExecPidFile(execID))
 		if err1 == nil && err2 == nil {
 			host[ip] = hp
 		}
@@ -442,21 +541,21 @@ func (b *Backend) hostPids(pids []int) []int {
 
 // Cgroup implements runtime.Backend: the sandbox's host cgroup (pid is the
 // sandbox process), where the host's OOM killer acts.
-func (b *Backend) Cgroup(ctx context.Context, id string, pid int) (any, error) {
+func (b *Backend) Cgroup(ctx context.Context, id string, pid int) (cgroup.Cgroup, error) {
 	return cgroup.Load(pid)
 }
 
 // Stats implements runtime.Backend: the sandbox's own accounting ("runsc
 // events --stats") in the cgroup metric types of the host's mode, with the
 // OOM kill count of the host cgroup, which gVisor's own shim leaves out.
-func (b *Backend) Stats(ctx context.Context, id string, cg any) (any, error) {
+func (b *Backend) Stats(ctx context.Context, id string, cg cgroup.Cgroup) (*cgroup.Metrics, error) {
 	var out bytes.Buffer
 	if err := b.run(ctx, "events", nil, &out, "events", "--stats", id); err != nil {
 		// Once the sandbox is gone (an exited task before its delete, an
 		// OOM kill) runsc fails without a word; its host cgroup still has
 		// the last figures.
 		if cg != nil {
-			if st, cerr := cgroup.Stats(cg); cerr == nil {
+			if st, cerr := cg.Stats(); cerr == nil {
 				return st, nil
 			}
 		}
@@ -473,15 +572,15 @@ func (b *Backend) Stats(ctx context.Context, id string, cg any) (any, error) {
 	// host cgroup does.
 	var kills uint64
 	if cg != nil {
-		kills, _ = cgroup.OOMKills(cg)
+		kills, _ = cg.OOMKills()
 		if ev.Stats.Memory.Usage.Limit == 0 {
-			ev.Stats.Memory.Usage.Limit = cgroup.MemoryLimit(cg)
+			ev.Stats.Memory.Usage.Limit = cg.MemoryLimit()
 		}
 	}
-	if cgroups.Mode() == cgroups.Unified {
-		return v2Metrics(ev.Stats, kills), nil
+	if cgroup.Unified() {
+		return &cgroup.Metrics{V2: v2Metrics(ev.Stats, kills)}, nil
 	}
-	return v1Metrics(ev.Stats, kills), nil
+	return &cgroup.Metrics{V1: v1Metrics(ev.Stats, kills)}, nil
 }
 
 func v1Metrics(s *gorunc.Stats, oomKills uint64) *cgroup1stats.Metrics {
@@ -539,28 +638,28 @@ func (b *Backend) Checkpoint(ctx context.Context, id string, c *runtime.Checkpoi
 
 func (b *Backend) command(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, b.bin, append(append([]string(nil), b.global...), args...)...)
-	cmd.Dir = b.bundle
+	cmd.Dir = b.bundle.Path()
 	return cmd
 }
 
 // run runs one runsc command. With cio the command gets the container's
 // stdio (the sandbox or sub-container inherits it); without, its output
 // goes to out, and stderr is kept for the error message.
-func (b *Backend) run(ctx context.Context, op string, cio gorunc.IO, out io.Writer, args ...string) error {
+func (b *Backend) run(ctx context.Context, op string, cio *runtime.IO, out io.Writer, args ...string) error {
 	cmd := b.command(ctx, args...)
 	var stderr bytes.Buffer
 	if cio != nil {
-		cio.Set(cmd)
+		runcbackend.CmdIO(cio).Set(cmd)
 	} else {
 		cmd.Stdout = out
 		cmd.Stderr = &stderr
 	}
-	return b.wait(cmd, op, cio, &stderr)
+	return b.wait(cmd, op, &stderr)
 }
 
 // wait runs a prepared command and classifies its failure: runsc's stderr
 // says what went wrong, else (stderr was the container's) its log does.
-func (b *Backend) wait(cmd *exec.Cmd, op string, cio gorunc.IO, stderr *bytes.Buffer) error {
+func (b *Backend) wait(cmd *exec.Cmd, op string, stderr *bytes.Buffer) error {
 	if cmd.Stderr == nil {
 		cmd.Stderr = stderr
 	}
@@ -568,9 +667,6 @@ func (b *Backend) wait(cmd *exec.Cmd, op string, cio gorunc.IO, stderr *bytes.Bu
 	ec, err := gorunc.Monitor.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("runsc %s: %w", op, err)
-	}
-	if c, ok := cio.(gorunc.StartCloser); ok {
-		c.CloseAfterStart()
 	}
 	status, err := gorunc.Monitor.Wait(cmd, ec)
 	if err == nil && status == 0 {
@@ -581,7 +677,7 @@ func (b *Backend) wait(cmd *exec.Cmd, op string, cio gorunc.IO, stderr *bytes.Bu
 		msg = clilog.LastError(b.log, off)
 	}
 	if msg == "" {
-		msg = clilog.SpaceHint(b.bundle)
+		msg = clilog.SpaceHint(b.bundle.Path())
 	}
 	return runtimeError(op, msg, status, err)
 }

@@ -11,7 +11,7 @@ import (
 	securejoin "github.com/cyphar/filepath-securejoin"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 )
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -20,13 +20,13 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // does at create: "exec: X: executable file not found in $PATH". It gives
 // up (no error) where it cannot tell: paths under a mount, which the
 // container sees but the rootfs does not have.
-func checkExecutable(bundle string, s *specs.Spec) error {
+func checkExecutable(b bundle.Bundle, s *specs.Spec) error {
 	if s.Process == nil || len(s.Process.Args) == 0 || s.Root == nil {
 		return nil
 	}
 	rootfs := s.Root.Path
 	if !filepath.IsAbs(rootfs) {
-		rootfs = filepath.Join(bundle, rootfs)
+		rootfs = filepath.Join(b.Path(), rootfs)
 	}
 	arg0 := s.Process.Args[0]
 	var candidates []string
@@ -62,7 +62,7 @@ func checkExecutable(bundle string, s *specs.Spec) error {
 		}
 	}
 	return fmt.Errorf("%s: field \"process.args\": exec: %q: executable file not found in $PATH: %w",
-		oci.SpecPath(bundle), arg0, errdefs.ErrInvalidArgument)
+		b.Spec(), arg0, errdefs.ErrInvalidArgument)
 }
 
 func underMount(s *specs.Spec, p string) bool {
@@ -79,7 +79,7 @@ func underMount(s *specs.Spec, p string) bool {
 // host's name: gVisor takes its hostname from the spec alone, and CRI
 // leaves it empty for hostNetwork pods. config.json is patched as raw JSON
 // so that fields this shim does not know survive.
-func shareHostname(bundle string, s *specs.Spec) error {
+func shareHostname(b bundle.Bundle, s *specs.Spec) error {
 	if s.Hostname != "" || s.Linux == nil {
 		return nil
 	}
@@ -92,7 +92,7 @@ func shareHostname(bundle string, s *specs.Spec) error {
 	if err != nil {
 		return nil
 	}
-	path := oci.SpecPath(bundle)
+	path := b.Spec()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", path, err)
@@ -106,11 +106,7 @@ func shareHostname(bundle string, s *specs.Spec) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, out, 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := bundle.WriteFileAtomic(path, out, 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	s.Hostname = name

@@ -1,4 +1,4 @@
-package shim
+package task
 
 import (
 	"context"
@@ -8,21 +8,23 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
-	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 )
 
 // fakeBackend simulates a runtime: it hands out pids and lets tests report
@@ -33,9 +35,10 @@ type fakeBackend struct {
 	killed  []string
 	// hooks run inside the backend call, as a real exit racing the call
 	// would arrive.
-	onStart func(pid int)
-	onExec  func(pid int)
-	pids    map[string]int
+	onStart  func(pid int)
+	onExec   func(pid int)
+	onDelete func()
+	pids     map[string]int
 }
 
 func (f *fakeBackend) pid() int {
@@ -45,7 +48,6 @@ func (f *fakeBackend) pid() int {
 	return f.nextPid
 }
 
-func (f *fakeBackend) Name() string { return "fake" }
 func (f *fakeBackend) Create(ctx context.Context, c *runtime.CreateConfig) (int, error) {
 	p := f.pid()
 	f.mu.Lock()
@@ -53,7 +55,7 @@ func (f *fakeBackend) Create(ctx context.Context, c *runtime.CreateConfig) (int,
 	f.mu.Unlock()
 	return p, nil
 }
-func (f *fakeBackend) Start(ctx context.Context, id string, _ gorunc.IO) error {
+func (f *fakeBackend) Start(ctx context.Context, id string, _ *runtime.IO) error {
 	if f.onStart != nil {
 		f.mu.Lock()
 		p := f.pids[id]
@@ -72,24 +74,31 @@ func (f *fakeBackend) Exec(ctx context.Context, id string, e *runtime.ExecConfig
 	}
 	return p, nil
 }
-func (f *fakeBackend) Kill(ctx context.Context, id string, sig int, all bool) error {
+func (f *fakeBackend) Kill(ctx context.Context, id string, sig syscall.Signal, all bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.killed = append(f.killed, fmt.Sprintf("%s/%d/%v", id, sig, all))
+	f.killed = append(f.killed, fmt.Sprintf("%s/%d/%v", id, int(sig), all))
 	return nil
 }
-func (f *fakeBackend) Signal(ctx context.Context, id, execID string, pid int, sig int) error {
+func (f *fakeBackend) Signal(ctx context.Context, id string, p runtime.ExecProcess, sig syscall.Signal) error {
 	return nil
 }
-func (f *fakeBackend) Delete(ctx context.Context, id string, force bool) error { return nil }
-func (f *fakeBackend) Pause(ctx context.Context, id string) error              { return nil }
-func (f *fakeBackend) Resume(ctx context.Context, id string) error             { return nil }
+func (f *fakeBackend) Delete(ctx context.Context, id string, force bool) error {
+	if f.onDelete != nil {
+		f.onDelete()
+	}
+	return nil
+}
+func (f *fakeBackend) Pause(ctx context.Context, id string) error  { return nil }
+func (f *fakeBackend) Resume(ctx context.Context, id string) error { return nil }
 func (f *fakeBackend) Update(ctx context.Context, id string, r *specs.LinuxResources) error {
 	return nil
 }
-func (f *fakeBackend) Pids(ctx context.Context, id string) ([]int, error)          { return nil, nil }
-func (f *fakeBackend) Cgroup(ctx context.Context, id string, pid int) (any, error) { return nil, nil }
-func (f *fakeBackend) Stats(ctx context.Context, id string, cg any) (any, error) {
+func (f *fakeBackend) Pids(ctx context.Context, id string) ([]int, error) { return nil, nil }
+func (f *fakeBackend) Cgroup(ctx context.Context, id string, pid int) (cgroup.Cgroup, error) {
+	return nil, nil
+}
+func (f *fakeBackend) Stats(ctx context.Context, id string, cg cgroup.Cgroup) (*cgroup.Metrics, error) {
 	return nil, errdefs.ErrNotFound
 }
 func (f *fakeBackend) Checkpoint(context.Context, string, *runtime.CheckpointConfig) error {
@@ -151,20 +160,27 @@ func newHarness(t *testing.T) *harness {
 	fb := &fakeBackend{nextPid: 1000, pids: map[string]int{}}
 	rs := &recordingSender{}
 	ctx := namespaces.WithNamespace(context.Background(), "test")
-	svc, err := NewService(ctx, ServiceConfig{
+	svc := NewService(ctx, Config{
 		Namespace: "test",
 		Events:    rs,
-		Backends: map[string]BackendFactory{
-			oci.BackendRunc: func(*oci.Config, string, string, *specs.Spec) (runtime.Backend, error) { return fb, nil },
-		},
+		Backends: runtime.NewRegistry(runtime.Registration{
+			Name:     "fake",
+			Settings: func() oci.Section { return &fakeSettings{} },
+			New:      func(oci.Section, *runtime.Container) (runtime.Backend, error) { return fb, nil },
+		}),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return &harness{t: t, svc: svc, backend: fb, sender: rs, ctx: ctx}
 }
 
-func bundle(t *testing.T, pidNS bool) string {
+// fakeSettings is the fake backend's (empty) configuration table.
+type fakeSettings struct{}
+
+func (fakeSettings) Validate() error                       { return nil }
+func (fakeSettings) Binary() string                        { return "" }
+func (fakeSettings) ClaimsBinary(string) bool              { return false }
+func (fakeSettings) ApplyRuncOptions(*runcoptions.Options) {}
+
+func newBundle(t *testing.T, pidNS bool) string {
 	dir := t.TempDir()
 	if err := os.Mkdir(filepath.Join(dir, "rootfs"), 0o755); err != nil {
 		t.Fatal(err)
@@ -187,7 +203,7 @@ func bundle(t *testing.T, pidNS bool) string {
 
 func (h *harness) create(id string) int {
 	h.t.Helper()
-	resp, err := h.svc.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: id, Bundle: bundle(h.t, true)})
+	resp, err := h.svc.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: id, Bundle: newBundle(h.t, true)})
 	if err != nil {
 		h.t.Fatalf("create %s: %v", id, err)
 	}
@@ -296,7 +312,7 @@ func TestInitExitWaitsForExecExits(t *testing.T) {
 
 func TestSharedPidNamespaceKillsAllOnInitExit(t *testing.T) {
 	h := newHarness(t)
-	resp, err := h.svc.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: bundle(t, false)})
+	resp, err := h.svc.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: newBundle(t, false)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,7 +341,7 @@ func TestStateErrors(t *testing.T) {
 			return err
 		}, errdefs.IsNotFound},
 		{"create twice", func() error {
-			_, err := h.svc.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: bundle(t, true)})
+			_, err := h.svc.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: newBundle(t, true)})
 			return err
 		}, errdefs.IsAlreadyExists},
 		{"start", func() error {
@@ -405,7 +421,7 @@ func TestShutdownWaitsForLastTask(t *testing.T) {
 	if shutdowns != 1 {
 		t.Fatalf("want one shutdown, got %d", shutdowns)
 	}
-	if _, err := h.svc.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: "c2", Bundle: bundle(t, true)}); !errdefs.IsFailedPrecondition(err) {
+	if _, err := h.svc.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: "c2", Bundle: newBundle(t, true)}); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("create after shutdown: %v", err)
 	}
 }

@@ -1,34 +1,35 @@
-package shim
+package task
 
 import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
+	"syscall"
 
-	eventstypes "github.com/containerd/containerd/api/events"
-	"github.com/containerd/containerd/v2/pkg/protobuf"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"golang.org/x/sys/unix"
 
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 )
 
-// exitTracker matches process exits to processes and publishes them in
+// exitTracker matches process exits to processes and hands them on in
 // containerd's order. It follows the design of containerd's runc shim
 // (task/service.go), which took several rounds of fixes (#7111, #9719,
 // #9828, #10589, #10651) to get right:
 //
-//   - an exit is published only after the start event of the same process,
+//   - an exit is handed on only after the start event of the same process,
 //     even when the process exits at once: preStart subscribes to exits
 //     before the backend starts anything, and handleStarted replays an exit
 //     that came early;
-//   - a task's init exit is published after the exits of all its execs;
+//   - a task's init exit is handed on after the exits of all its execs;
 //   - once the init has exited no exec may start.
+//
+// It calls out (exited, the backend's WaitInit and Kill) only without its
+// lock held, and never takes a process lock: pids are atomics.
 type exitTracker struct {
-	s *Service
+	ctx context.Context
+	// exited records an exit and publishes it (the service's part).
+	exited func(e runtime.Exit, c *container, p *process)
 
 	mu sync.Mutex
 	// running maps pids to the started processes that own them; guarded by
@@ -39,18 +40,22 @@ type exitTracker struct {
 	runningExecs map[*container]int
 	// execCountSubscribers wake an init exit waiting for execs; guarded by mu.
 	execCountSubscribers map[*container]chan<- int
-	// initExited holds tasks whose init was reaped; guarded by mu.
-	initExited map[*container]runtime.Exit
+	// initExits holds tasks whose init has exited; guarded by mu.
+	initExits map[*container]bool
 	// subscribers collect exits for processes being started; guarded by mu.
 	subscribers map[*map[int][]runtime.Exit]struct{}
 }
 
-func (t *exitTracker) init() {
-	t.running = make(map[int][]*process)
-	t.runningExecs = make(map[*container]int)
-	t.execCountSubscribers = make(map[*container]chan<- int)
-	t.initExited = make(map[*container]runtime.Exit)
-	t.subscribers = make(map[*map[int][]runtime.Exit]struct{})
+func newExitTracker(ctx context.Context, exited func(runtime.Exit, *container, *process)) *exitTracker {
+	return &exitTracker{
+		ctx:                  ctx,
+		exited:               exited,
+		running:              make(map[int][]*process),
+		runningExecs:         make(map[*container]int),
+		execCountSubscribers: make(map[*container]chan<- int),
+		initExits:            make(map[*container]bool),
+		subscribers:          make(map[*map[int][]runtime.Exit]struct{}),
+	}
 }
 
 // preStart prepares for starting a process. c is the task whose init is
@@ -58,7 +63,7 @@ func (t *exitTracker) init() {
 // taken out of running so an exit during start is held for handleStarted.
 //
 // handleStarted must be called once the start event is published (or the
-// start failed); it registers the process, or handles its exit if it came
+// start failed); it registers the process, or hands on its exit if it came
 // already. cleanup must be called before the caller returns, or the
 // subscription leaks. Neither may be called with t.mu held.
 func (t *exitTracker) preStart(c *container) (handleStarted func(*container, *process), cleanup func()) {
@@ -76,7 +81,7 @@ func (t *exitTracker) preStart(c *container) (handleStarted func(*container, *pr
 			delete(t.subscribers, &exits)
 			exits = nil
 			t.mu.Unlock()
-			if p.info().state == stateRunning {
+			if p.current() == stateRunning {
 				go t.wait(c, p, pid)
 			}
 			return
@@ -88,7 +93,7 @@ func (t *exitTracker) preStart(c *container) (handleStarted func(*container, *pr
 		if pid == 0 || exited {
 			t.mu.Unlock()
 			for _, e := range early {
-				t.exited(e, c, p)
+				t.dispatch(e, c, p)
 			}
 			return
 		}
@@ -121,13 +126,13 @@ func (t *exitTracker) removeRunningLocked(pid int, p *process) {
 
 // wait learns an init's exit from a backend that reports it itself.
 func (t *exitTracker) wait(c *container, p *process, pid int) {
-	e, err := c.waiter.WaitInit(context.WithoutCancel(t.s.ctx), c.id)
+	e, err := c.waiter.WaitInit(context.WithoutCancel(t.ctx), c.id)
 	if err != nil {
-		log.G(t.s.ctx).WithError(err).WithField("id", c.id).Error("wait for init exit; reporting it as killed")
-		e = runtime.ExitedAt(pid, 128+int(unix.SIGKILL))
+		log.G(t.ctx).WithError(err).WithField("id", c.id).Error("wait for init exit; reporting it as killed")
+		e = runtime.Exit{Status: 128 + int(syscall.SIGKILL)}
 	}
 	e.Pid = pid
-	t.exited(e, c, p)
+	t.dispatch(e, c, p)
 }
 
 // HandleExit is fed every exit the reaper reports.
@@ -143,37 +148,40 @@ func (t *exitTracker) HandleExit(e runtime.Exit) {
 	delete(t.running, e.Pid)
 	t.mu.Unlock()
 	for _, p := range ps {
-		t.exited(e, p.c, p)
+		t.dispatch(e, p.c, p)
 	}
 }
 
-// exited dispatches an exit: inits wait for their execs.
-func (t *exitTracker) exited(e runtime.Exit, c *container, p *process) {
+// dispatch hands on an exit: inits wait for their execs.
+func (t *exitTracker) dispatch(e runtime.Exit, c *container, p *process) {
 	if !p.isInit() {
-		t.publishExit(e, c, p)
+		t.exited(e, c, p)
 		return
 	}
 	t.mu.Lock()
-	t.initExited[c] = e
+	t.initExits[c] = true
 	t.mu.Unlock()
+	if c.sharedPidNS {
+		// The remaining processes must be killed before the init's exit can
+		// go out; the kill is a runtime command, so not on the reaper's
+		// goroutine, which other tasks' exits wait on.
+		go func() {
+			c.killAllAfterInitExit(t.ctx)
+			t.initExit(e, c, p)
+		}()
+		return
+	}
 	t.initExit(e, c, p)
 }
 
-// initExit publishes a task's init exit after all its execs' exits.
+// initExit hands on a task's init exit after all its execs' exits.
 func (t *exitTracker) initExit(e runtime.Exit, c *container, p *process) {
-	if c.sharedPidNS {
-		// Without its own pid namespace the init's death does not end the
-		// other processes; end them so their exits come first.
-		if err := c.backend.Kill(t.s.ctx, c.id, int(unix.SIGKILL), true); err != nil && !errdefs.IsNotFound(err) {
-			log.G(t.s.ctx).WithError(err).WithField("id", c.id).Warn("kill remaining processes after init exit")
-		}
-	}
 	t.mu.Lock()
 	n := t.runningExecs[c]
 	if n == 0 {
 		delete(t.runningExecs, c)
 		t.mu.Unlock()
-		t.publishExit(e, c, p)
+		t.exited(e, c, p)
 		return
 	}
 	counts := make(chan int, n)
@@ -190,54 +198,8 @@ func (t *exitTracker) initExit(e runtime.Exit, c *container, p *process) {
 		delete(t.execCountSubscribers, c)
 		delete(t.runningExecs, c)
 		t.mu.Unlock()
-		t.publishExit(e, c, p)
+		t.exited(e, c, p)
 	}()
-}
-
-// publishExit records the exit and publishes TaskExit (TaskOOM first when
-// the cgroup saw an OOM kill the watcher has not reported yet). TaskExit is
-// queued before the process is marked stopped, so nothing that waits for
-// the exit (Wait, Delete and its TaskDelete) can get ahead of it.
-func (t *exitTracker) publishExit(e runtime.Exit, c *container, p *process) {
-	p.mu.Lock()
-	if p.state == stateStopped || p.state == stateDeleted {
-		// Already recorded (a runtime reported it too).
-		p.mu.Unlock()
-		return
-	}
-	if p.isInit() {
-		t.s.oom.check(c.id, true)
-		if err := writeExitStatus(c.bundle, e); err != nil {
-			log.G(t.s.ctx).WithError(err).WithField("id", c.id).Warn("record exit status in bundle")
-		}
-	}
-	t.s.publish(&eventstypes.TaskExit{
-		ContainerID: c.id,
-		ID:          p.name(),
-		Pid:         uint32(e.Pid),
-		ExitStatus:  uint32(e.Status),
-		ExitedAt:    protobuf.ToTimestamp(e.Timestamp),
-	})
-	p.setExitedLocked(e.Status, e.Timestamp)
-	pio := p.io
-	startedAt := c.startedAt
-	p.mu.Unlock()
-	reason := metrics.ExitReasonOf(uint32(e.Status), c.oomKilled.Load())
-	if p.isInit() {
-		ran := time.Duration(-1)
-		if !startedAt.IsZero() {
-			ran = e.Timestamp.Sub(startedAt)
-		}
-		t.s.metrics.TaskExited(c.labels, c.ident, reason, ran)
-	} else {
-		t.s.metrics.ExecExited(c.labels, reason)
-	}
-	if pio != nil {
-		pio.Exited(t.s.platform)
-	}
-	if !p.isInit() {
-		t.execDone(c)
-	}
 }
 
 // execStarting counts an exec about to start; FailedPrecondition once the
@@ -245,8 +207,8 @@ func (t *exitTracker) publishExit(e runtime.Exit, c *container, p *process) {
 func (t *exitTracker) execStarting(c *container) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.initExited[c]; ok {
-		return fmt.Errorf("start exec in task %s: init process is not running: %w", c.id, errdefs.ErrFailedPrecondition)
+	if t.initExits[c] {
+		return fmt.Errorf("cannot start an exec in task %s: init process is not running: %w", c.id, errdefs.ErrFailedPrecondition)
 	}
 	t.runningExecs[c]++
 	return nil
@@ -262,29 +224,23 @@ func (t *exitTracker) execDone(c *container) {
 	}
 }
 
-// initAlive refuses new execs in a task whose init has exited.
-func (t *exitTracker) initAlive(c *container) error {
+// initExited reports whether the task's init has exited.
+func (t *exitTracker) initExited(c *container) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.initExited[c]; ok {
-		return fmt.Errorf("exec in task %s: init process is not running: %w", c.id, errdefs.ErrFailedPrecondition)
-	}
-	if st := c.init.info().state; st != stateCreated && st != stateRunning && st != statePaused {
-		return fmt.Errorf("exec in task %s: init process is %s: %w", c.id, st, errdefs.ErrFailedPrecondition)
-	}
-	return nil
+	return t.initExits[c]
 }
 
 // forget drops a pid whose exit the caller records itself.
-func (t *exitTracker) forget(pid int) {
+func (t *exitTracker) forget(pid int, p *process) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.running, pid)
+	t.removeRunningLocked(pid, p)
 }
 
 // deleted drops a deleted task's bookkeeping.
 func (t *exitTracker) deleted(c *container) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.initExited, c)
+	delete(t.initExits, c)
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,8 @@ import (
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 )
 
 var bufPool = sync.Pool{
@@ -46,6 +49,8 @@ type IO struct {
 	stdin   io.Closer      // our write end of the stdin fifo, closed by CloseIO
 	console console.Console
 	mu      sync.Mutex
+
+	closeOnce sync.Once
 }
 
 // New prepares stdio before the runtime creates the process. ioUID and
@@ -111,19 +116,30 @@ func conditional(s stdio.Stdio) runc.IOOpt {
 	}
 }
 
-// Stdio returns the process's stdio as containerd described it.
-func (p *IO) Stdio() stdio.Stdio { return p.stdio }
+// RuntimeIO is the process's side of its stdio, to hand to the runtime;
+// nil with a terminal.
+func (p *IO) RuntimeIO() *runtime.IO {
+	if p.rio == nil {
+		return nil
+	}
+	// go-runc's IO types (pipes, /dev/null, containerd's binary logging
+	// driver) hand their files to a command; take them the same way.
+	var cmd exec.Cmd
+	p.rio.Set(&cmd)
+	file := func(v any) *os.File {
+		f, _ := v.(*os.File)
+		return f
+	}
+	return &runtime.IO{Stdin: file(cmd.Stdin), Stdout: file(cmd.Stdout), Stderr: file(cmd.Stderr)}
+}
 
-// RuntimeIO is the IO to hand to the runtime, nil with a terminal.
-func (p *IO) RuntimeIO() runc.IO { return p.rio }
-
-// ConsoleSocket is the socket to hand to the runtime, nil without a
-// terminal. The nil must be an untyped interface nil for go-runc.
-func (p *IO) ConsoleSocket() runc.ConsoleSocket {
+// Console is the socket the runtime sends the pty master to, nil without
+// a terminal.
+func (p *IO) Console() *runtime.Console {
 	if p.socket == nil {
 		return nil
 	}
-	return p.socket
+	return &runtime.Console{Path: p.socket.Path()}
 }
 
 // Start connects the process's stdio once the runtime has created it: it
@@ -233,13 +249,15 @@ func (p *IO) Close() error {
 	return nil
 }
 
-// CloseAfterStart closes the pipe ends the runtime's process inherited, once
-// it has started, so the copies see EOF when the container closes its
-// outputs.
+// CloseAfterStart closes the shim's copies of the ends the process got,
+// once it has started (or will never start), so the copies see EOF when
+// the process closes its outputs. It may be called more than once.
 func (p *IO) CloseAfterStart() {
-	if c, ok := p.rio.(runc.StartCloser); ok {
-		c.CloseAfterStart()
-	}
+	p.closeOnce.Do(func() {
+		if c, ok := p.rio.(runc.StartCloser); ok {
+			c.CloseAfterStart()
+		}
+	})
 }
 
 func copyPipes(ctx context.Context, rio runc.IO, stdin, stdout, stderr string, wg *sync.WaitGroup) error {

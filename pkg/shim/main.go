@@ -1,6 +1,10 @@
-// Package shim is containerd-shim-custom-v2: the binary's modes (start,
-// delete, serve, -info, -version) and the Task API service over the
-// backends in pkg/runtime.
+// Package shim is the containerd-shim-custom-v2 binary's modes, as
+// containerd's shim manager sees them: "start" (the bootstrap handshake
+// with every containerd line, shim grouping), the server (Task API v2 and
+// v3 over ttrpc, the reaper, the metrics socket), "delete" (cleanup after a
+// dead shim), "-info", "-version", "check" and "metrics-server". The Task
+// API itself is pkg/task; the runtimes are pkg/runtime's backends, listed
+// in backends.go.
 package shim
 
 import (
@@ -119,7 +123,7 @@ func Run(ctx context.Context, args []string) int {
 		log.L.Logger.SetOutput(startLog())
 		err = runStart(ctx, f, os.Stdin, os.Stdout)
 	case "delete":
-		err = runDelete(ctx, f, os.Stdout)
+		err = runDelete(ctx, f, backends(), os.Stdout)
 	case "":
 		err = runServe(ctx, f)
 	default:
@@ -147,13 +151,4 @@ func startLog() io.Writer {
 // trimUnix turns a unix:// address into a path.
 func trimUnix(address string) string {
 	return strings.TrimPrefix(address, "unix://")
-}
-
-// namespaceOf returns the request's namespace, else the shim's.
-func namespaceOf(ctx, fallback context.Context) string {
-	if ns, ok := namespaces.Namespace(ctx); ok {
-		return ns
-	}
-	ns, _ := namespaces.Namespace(fallback)
-	return ns
 }

@@ -1,9 +1,13 @@
-package shim
+// Package events delivers a shim's task events to containerd: one ordered
+// queue, retried in place, flushed before the shim exits, so that no event
+// is lost or reordered.
+package events
 
 import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,13 +27,13 @@ type Sender interface {
 	Send(ctx context.Context, env *types.Envelope) error
 }
 
-// eventQueue forwards task events to containerd strictly in the order they
+// Queue forwards task events to containerd strictly in the order they
 // were queued. One goroutine sends; a failed send is retried in place, never
 // requeued behind later events, and Close flushes what is queued before the
 // shim exits. containerd's runc shim requeues failures at the back and stops
 // forwarding at shutdown, which is how it loses and reorders events in quick
 // create/exit/delete cycles.
-type eventQueue struct {
+type Queue struct {
 	namespace string
 	sender    Sender
 
@@ -40,8 +44,9 @@ type eventQueue struct {
 	flushBy time.Time         // guarded by mu; set by Close
 	done    chan struct{}
 
-	// onSent is called after each delivery attempt (for metrics and tests).
-	onSent func(topic string, err error)
+	// OnSent, when set before the first Publish, is called after each
+	// delivery attempt (tests).
+	OnSent func(topic string, err error)
 }
 
 const (
@@ -54,15 +59,16 @@ const (
 	flushDeadline = 10 * time.Second
 )
 
-func newEventQueue(namespace string, s Sender) *eventQueue {
-	q := &eventQueue{namespace: namespace, sender: s, done: make(chan struct{})}
+// NewQueue starts a queue sending through s; Close stops it.
+func NewQueue(namespace string, s Sender) *Queue {
+	q := &Queue{namespace: namespace, sender: s, done: make(chan struct{})}
 	q.cond = sync.NewCond(&q.mu)
 	go q.run()
 	return q
 }
 
-// publish queues an event. It never blocks on containerd.
-func (q *eventQueue) publish(event any) {
+// Publish queues an event. It never blocks on containerd.
+func (q *Queue) Publish(event any) {
 	topic := runtime.GetTopic(event)
 	a, err := typeurl.MarshalAnyToProto(event)
 	if err != nil {
@@ -86,7 +92,7 @@ func (q *eventQueue) publish(event any) {
 	q.cond.Signal()
 }
 
-func (q *eventQueue) run() {
+func (q *Queue) run() {
 	defer close(q.done)
 	for {
 		q.mu.Lock()
@@ -109,15 +115,15 @@ func (q *eventQueue) run() {
 	}
 }
 
-func (q *eventQueue) deliver(env *types.Envelope) {
+func (q *Queue) deliver(env *types.Envelope) {
 	backoff := 10 * time.Millisecond
 	rejected := 0
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), sendTimeout)
 		err := q.sender.Send(ctx, env)
 		cancel()
-		if q.onSent != nil {
-			q.onSent(env.Topic, err)
+		if q.OnSent != nil {
+			q.OnSent(env.Topic, err)
 		}
 		if err == nil {
 			return
@@ -154,7 +160,7 @@ func rejectedByServer(err error) bool {
 
 // Close stops accepting events and waits, at most flushDeadline, until every
 // queued event has been delivered.
-func (q *eventQueue) Close() error {
+func (q *Queue) Close() error {
 	q.mu.Lock()
 	q.closed = true
 	q.flushBy = time.Now().Add(flushDeadline)
@@ -168,20 +174,22 @@ func (q *eventQueue) Close() error {
 	}
 }
 
-// ttrpcSender forwards events over containerd's ttrpc address, reconnecting
+// TTRPCSender forwards events over containerd's ttrpc address, reconnecting
 // when the connection drops (containerd restarts).
-type ttrpcSender struct {
+type TTRPCSender struct {
 	address string
 
 	mu     sync.Mutex
 	client *ttrpc.Client
 }
 
-func newTTRPCSender(address string) *ttrpcSender {
-	return &ttrpcSender{address: address}
+// NewTTRPCSender returns a sender to containerd's ttrpc address
+// ($TTRPC_ADDRESS).
+func NewTTRPCSender(address string) *TTRPCSender {
+	return &TTRPCSender{address: address}
 }
 
-func (s *ttrpcSender) Send(ctx context.Context, env *types.Envelope) error {
+func (s *TTRPCSender) Send(ctx context.Context, env *types.Envelope) error {
 	c, err := s.connect(ctx)
 	if err != nil {
 		return err
@@ -193,14 +201,14 @@ func (s *ttrpcSender) Send(ctx context.Context, env *types.Envelope) error {
 	return err
 }
 
-func (s *ttrpcSender) connect(ctx context.Context) (*ttrpc.Client, error) {
+func (s *TTRPCSender) connect(ctx context.Context) (*ttrpc.Client, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.client != nil {
 		return s.client, nil
 	}
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", trimUnix(s.address))
+	conn, err := d.DialContext(ctx, "unix", strings.TrimPrefix(s.address, "unix://"))
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +217,7 @@ func (s *ttrpcSender) connect(ctx context.Context) (*ttrpc.Client, error) {
 }
 
 // reset drops the cached client if it is c (nil: whatever is cached).
-func (s *ttrpcSender) reset(c *ttrpc.Client) {
+func (s *TTRPCSender) reset(c *ttrpc.Client) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.client != nil && (c == nil || s.client == c) {
@@ -218,7 +226,7 @@ func (s *ttrpcSender) reset(c *ttrpc.Client) {
 	}
 }
 
-func (s *ttrpcSender) Close() error {
+func (s *TTRPCSender) Close() error {
 	s.reset(nil)
 	return nil
 }

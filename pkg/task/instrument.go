@@ -1,14 +1,15 @@
-package shim
+package task
 
 import (
 	"context"
+	"syscall"
 	"time"
 
-	gorunc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 )
 
 // timed records every backend command's duration and failure. It wraps the
@@ -19,40 +20,23 @@ type timed struct {
 	l   metrics.Labels
 }
 
-// timedWaiter keeps a wrapped runtime.InitWaiter visible; WaitInit lasts
-// as long as the container and is not a command worth timing.
-type timedWaiter struct {
-	*timed
-	w runtime.InitWaiter
-}
-
-func (t timedWaiter) WaitInit(ctx context.Context, id string) (runtime.Exit, error) {
-	return t.w.WaitInit(ctx, id)
-}
-
 func instrument(b runtime.Backend, rec *metrics.Recorder, l metrics.Labels) runtime.Backend {
 	if rec == nil {
 		return b
 	}
-	t := &timed{b: b, rec: rec, l: l}
-	if w, ok := b.(runtime.InitWaiter); ok {
-		return timedWaiter{t, w}
-	}
-	return t
+	return &timed{b: b, rec: rec, l: l}
 }
 
 func (t *timed) done(cmd string, start time.Time, err error) {
 	t.rec.BackendCommand(t.l, cmd, err, time.Since(start))
 }
 
-func (t *timed) Name() string { return t.b.Name() }
-
 func (t *timed) Create(ctx context.Context, c *runtime.CreateConfig) (pid int, err error) {
 	defer func(s time.Time) { t.done("create", s, err) }(time.Now())
 	return t.b.Create(ctx, c)
 }
 
-func (t *timed) Start(ctx context.Context, id string, io gorunc.IO) (err error) {
+func (t *timed) Start(ctx context.Context, id string, io *runtime.IO) (err error) {
 	defer func(s time.Time) { t.done("start", s, err) }(time.Now())
 	return t.b.Start(ctx, id, io)
 }
@@ -67,14 +51,14 @@ func (t *timed) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (pid
 	return t.b.Exec(ctx, id, e)
 }
 
-func (t *timed) Kill(ctx context.Context, id string, signal int, all bool) (err error) {
+func (t *timed) Kill(ctx context.Context, id string, sig syscall.Signal, all bool) (err error) {
 	defer func(s time.Time) { t.done("kill", s, err) }(time.Now())
-	return t.b.Kill(ctx, id, signal, all)
+	return t.b.Kill(ctx, id, sig, all)
 }
 
-func (t *timed) Signal(ctx context.Context, id, execID string, pid int, signal int) (err error) {
+func (t *timed) Signal(ctx context.Context, id string, p runtime.ExecProcess, sig syscall.Signal) (err error) {
 	defer func(s time.Time) { t.done("signal", s, err) }(time.Now())
-	return t.b.Signal(ctx, id, execID, pid, signal)
+	return t.b.Signal(ctx, id, p, sig)
 }
 
 func (t *timed) Delete(ctx context.Context, id string, force bool) (err error) {
@@ -102,11 +86,11 @@ func (t *timed) Pids(ctx context.Context, id string) (pids []int, err error) {
 	return t.b.Pids(ctx, id)
 }
 
-func (t *timed) Cgroup(ctx context.Context, id string, pid int) (any, error) {
+func (t *timed) Cgroup(ctx context.Context, id string, pid int) (cgroup.Cgroup, error) {
 	return t.b.Cgroup(ctx, id, pid)
 }
 
-func (t *timed) Stats(ctx context.Context, id string, cg any) (st any, err error) {
+func (t *timed) Stats(ctx context.Context, id string, cg cgroup.Cgroup) (st *cgroup.Metrics, err error) {
 	defer func(s time.Time) { t.done("stats", s, err) }(time.Now())
 	return t.b.Stats(ctx, id, cg)
 }

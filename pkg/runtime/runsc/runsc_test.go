@@ -1,0 +1,206 @@
+package runsc
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	gorunc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
+)
+
+func defaults() *Config {
+	return Registration().Settings().(*Config)
+}
+
+func TestConfigValidate(t *testing.T) {
+	cases := []struct {
+		name   string
+		mutate func(*Config)
+		field  string // "" when valid
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"ptrace host", func(c *Config) { c.Platform, c.Network = "ptrace", "host" }, ""},
+		{"unknown platform", func(c *Config) { c.Platform = "xen" }, "runsc.platform"},
+		{"unknown network", func(c *Config) { c.Network = "bridge" }, "runsc.network"},
+		{"flag with dashes", func(c *Config) { c.Flags = map[string]string{"--debug": "true"} }, "runsc.flags"},
+		{"flag with =", func(c *Config) { c.Flags = map[string]string{"a=b": "c"} }, "runsc.flags"},
+		{"empty binary", func(c *Config) { c.BinaryName = "" }, "runsc.binary_name"},
+		{"relative root", func(c *Config) { c.Root = "run/x" }, "runsc.root"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := defaults()
+			tc.mutate(c)
+			err := c.Validate()
+			if tc.field == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), `field "`+tc.field+`"`) {
+				t.Fatalf("got %v, want InvalidArgument naming %s", err, tc.field)
+			}
+		})
+	}
+}
+
+func TestConfigFromRuncOptions(t *testing.T) {
+	c := defaults()
+	if !c.ClaimsBinary("runsc") || !c.ClaimsBinary("runsc-debug") || c.ClaimsBinary("runc") || c.ClaimsBinary("crun") {
+		t.Fatal("runsc claims exactly the runsc binaries")
+	}
+	c.ApplyRuncOptions(&runcoptions.Options{BinaryName: "/opt/runsc", Root: "/r"})
+	if c.BinaryName != "/opt/runsc" || c.Root != "/r" || c.Platform != "systrap" {
+		t.Fatalf("%+v", c)
+	}
+}
+
+func TestSandboxNetwork(t *testing.T) {
+	netns := func(path string) *specs.Spec {
+		return &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: path}}}}
+	}
+	cases := []struct {
+		name, configured string
+		sandbox          bool
+		spec             *specs.Spec
+		want             string
+	}{
+		{"CRI pod netns", "sandbox", true, netns("/var/run/netns/cni-1"), "sandbox"},
+		{"fresh netns (ctr, nerdctl --net none)", "sandbox", true, netns(""), "none"},
+		{"host network pod", "sandbox", true, &specs.Spec{Linux: &specs.Linux{}}, "host"},
+		{"sub-container follows its sandbox", "sandbox", false, netns(""), "sandbox"},
+		{"operator's choice stands", "none", true, netns("/x"), "none"},
+		{"no linux section", "sandbox", true, &specs.Spec{}, "sandbox"},
+	}
+	for _, tc := range cases {
+		if got := sandboxNetwork(tc.configured, tc.sandbox, tc.spec); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestCheckExecutable(t *testing.T) {
+	b := bundle.Bundle(t.TempDir())
+	rootfs := b.Rootfs()
+	os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755)
+	os.WriteFile(filepath.Join(rootfs, "bin", "sh"), []byte("#!"), 0o755)
+	os.WriteFile(filepath.Join(rootfs, "bin", "data"), []byte("x"), 0o644)
+	spec := func(args ...string) *specs.Spec {
+		return &specs.Spec{
+			Root:    &specs.Root{Path: "rootfs"},
+			Process: &specs.Process{Args: args, Cwd: "/", Env: []string{"PATH=/bin"}},
+			Mounts:  []specs.Mount{{Destination: "/opt/tools"}},
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		ok   bool
+	}{
+		{[]string{"sh"}, true},
+		{[]string{"/bin/sh"}, true},
+		{[]string{"bin/sh"}, true}, // relative to cwd
+		{[]string{"nope"}, false},
+		{[]string{"data"}, false},              // not executable
+		{[]string{"/opt/tools/x"}, true},       // under a mount: cannot tell
+		{[]string{"../../../../bin/sh"}, true}, // resolved inside the rootfs
+	} {
+		err := checkExecutable(b, spec(tc.args...))
+		if tc.ok != (err == nil) {
+			t.Errorf("%v: %v", tc.args, err)
+		}
+		if err != nil && (!errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), `field "process.args"`)) {
+			t.Errorf("%v: %v, want InvalidArgument naming process.args", tc.args, err)
+		}
+	}
+}
+
+func TestShareHostnameKeepsUnknownFields(t *testing.T) {
+	b := bundle.Bundle(t.TempDir())
+	raw := `{"ociVersion":"1.2.0","hostname":"","linux":{"namespaces":[{"type":"mount"}]},"x-future":{"a":1}}`
+	os.WriteFile(b.Spec(), []byte(raw), 0o644)
+	s := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.MountNamespace}}}}
+	if err := shareHostname(b, s); err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	data, _ := os.ReadFile(b.Spec())
+	var got map[string]any
+	json.Unmarshal(data, &got)
+	if got["hostname"] != host || got["x-future"] == nil || s.Hostname != host {
+		t.Fatalf("config.json after: %s", data)
+	}
+	// A sandbox with its own UTS namespace keeps what the spec says.
+	s2 := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.UTSNamespace}}}}
+	if err := shareHostname(b, s2); err != nil || s2.Hostname != "" {
+		t.Fatalf("%v %q", err, s2.Hostname)
+	}
+}
+
+func TestHostPids(t *testing.T) {
+	b := bundle.Bundle(t.TempDir())
+	os.WriteFile(b.InitPidFile(), []byte("5000"), 0o600)
+	os.WriteFile(b.ExecPidFile("e1"), []byte("5100"), 0o600)
+	os.WriteFile(b.ExecInternalPidFile("e1"), []byte("7"), 0o600)
+	os.WriteFile(b.ExecPidFile("e2"), []byte("5200"), 0o600) // no internal pid: not mapped
+	got := (&Backend{bundle: b}).hostPids([]int{1, 4, 7})
+	want := []int{5000, 4, 5100}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+}
+
+func TestMetricsMapping(t *testing.T) {
+	s := &gorunc.Stats{}
+	s.Cpu.Usage.Total, s.Cpu.Usage.User, s.Cpu.Usage.Kernel = 3_000_000, 2_000_000, 1_000_000
+	s.Memory.Usage = gorunc.MemoryEntry{Usage: 10 << 20, Limit: 64 << 20, Max: 12 << 20}
+	s.Memory.Swap = gorunc.MemoryEntry{Usage: 1, Limit: 2}
+	s.Pids.Current, s.Pids.Limit = 3, 100
+	v1 := v1Metrics(s, 2)
+	if v1.CPU.Usage.Total != 3_000_000 || v1.Memory.Usage.Limit != 64<<20 || v1.Pids.Current != 3 || v1.MemoryOomControl.OomKill != 2 {
+		t.Fatalf("v1: %+v", v1)
+	}
+	v2 := v2Metrics(s, 2)
+	if v2.CPU.UsageUsec != 3000 || v2.CPU.UserUsec != 2000 || v2.CPU.SystemUsec != 1000 ||
+		v2.Memory.Usage != 10<<20 || v2.Memory.UsageLimit != 64<<20 || v2.Memory.MaxUsage != 12<<20 ||
+		v2.Memory.SwapUsage != 1 || v2.Pids.Limit != 100 || v2.MemoryEvents.OomKill != 2 {
+		t.Fatalf("v2: %+v", v2)
+	}
+}
+
+func TestWithoutUserNamespaces(t *testing.T) {
+	on := true
+	f := &features.Features{Linux: &features.Linux{
+		Namespaces:      []string{"mount", "user", "pid"},
+		MountExtensions: &features.MountExtensions{IDMap: &features.IDMap{Enabled: &on}},
+	}}
+	withoutUserNamespaces(f)
+	if strings.Join(f.Linux.Namespaces, ",") != "mount,pid" || *f.Linux.MountExtensions.IDMap.Enabled {
+		t.Fatalf("%+v", f.Linux)
+	}
+	withoutUserNamespaces(&features.Features{}) // no linux section: no panic
+}
+
+func TestRemoveRootKeepsLiveGroups(t *testing.T) {
+	root := t.TempDir()
+	os.Mkdir(filepath.Join(root, "c1"), 0o700)
+	removeRoot(root)
+	if _, err := os.Stat(root); err != nil {
+		t.Fatal("a root with a container left must stay")
+	}
+	os.Remove(filepath.Join(root, "c1"))
+	removeRoot(root)
+	if _, err := os.Stat(root); !os.IsNotExist(err) {
+		t.Fatal("an empty root goes")
+	}
+}
