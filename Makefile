@@ -14,8 +14,13 @@ export CONTAINERD_VERSIONS
 
 all: build
 
-build: ## build the shim, statically linked, into bin/
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/containerd-shim-custom-v2
+# The shim links runc's libcontainer (in-process runc backend): CGO for
+# nsenter, libseccomp for the seccomp tag (a spec with seccomp is enforced,
+# never dropped), and a static binary as runc builds itself.
+BUILDTAGS ?= seccomp netgo osusergo
+build: ## build the shim, statically linked (CGO, libseccomp), into bin/
+	@test -f /usr/lib/$$(gcc -dumpmachine)/libseccomp.a || { echo "libseccomp-dev is missing: make deps (or apt-get install libseccomp-dev)"; exit 1; }
+	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(BUILDTAGS)" -ldflags "$(LDFLAGS) -extldflags -static" -o $(BIN) ./cmd/containerd-shim-custom-v2
 
 deps: ## install what the tests need (apt packages, containerd builds cached in .tools/)
 	bash scripts/deps.sh

@@ -2,8 +2,8 @@
 # deps.sh - install the integration-test dependencies (idempotent, fast when cached).
 #
 #   * Debian packages: runc crun busybox-static criu containernetworking-plugins
-#     iproute2 procps (apt is skipped entirely when all are installed; needs root
-#     otherwise).
+#     iproute2 procps, and libseccomp-dev gcc libc6-dev to build the shim (apt is
+#     skipped entirely when all are installed; needs root otherwise).
 #   * containerd, ctr and containerd-shim-runc-v2 for every version in
 #     $CONTAINERD_VERSIONS (default "2.4.2 2.2.9 1.7.36"), built from the Go module
 #     proxy into .tools/containerd/<version>/bin/ unless already there (1.x from a
@@ -17,7 +17,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=${TOOLS_DIR:-$root/.tools}
 versions=${CONTAINERD_VERSIONS:-2.4.2 2.2.9 1.7.36}
-pkgs=(runc crun runsc busybox-static criu containernetworking-plugins iproute2 procps)
+# libseccomp-dev and gcc: the shim links runc's libcontainer with seccomp,
+# statically (make build).
+pkgs=(runc crun runsc busybox-static criu containernetworking-plugins iproute2 procps libseccomp-dev gcc libc6-dev)
 # gVisor from the Go module proxy (a pseudo-version of gVisor's go-gettable
 # branch). Debian's runsc package (2022, ptrace only) is installed beside it.
 runsc_version=${RUNSC_VERSION:-v0.0.0-20260905035102-160fafc42237}

@@ -30,15 +30,22 @@ type Registration struct {
 type Registry struct {
 	regs   map[string]Registration
 	schema *oci.Schema
+	reaper ReaperGate
 }
 
 // NewRegistry registers backends; the first is the default backend.
 func NewRegistry(regs ...Registration) *Registry {
-	r := &Registry{regs: make(map[string]Registration), schema: oci.NewSchema()}
+	r := &Registry{regs: make(map[string]Registration), schema: oci.NewSchema(), reaper: NoReaper{}}
 	for _, reg := range regs {
 		r.regs[reg.Name] = reg
 		r.schema.Add(reg.Name, reg.Settings)
 	}
+	return r
+}
+
+// WithReaper hands the shim's reaper gate to the backends it builds.
+func (r *Registry) WithReaper(g ReaperGate) *Registry {
+	r.reaper = g
 	return r
 }
 
@@ -53,6 +60,9 @@ func (r *Registry) New(cfg *oci.Config, c *Container) (Backend, error) {
 	reg, ok := r.regs[cfg.Backend]
 	if !ok {
 		return nil, fmt.Errorf("%s: backend %q is not available in this shim: %w", cfg.Source, cfg.Backend, errdefs.ErrNotImplemented)
+	}
+	if c.Reaper == nil {
+		c.Reaper = r.reaper
 	}
 	b, err := reg.New(cfg.Section(), c)
 	if err != nil {

@@ -130,7 +130,24 @@ type Container struct {
 	Spec      *specs.Spec
 	// Group is the shim group (a pod) the container belongs to.
 	Group string
+	// Reaper is the shim's reaper, for backends that wait for children of
+	// their own.
+	Reaper ReaperGate
 }
+
+// ReaperGate holds the shim's reaper off while a backend waits for its own
+// children by pid: the reaper's wait4(-1) would otherwise take their exit
+// statuses first. Exits that happen meanwhile are collected on resume.
+type ReaperGate interface {
+	// Pause holds the reaper off until resume is called.
+	Pause() (resume func())
+}
+
+// NoReaper is the gate of a process without a reaper (the "delete" action).
+type NoReaper struct{}
+
+// Pause implements ReaperGate.
+func (NoReaper) Pause() func() { return func() {} }
 
 // CreateConfig describes a container to create.
 type CreateConfig struct {

@@ -49,6 +49,7 @@ func runServe(ctx context.Context, f *flags) error {
 	// its wait4 races the reaper's and loses exits.
 	gorunc.Monitor = releasingMonitor{reaper.Default}
 	exits := reaper.Default.Subscribe()
+	gate := &reaperGate{}
 
 	platform, err := runcshim.NewPlatform()
 	if err != nil {
@@ -72,7 +73,7 @@ func runServe(ctx context.Context, f *flags) error {
 		Namespace: f.namespace,
 		Events:    events.NewTTRPCSender(os.Getenv("TTRPC_ADDRESS")),
 		Platform:  platform,
-		Backends:  backends(),
+		Backends:  backends().WithReaper(gate),
 		Metrics:   rec,
 		Shutdown:  func() { once.Do(func() { close(shutdown) }) },
 	})
@@ -100,7 +101,7 @@ func runServe(ctx context.Context, f *flags) error {
 	}()
 	log.G(ctx).WithField("socket", f.socket).Debug("serving task api")
 
-	reason := waitForShutdown(ctx, signals, shutdown, serveErr)
+	reason := waitForShutdown(ctx, signals, shutdown, serveErr, gate)
 	log.G(ctx).WithField("reason", reason).Debug("shim shutting down")
 
 	// Flush events before anything else goes: containerd may be waiting
@@ -129,7 +130,7 @@ func runServe(ctx context.Context, f *flags) error {
 	return nil
 }
 
-func waitForShutdown(ctx context.Context, signals chan os.Signal, shutdown chan struct{}, serveErr chan error) string {
+func waitForShutdown(ctx context.Context, signals chan os.Signal, shutdown chan struct{}, serveErr chan error, gate *reaperGate) string {
 	for {
 		select {
 		case <-shutdown:
@@ -142,7 +143,7 @@ func waitForShutdown(ctx context.Context, signals chan os.Signal, shutdown chan 
 		case s := <-signals:
 			switch s {
 			case unix.SIGCHLD:
-				if err := reaper.Reap(); err != nil {
+				if err := gate.reap(); err != nil {
 					log.G(ctx).WithError(err).Error("reap exited children")
 				}
 			case unix.SIGUSR1:
@@ -170,4 +171,24 @@ func dumpStacks(ctx context.Context) {
 	buf := make([]byte, 1<<20)
 	n := goruntime.Stack(buf, true)
 	log.G(ctx).Infof("=== goroutine stack dump ===\n%s\n=== end ===", buf[:n])
+}
+
+// reaperGate lets a backend that waits for its own children by pid
+// (libcontainer: runc init's stages, hooks) hold the reaper off meanwhile;
+// a SIGCHLD that comes in the meantime is served once it resumes, and
+// wait4(-1) collects every exit since. Backends pause it concurrently.
+type reaperGate struct {
+	mu sync.RWMutex
+}
+
+// Pause implements runtime.ReaperGate.
+func (g *reaperGate) Pause() func() {
+	g.mu.RLock()
+	return g.mu.RUnlock
+}
+
+func (g *reaperGate) reap() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return reaper.Reap()
 }

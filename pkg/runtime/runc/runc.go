@@ -1,5 +1,7 @@
-// Package runc is the backend for runc and CLIs compatible with it (crun),
-// driven through go-runc.
+// Package runc is the runc backend, with two drivers: runc's own Go library
+// (libcontainer) in the shim's process, the default, and a runc-compatible
+// CLI (runc, crun, wrappers) through go-runc, chosen by mode = "cli" or a
+// binary_name other than runc.
 package runc
 
 import (
@@ -33,16 +35,32 @@ const Name = "runc"
 // DefaultRoot is where runc keeps container state, per namespace.
 const DefaultRoot = "/run/containerd/custom/runc"
 
+// Modes of the runc backend.
+const (
+	// ModeInProcess drives runc's library in the shim's own process.
+	ModeInProcess = "in-process"
+	// ModeCLI runs binary_name for every runtime command.
+	ModeCLI = "cli"
+)
+
+// LibraryVersion is the version of runc linked in for the in-process mode.
+// runc says its Go API is not stable: an upgrade is a reviewed change of
+// go.mod and of this constant.
+const LibraryVersion = "1.5.3"
+
 // Config is the [runc] table.
 //
 //	[runc]
-//	binary_name = "runc"              # any runc-compatible CLI, e.g. crun
+//	mode = "in-process"               # or "cli": run binary_name per command
+//	binary_name = "runc"              # any runc-compatible CLI, e.g. crun;
+//	                                  # another name than "runc" means mode = "cli"
 //	root = "/run/containerd/custom/runc"
 //	systemd_cgroup = false
 //	no_pivot_root = false
 //	no_new_keyring = false
 //	criu_work_path = ""               # default: <bundle>/work
 type Config struct {
+	Mode          string `toml:"mode" json:"mode,omitempty"`
 	BinaryName    string `toml:"binary_name" json:"binary_name,omitempty"`
 	Root          string `toml:"root" json:"root,omitempty"`
 	SystemdCgroup bool   `toml:"systemd_cgroup" json:"systemd_cgroup,omitempty"`
@@ -59,7 +77,18 @@ func (c *Config) Validate() error {
 	if !filepath.IsAbs(c.Root) {
 		return fmt.Errorf("field \"runc.root\": %q is not an absolute path: %w", c.Root, errdefs.ErrInvalidArgument)
 	}
+	switch c.Mode {
+	case ModeInProcess, ModeCLI:
+	default:
+		return fmt.Errorf("field \"runc.mode\": unknown mode %q (want %q or %q): %w", c.Mode, ModeInProcess, ModeCLI, errdefs.ErrInvalidArgument)
+	}
 	return nil
+}
+
+// InProcess reports whether containers run through the linked library:
+// the mode says so and binary_name names no other runtime.
+func (c *Config) InProcess() bool {
+	return c.Mode == ModeInProcess && c.BinaryName == "runc"
 }
 
 // Binary implements oci.Section.
@@ -89,11 +118,18 @@ func (c *Config) ApplyRuncOptions(ro *runcoptions.Options) {
 func Registration() runtime.Registration {
 	return runtime.Registration{
 		Name:     Name,
-		Settings: func() oci.Section { return &Config{BinaryName: "runc", Root: DefaultRoot} },
+		Settings: func() oci.Section { return &Config{Mode: ModeInProcess, BinaryName: "runc", Root: DefaultRoot} },
 		New: func(s oci.Section, c *runtime.Container) (runtime.Backend, error) {
-			return New(*s.(*Config), c.Namespace, c.Bundle)
+			cfg := *s.(*Config)
+			if cfg.InProcess() {
+				return newLibBackend(cfg, c), nil
+			}
+			return New(cfg, c.Namespace, c.Bundle)
 		},
 		Features: func(ctx context.Context, s oci.Section) (*features.Features, error) {
+			if s.(*Config).InProcess() {
+				return libFeatures(), nil
+			}
 			return CLIFeatures(ctx, s.Binary())
 		},
 	}

@@ -1,0 +1,376 @@
+package runc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	goruntime "runtime"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+)
+
+// The test binary is the container's init, as the shim binary is.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		libcontainer.Init()
+	}
+}
+
+// needContainers skips unless containers can run here: root, and Debian's
+// busybox-static for the rootfs.
+func needContainers(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("needs busybox (busybox-static)")
+	}
+	return bb
+}
+
+// testBundle makes a bundle whose rootfs is busybox, with a relative root
+// path as containerd writes it.
+func testBundle(t *testing.T, busybox string, args ...string) (bundle.Bundle, *specs.Spec) {
+	t.Helper()
+	dir := t.TempDir()
+	b := bundle.Bundle(dir)
+	bin := filepath.Join(b.Rootfs(), "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(busybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bin, "busybox"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []string{"sh", "true", "sleep", "cat", "echo"} {
+		os.Symlink("busybox", filepath.Join(bin, l))
+	}
+	for _, d := range []string{"proc", "dev", "sys", "tmp"} {
+		os.MkdirAll(filepath.Join(b.Rootfs(), d), 0o755)
+	}
+	spec := &specs.Spec{
+		Version: specs.Version,
+		Root:    &specs.Root{Path: "rootfs"},
+		Process: &specs.Process{Args: args, Cwd: "/", Env: []string{"PATH=/bin"}},
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
+		},
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}},
+		},
+	}
+	data, _ = json.Marshal(spec)
+	if err := os.WriteFile(b.Spec(), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return b, spec
+}
+
+// aggressiveReaper collects every exited child of this process as fast as
+// it can, as the shim's reaper does on SIGCHLD, through gate.
+type aggressiveReaper struct {
+	gate interface{ reap(func()) }
+	mu   sync.Mutex
+	exit map[int]int // pid -> wait status
+	stop chan struct{}
+	done chan struct{}
+}
+
+type rwGate struct{ mu sync.RWMutex }
+
+func (g *rwGate) Pause() func() { g.mu.RLock(); return g.mu.RUnlock }
+func (g *rwGate) reap(f func()) { g.mu.Lock(); f(); g.mu.Unlock() }
+
+type noGate struct{}
+
+func (noGate) Pause() func() { return func() {} }
+func (noGate) reap(f func()) { f() }
+
+func startReaper(gate interface{ reap(func()) }) *aggressiveReaper {
+	r := &aggressiveReaper{gate: gate, exit: map[int]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for {
+			select {
+			case <-r.stop:
+				return
+			default:
+			}
+			r.gate.reap(func() {
+				for {
+					var ws unix.WaitStatus
+					pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+					if err != nil || pid <= 0 {
+						return
+					}
+					r.mu.Lock()
+					r.exit[pid] = ws.ExitStatus()
+					r.mu.Unlock()
+				}
+			})
+			runtimeGosched()
+		}
+	}()
+	return r
+}
+
+func (r *aggressiveReaper) close() { close(r.stop); <-r.done }
+
+func (r *aggressiveReaper) waitExit(t *testing.T, pid int) int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		r.mu.Lock()
+		st, ok := r.exit[pid]
+		r.mu.Unlock()
+		if ok {
+			return st
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("exit of pid %d never reaped", pid)
+	return -1
+}
+
+func newTestBackend(t *testing.T, b bundle.Bundle, spec *specs.Spec, gate runtime.ReaperGate) *libBackend {
+	root := t.TempDir()
+	return newLibBackend(Config{Mode: ModeInProcess, BinaryName: "runc", Root: root}, &runtime.Container{
+		ID: "c", Namespace: "test", Bundle: b, Spec: spec, Reaper: gate,
+	})
+}
+
+// lifecycle creates, starts and reaps one container printing to a pipe.
+func lifecycle(t *testing.T, id string, be *libBackend, r *aggressiveReaper) error {
+	rd, wr, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	pid, err := be.Create(context.Background(), &runtime.CreateConfig{ID: id, Bundle: be.bundle, IO: &runtime.IO{Stdout: wr, Stderr: wr}, PidFile: be.bundle.InitPidFile()})
+	wr.Close()
+	if err != nil {
+		return err
+	}
+	if err := be.Start(context.Background(), id, nil); err != nil {
+		return err
+	}
+	if st := r.waitExit(t, pid); st != 3 {
+		t.Fatalf("exit status %d, want 3", st)
+	}
+	out := make([]byte, 64)
+	n, _ := rd.Read(out)
+	if got := string(out[:n]); got != "hi\n" {
+		t.Fatalf("output %q", got)
+	}
+	return be.Delete(context.Background(), id, false)
+}
+
+func createOnly(be *libBackend, id string) error {
+	_, err := be.Create(context.Background(), &runtime.CreateConfig{ID: id, Bundle: be.bundle})
+	return err
+}
+
+// Trap: libcontainer waits for runc init's stages by pid, and the shim's
+// reaper (wait4(-1)) takes their statuses first unless it is held off. The
+// ungated run shows this reaper is fast enough to steal them; the gated
+// one must never lose.
+func TestLibcontainerReaperGate(t *testing.T) {
+	busybox := needContainers(t)
+	b, spec := testBundle(t, busybox, "sh", "-c", "echo hi; exit 3")
+
+	r := startReaper(noGate{})
+	be := newTestBackend(t, b, spec, noGate{})
+	stolen := 0
+	var first error
+	for i := range 20 {
+		id := fmt.Sprintf("nogate%d", i)
+		if err := createOnly(be, id); err != nil {
+			stolen++
+			if first == nil {
+				first = err
+			}
+		}
+		be.Delete(context.Background(), id, true)
+	}
+	r.close()
+	if stolen == 0 {
+		t.Fatal("an ungated reaper never stole a status from libcontainer: this test cannot tell the gate works")
+	}
+	t.Logf("without the gate, %d of 20 creates failed, e.g.: %v", stolen, first)
+
+	g := &rwGate{}
+	r = startReaper(g)
+	defer r.close()
+	be = newTestBackend(t, b, spec, g)
+	for i := range 20 {
+		if err := lifecycle(t, fmt.Sprintf("gate%d", i), be, r); err != nil {
+			t.Fatalf("round %d with the gate: %v", i, err)
+		}
+	}
+}
+
+// Trap: Container.Start marks every descriptor from 3 up close-on-exec in
+// the calling process. The shim's own sockets keep working, and a child it
+// starts still gets what it hands over through ExtraFiles.
+func TestLibcontainerLeavesShimDescriptorsUsable(t *testing.T) {
+	busybox := needContainers(t)
+	b, spec := testBundle(t, busybox, "sh", "-c", "echo hi; exit 3")
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	g := &rwGate{}
+	r := startReaper(g)
+	defer r.close()
+	if err := lifecycle(t, "fds", newTestBackend(t, b, spec, g), r); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c, err := net.Dial("unix", l.Addr().String())
+		if err == nil {
+			c.Write([]byte("x"))
+			c.Close()
+		}
+	}()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatalf("listener after a container start: %v", err)
+	}
+	c.Close()
+	f, err := os.CreateTemp(t.TempDir(), "extra")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", "echo handed-over >&3")
+	cmd.ExtraFiles = []*os.File{f}
+	resume := g.Pause()
+	err = cmd.Run()
+	resume()
+	if err != nil {
+		t.Fatalf("child with an ExtraFiles descriptor: %v", err)
+	}
+	data, _ := os.ReadFile(f.Name())
+	if string(data) != "handed-over\n" {
+		t.Fatalf("fd 3 in the child got %q", data)
+	}
+}
+
+// Trap: specconv resolves a relative rootfs against the working directory,
+// which a grouped shim does not own, and hooks get the bundle from it.
+func TestLibcontainerRelativePathsAgainstTheBundle(t *testing.T) {
+	busybox := needContainers(t)
+	b, spec := testBundle(t, busybox, "sh", "-c", "echo hi; exit 3")
+	hookOut := filepath.Join(t.TempDir(), "hook-state.json")
+	spec.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/bin/sh", Args: []string{"sh", "-c", "cat > " + hookOut}}}}
+	t.Chdir(t.TempDir()) // not the bundle, as in a grouped shim
+	g := &rwGate{}
+	r := startReaper(g)
+	defer r.close()
+	if err := lifecycle(t, "cwd", newTestBackend(t, b, spec, g), r); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(hookOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st specs.State
+	if err := json.Unmarshal(data, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Bundle != b.Path() {
+		t.Fatalf("hook saw bundle %q, want %q", st.Bundle, b.Path())
+	}
+}
+
+// Errors keep their kinds, and Delete is safe to retry.
+func TestLibcontainerErrorKinds(t *testing.T) {
+	busybox := needContainers(t)
+	b, spec := testBundle(t, busybox, "sleep", "100")
+	g := &rwGate{}
+	r := startReaper(g)
+	defer r.close()
+	be := newTestBackend(t, b, spec, g)
+	ctx := context.Background()
+	pid, err := be.Create(ctx, &runtime.CreateConfig{ID: "k", Bundle: b, PidFile: b.InitPidFile()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := newTestBackend(t, b, spec, g)
+	other.root = be.root
+	if _, err := other.Create(ctx, &runtime.CreateConfig{ID: "k", Bundle: b}); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("create twice: %v", err)
+	}
+	if err := be.Resume(ctx, "k"); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("resume a created container: %v", err)
+	}
+	if err := be.Start(ctx, "k", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Pause(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := be.Exec(ctx, "k", &runtime.ExecConfig{ID: "e", Spec: &specs.Process{Args: []string{"true"}, Cwd: "/"}}); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("exec in a paused container: %v", err)
+	}
+	if err := be.Delete(ctx, "k", false); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("delete a paused container: %v", err)
+	}
+	if err := be.Resume(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Kill(ctx, "k", unix.SIGKILL, false); err != nil {
+		t.Fatal(err)
+	}
+	r.waitExit(t, pid)
+	if err := be.Kill(ctx, "k", unix.SIGTERM, false); !errdefs.IsNotFound(err) {
+		t.Fatalf("kill after exit: %v, want NotFound", err)
+	}
+	if err := be.Kill(ctx, "k", unix.SIGTERM, true); err != nil {
+		t.Fatalf("kill --all after exit: %v, want nothing", err)
+	}
+	for range 2 {
+		if err := be.Delete(ctx, "k", false); err != nil {
+			t.Fatalf("delete (twice): %v", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(be.root, "k")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("state left: %v", err)
+	}
+	// A missing executable is the bundle's fault.
+	b2, spec2 := testBundle(t, busybox, "no-such-binary")
+	be2 := newTestBackend(t, b2, spec2, g)
+	_, err = be2.Create(ctx, &runtime.CreateConfig{ID: "m", Bundle: b2})
+	if err == nil || !strings.Contains(err.Error(), "no-such-binary") {
+		t.Fatalf("missing executable: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(be2.root, "m")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("state left after a failed create: %v", err)
+	}
+	_ = syscall.SIGKILL
+}
+
+func runtimeGosched() { goruntime.Gosched() }
