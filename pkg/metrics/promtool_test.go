@@ -133,7 +133,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer stop()
+		t.Cleanup(func() { stopServing(t, stop) })
 	}
 	if err := populated(Options{}).WriteFinal(a.state, "gone"); err != nil {
 		t.Fatal(err)

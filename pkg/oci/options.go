@@ -43,13 +43,13 @@ func ConfigFromOptions(opts *anypb.Any) (*Config, error) {
 	case opts.MessageIs(&runcoptions.Options{}):
 		var ro runcoptions.Options
 		if err := opts.UnmarshalTo(&ro); err != nil {
-			return nil, fmt.Errorf("decode runtime options %s: %v: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("decode runtime options %s: %w: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 		}
 		return configFromRuncOptions(&ro)
 	case opts.MessageIs(&runtimeoptions.Options{}):
 		var ro runtimeoptions.Options
 		if err := opts.UnmarshalTo(&ro); err != nil {
-			return nil, fmt.Errorf("decode runtime options %s: %v: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("decode runtime options %s: %w: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 		}
 		switch {
 		case ro.ConfigPath != "":
@@ -101,7 +101,10 @@ func configFromRuncOptions(ro *runcoptions.Options) (*Config, error) {
 	c.Runc.IoUID = int(ro.IoUid)
 	c.Runc.IoGID = int(ro.IoGid)
 	c.Runc.ShimCgroup = ro.ShimCgroup
-	return c, c.Validate()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // WriteConfigFile stores the resolved configuration in the bundle.
