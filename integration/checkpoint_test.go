@@ -42,7 +42,7 @@ func TestCheckpointRestore(t *testing.T) {
 		if err != nil {
 			t.Fatalf("checkpoint: %v", err)
 		}
-		t.Cleanup(func() { e.client.ImageService().Delete(nsCtx(ctx), checkpoint.Name()) })
+		t.Cleanup(func() { _ = e.client.ImageService().Delete(nsCtx(ctx), checkpoint.Name()) })
 		// The checkpoint left the task running (containerd's default).
 		if err := task.Kill(ctx, 9); err != nil {
 			t.Fatal(err)

@@ -94,8 +94,10 @@ func TestContainerdRestart(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if _, err := c.Task(ctx, nil); !errdefs.IsNotFound(err) {
-				return fmt.Errorf("task still there: %v", err)
+			if _, err := c.Task(ctx, nil); err == nil {
+				return errors.New("task still there")
+			} else if !errdefs.IsNotFound(err) {
+				return fmt.Errorf("load task: %w", err)
 			}
 			return nil
 		})

@@ -139,6 +139,13 @@ func run(m *testing.M) int {
 	if len(backends) == 0 {
 		backends = []string{"runc", "runsc"}
 	}
+	defer func() { // newest first
+		for i := len(daemons) - 1; i >= 0; i-- {
+			if err := daemons[i].d.Cleanup(); err != nil {
+				fmt.Fprintf(os.Stderr, "cleanup containerd %s: %v\n", daemons[i].name(), err)
+			}
+		}
+	}()
 	for _, b := range backends {
 		if _, ok := configs[b]; !ok {
 			fmt.Fprintf(os.Stderr, "unknown backend %q in BACKENDS\n", b)
@@ -150,7 +157,6 @@ func run(m *testing.M) int {
 				fmt.Fprintf(os.Stderr, "start containerd %s: %v\n", v, err)
 				return 1
 			}
-			defer d.Cleanup()
 			daemons = append(daemons, &env{version: v, backend: b, d: d, client: d.Client()})
 		}
 	}
