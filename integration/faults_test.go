@@ -21,9 +21,7 @@ import (
 // containerd line and backend.
 func forEachOwnDaemon(t *testing.T, fn func(t *testing.T, like *env)) {
 	t.Helper()
-	if skipWhy != "" {
-		t.Skip(skipWhy)
-	}
+	requireSuite(t)
 	for _, e := range daemons {
 		t.Run(e.name(), func(t *testing.T) { fn(t, e) })
 	}

@@ -202,9 +202,7 @@ func TestDebianRunsc(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		e.skipOn(t, "runc", "runs once, on the runsc daemons")
 		const debian = "/usr/bin/runsc"
-		if _, err := os.Stat(debian); err != nil {
-			t.Skipf("Debian's runsc is not installed (%v)", err)
-		}
+		harness.RequireDep(t, "Debian's runsc package (scripts/deps.sh installs it)", harness.NeedExecutable(debian))
 		id := containerID(t, "")
 		// This runsc cannot make a network namespace of its own (CRI hands it
 		// one): network = "none" for a plain container.

@@ -73,9 +73,7 @@ func TestRuntimeOptions(t *testing.T) {
 func TestCrun(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		e.skipOn(t, "runsc", "crun is a runc-backend binary")
-		if _, err := os.Stat("/usr/bin/crun"); err != nil {
-			t.Skip("crun is not installed (scripts/deps.sh installs it)")
-		}
+		harness.RequireDep(t, "crun (scripts/deps.sh installs it)", harness.NeedExecutable("/usr/bin/crun"))
 		id := containerID(t, "")
 		c := newContainer(t, e, id, &runtimeoptions.Options{ConfigBody: []byte("[runc]\nbinary_name = \"crun\"\n")},
 			oci.WithProcessArgs("sh", "-c", "echo via crun; exit 4"), withSpecVersion("1.0.2"))
