@@ -444,9 +444,10 @@ func (d *Daemon) signalAndWait(sig syscall.Signal, timeout time.Duration) error 
 
 // Cleanup removes everything the daemon created. Best effort, in this order:
 // delete all tasks and containers through the API (so runc state and cgroups
-// go too), stop the daemon, kill leftover shims whose command line or cwd
-// refers to the daemon's directory (and their descendants), unmount whatever
-// is mounted below it, and remove it. Start registers it with t.Cleanup.
+// go too), stop the daemon, then CleanUnder its directory (runc/runsc state
+// of containers whose shim died, leftover shims whose command line or cwd
+// refers to the directory and their descendants, mounts below it), and
+// remove it. Start registers it with t.Cleanup.
 func (d *Daemon) Cleanup() error {
 	if os.Getenv("KEEP_DAEMON_DIR") != "" {
 		return d.Stop()
@@ -468,10 +469,7 @@ func (d *Daemon) Cleanup() error {
 		d.client = nil
 	}
 	d.mu.Unlock()
-	if err := killProcessesUnder(d.dir); err != nil {
-		errs = append(errs, err)
-	}
-	if err := unmountUnder(d.dir); err != nil {
+	if err := CleanUnder(d.dir, "", nil); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(d.dir); err != nil {
