@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revis
 CONTAINERD_VERSIONS ?= 2.4.2 2.2.9 1.7.36
 export CONTAINERD_VERSIONS
 
-.PHONY: all build deps test unit integration stress fuzz demo bench peer e2e-k8s install clean help
+.PHONY: all build deps test lint unit integration stress fuzz demo bench peer e2e-k8s install clean help
 
 all: build
 
@@ -25,7 +25,10 @@ build: ## build the shim, statically linked (CGO, libseccomp), into bin/
 deps: ## install what the tests need (apt packages, containerd builds cached in .tools/)
 	bash scripts/deps.sh
 
-test: deps build unit fuzz integration ## everything CI runs: vet, unit tests (-race), integration suite (root)
+test: deps build lint unit fuzz integration ## everything CI runs: lint, vet, unit tests (-race), integration suite (root)
+
+lint: ## golangci-lint (.golangci.yml); the first run builds it into .tools/bin
+	bash scripts/lint.sh
 
 unit: ## go vet, gofmt check and unit tests with the race detector
 	$(GO) vet ./...

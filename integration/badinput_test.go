@@ -29,7 +29,7 @@ func TestBadInput(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		dir := t.TempDir()
 		badTOML := filepath.Join(dir, "bad.toml")
-		os.WriteFile(badTOML, []byte("backend = \n"), 0o644)
+		check(t, os.WriteFile(badTOML, []byte("backend = \n"), 0o644))
 
 		withRawSpec := func(raw string) client.NewContainerOpts {
 			return func(ctx context.Context, _ *client.Client, c *containers.Container) error {
@@ -237,7 +237,7 @@ func TestBadRequests(t *testing.T) {
 func TestStartWithMalformedSpec(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		bundle := t.TempDir()
-		os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"ociVersion": "1.2.0", "process": {`), 0o644)
+		check(t, os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"ociVersion": "1.2.0", "process": {`), 0o644))
 		id := containerID(t, "")
 		cmd := exec.Command(filepath.Join(shimDir, shimName), "-namespace", namespace, "-id", id, "-address", e.d.Address(), "start")
 		cmd.Dir = bundle

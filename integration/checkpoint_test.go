@@ -9,14 +9,17 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
 )
 
 // TestCheckpointRestore: a task checkpointed with criu is restored into a
 // new container and carries on from where it was.
 func TestCheckpointRestore(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
-		if _, err := exec.LookPath("criu"); err != nil && e.backend == "runc" {
-			t.Skip("criu is not installed")
+		if e.backend == "runc" {
+			_, err := exec.LookPath("criu")
+			harness.RequireDep(t, "criu (scripts/deps.sh installs it)", err)
 		}
 		// runsc checkpoints without criu.
 		criuWorks := e.backend == "runsc" || exec.Command("criu", "check").Run() == nil
@@ -42,7 +45,7 @@ func TestCheckpointRestore(t *testing.T) {
 		if err != nil {
 			t.Fatalf("checkpoint: %v", err)
 		}
-		t.Cleanup(func() { e.client.ImageService().Delete(nsCtx(ctx), checkpoint.Name()) })
+		t.Cleanup(func() { _ = e.client.ImageService().Delete(nsCtx(ctx), checkpoint.Name()) })
 		// The checkpoint left the task running (containerd's default).
 		if err := task.Kill(ctx, 9); err != nil {
 			t.Fatal(err)

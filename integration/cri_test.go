@@ -126,8 +126,9 @@ func TestCRIStdoutWhileContainerdDown(t *testing.T) {
 		t.Cleanup(func() {
 			ctx := context.Background()
 			rc := connect()
-			rc.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: podID})
-			rc.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID})
+			// Best effort: the daemon's Cleanup removes what is left.
+			_, _ = rc.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: podID})
+			_, _ = rc.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID})
 		})
 		// About 9 KB of numbered lines every 50 ms: far more than the pipe
 		// and fifo buffers hold while containerd is away, yet bounded on disk.

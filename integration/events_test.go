@@ -43,7 +43,9 @@ func TestEventCompleteness(t *testing.T) {
 		want := strings.Join([]string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}, " ")
 		// Every delete has been answered; give the last events a moment to
 		// travel through containerd's event service.
-		rec.WaitFor(harness.Match(harness.TopicTaskDelete, ids[len(ids)-1]), 30*time.Second)
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, ids[len(ids)-1]), 30*time.Second); err != nil {
+			t.Logf("last delete event: %v", err) // the check below says what is missing
+		}
 		complete := 0
 		var bad []string
 		for _, id := range ids {
@@ -68,12 +70,19 @@ func report(t *testing.T, line string) {
 	if p == "" {
 		return
 	}
-	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Logf("report: %v", err)
+		return
+	}
 	f, err := os.OpenFile(p, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
 		t.Logf("report: %v", err)
 		return
 	}
-	defer f.Close()
-	fmt.Fprintln(f, line)
+	if _, err := fmt.Fprintln(f, line); err != nil {
+		t.Logf("report: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Logf("report: %v", err)
+	}
 }

@@ -30,7 +30,7 @@ func TestRunsUnderTheBackend(t *testing.T) {
 			t.Fatalf("exit %d: %s", st, out.stderr.String())
 		}
 		var uts syscall.Utsname
-		syscall.Uname(&uts)
+		check(t, syscall.Uname(&uts))
 		host := utsString(uts.Release[:])
 		got := out.stdout.String()
 		switch e.backend {
@@ -186,7 +186,7 @@ func TestRunscConfigPath(t *testing.T) {
 		}
 		cfg := filepath.Join(t.TempDir(), "runsc.toml")
 		// The contrib file names "runsc" on PATH; point it at the tested one.
-		os.WriteFile(cfg, []byte(strings.Replace(string(data), `binary_name = "runsc"`, fmt.Sprintf("binary_name = %q", runscBin), 1)), 0o644)
+		check(t, os.WriteFile(cfg, []byte(strings.Replace(string(data), `binary_name = "runsc"`, fmt.Sprintf("binary_name = %q", runscBin), 1)), 0o644))
 		id := containerID(t, "")
 		out, _, err := e.d.Ctr("-n", namespace, "run", "--rm", "--runtime", runtimeName, "--runtime-config-path", cfg,
 			harness.BusyboxImage, id, "sh", "-c", "dmesg | head -1")
@@ -202,9 +202,7 @@ func TestDebianRunsc(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		e.skipOn(t, "runc", "runs once, on the runsc daemons")
 		const debian = "/usr/bin/runsc"
-		if _, err := os.Stat(debian); err != nil {
-			t.Skipf("Debian's runsc is not installed (%v)", err)
-		}
+		harness.RequireDep(t, "Debian's runsc package (scripts/deps.sh installs it)", harness.NeedExecutable(debian))
 		id := containerID(t, "")
 		// This runsc cannot make a network namespace of its own (CRI hands it
 		// one): network = "none" for a plain container.

@@ -182,6 +182,14 @@ func wantKind(t *testing.T, what string, err error, is func(error) bool, kind st
 	}
 }
 
+// check fails the test at once on a setup step's error.
+func check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // eventually polls cond until it holds or the timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()

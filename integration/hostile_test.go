@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -48,14 +49,15 @@ func TestHostileRequests(t *testing.T) {
 			return a
 		}
 		badBundle := t.TempDir()
-		os.WriteFile(filepath.Join(badBundle, "config.json"), []byte(`{"process": {"args": ["true"], "cwd": "/"}, "root": {"path": "rootfs"}}`), 0o644)
+		check(t, os.WriteFile(filepath.Join(badBundle, "config.json"), []byte(`{"process": {"args": ["true"], "cwd": "/"}, "root": {"path": "rootfs"}}`), 0o644))
 		hugeSpec := t.TempDir()
-		big, _ := json.Marshal(map[string]any{
+		big, err := json.Marshal(map[string]any{
 			"process":     map[string]any{"args": []string{"true"}, "cwd": "/"},
 			"root":        map[string]any{"path": "/"},
 			"annotations": map[string]string{"big": strings.Repeat("a", 2<<20)},
 		})
-		os.WriteFile(filepath.Join(hugeSpec, "config.json"), big, 0o644)
+		check(t, err)
+		check(t, os.WriteFile(filepath.Join(hugeSpec, "config.json"), big, 0o644))
 
 		cases := []struct {
 			name string
@@ -112,7 +114,9 @@ func TestHostileRequests(t *testing.T) {
 				return err
 			}, errdefs.IsNotFound, "nope"},
 			{"kill: all on an exec", func() error {
-				api.Exec(ctx, &taskv3.ExecProcessRequest{ID: id, ExecID: "e1", Spec: procSpec(specs.Process{Args: []string{"sleep", "100"}, Cwd: "/"})})
+				if _, err := api.Exec(ctx, &taskv3.ExecProcessRequest{ID: id, ExecID: "e1", Spec: procSpec(specs.Process{Args: []string{"sleep", "100"}, Cwd: "/"})}); err != nil {
+					return fmt.Errorf("exec e1: %w", err)
+				}
 				_, err := api.Kill(ctx, &taskv3.KillRequest{ID: id, ExecID: "e1", Signal: 9, All: true})
 				return err
 			}, errdefs.IsInvalidArgument, "all"},

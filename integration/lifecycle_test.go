@@ -91,8 +91,11 @@ func TestSignals(t *testing.T) {
 		task2, statusC2 := startTask(t, c2, nil)
 		eventually(t, 30*time.Second, "three processes", func() error {
 			ps, err := task2.Pids(ctx)
-			if err != nil || len(ps) < 3 {
-				return fmt.Errorf("pids %v %v", ps, err)
+			if err != nil {
+				return fmt.Errorf("pids: %w", err)
+			}
+			if len(ps) < 3 {
+				return fmt.Errorf("pids %v", ps)
 			}
 			return nil
 		})
@@ -408,7 +411,7 @@ func TestLogURIs(t *testing.T) {
 		// A logging driver as nerdctl's: fds 3 and 4 carry stdout and
 		// stderr, closing fd 5 says it is ready.
 		driver := filepath.Join(dir, "driver.sh")
-		os.WriteFile(driver, []byte("#!/bin/sh\nexec 5>&-\ncat <&3 >>\"$2\" &\ncat <&4 >>\"$2\" &\nwait\n"), 0o755)
+		check(t, os.WriteFile(driver, []byte("#!/bin/sh\nexec 5>&-\ncat <&3 >>\"$2\" &\ncat <&4 >>\"$2\" &\nwait\n"), 0o755))
 		binLog := filepath.Join(dir, "binary.log")
 		id = containerID(t, "binary")
 		if out, _, err := e.d.Ctr("-n", namespace, "run", "--rm", "--runtime", runtimeName,

@@ -2,12 +2,16 @@
 // private containerd (one per containerd line under test), real runc and the
 // containerd Go client and ctr, as users do.
 //
-// Needs root and scripts/deps.sh. Environment:
+// Needs root and scripts/deps.sh. Without them every test skips, saying
+// what is missing; with $CI set the suite fails instead (harness.RequireDep).
+// Environment:
 //
 //	CONTAINERD_VERSIONS  containerd lines to test (default "2.4.2 2.2.9 1.7.36")
 //	BACKENDS             backends to test (default "runc runsc")
 //	RUNSC_BINARY         runsc for the runsc backend (default .tools/runsc/runsc)
 //	SHIM_BINARY          the shim to test (default: built from this module)
+//	BUSYBOX              the static busybox images are made of (default /bin/busybox)
+//	CI                   set: a missing dependency fails instead of skipping
 //
 // Every test runs once per containerd line and backend. A daemon for the
 // runsc backend has CONTAINERD_SHIM_CUSTOM_CONFIG in its environment naming
@@ -42,7 +46,7 @@ const (
 var (
 	shimDir  string // holds containerd-shim-custom-v2
 	daemons  []*env
-	skipWhy  string
+	missing  error // a dependency the suite lacks (then every test skips)
 	rootDir  string
 	runscBin string
 	cfgDir   string // default configs per backend
@@ -82,14 +86,28 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		skipWhy = "integration tests need root"
-		return m.Run()
+	versions := strings.Fields(os.Getenv("CONTAINERD_VERSIONS"))
+	if len(versions) == 0 {
+		versions = []string{"2.4.2", "2.2.9", "1.7.36"}
+	}
+	backends := strings.Fields(os.Getenv("BACKENDS"))
+	if len(backends) == 0 {
+		backends = []string{"runc", "runsc"}
+	}
+	if err := harness.NeedRoot(); err != nil {
+		return withoutDependency(m, "root", err)
 	}
 	var err error
 	if rootDir, err = harness.ModuleRoot(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	runscBin = os.Getenv("RUNSC_BINARY")
+	if runscBin == "" {
+		runscBin = filepath.Join(rootDir, ".tools", "runsc", "runsc")
+	}
+	if what, err := missingDependency(versions, backends); err != nil {
+		return withoutDependency(m, what, err)
 	}
 	dir, err := os.MkdirTemp("", "shim-bin-")
 	if err != nil {
@@ -117,10 +135,6 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(cfgDir)
-	runscBin = os.Getenv("RUNSC_BINARY")
-	if runscBin == "" {
-		runscBin = filepath.Join(rootDir, ".tools", "runsc", "runsc")
-	}
 	configs := map[string]string{
 		"runc":  "backend = \"runc\"\n",
 		"runsc": fmt.Sprintf("backend = \"runsc\"\n[runsc]\nbinary_name = %q\n", runscBin),
@@ -131,14 +145,13 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
-	versions := strings.Fields(os.Getenv("CONTAINERD_VERSIONS"))
-	if len(versions) == 0 {
-		versions = []string{"2.4.2", "2.2.9", "1.7.36"}
-	}
-	backends := strings.Fields(os.Getenv("BACKENDS"))
-	if len(backends) == 0 {
-		backends = []string{"runc", "runsc"}
-	}
+	defer func() { // newest first
+		for i := len(daemons) - 1; i >= 0; i-- {
+			if err := daemons[i].d.Cleanup(); err != nil {
+				fmt.Fprintf(os.Stderr, "cleanup containerd %s: %v\n", daemons[i].name(), err)
+			}
+		}
+	}()
 	for _, b := range backends {
 		if _, ok := configs[b]; !ok {
 			fmt.Fprintf(os.Stderr, "unknown backend %q in BACKENDS\n", b)
@@ -150,11 +163,60 @@ func run(m *testing.M) int {
 				fmt.Fprintf(os.Stderr, "start containerd %s: %v\n", v, err)
 				return 1
 			}
-			defer d.Cleanup()
 			daemons = append(daemons, &env{version: v, backend: b, d: d, client: d.Client()})
 		}
 	}
 	return m.Run()
+}
+
+// missingDependency returns the first thing the suite needs from
+// scripts/deps.sh and lacks (what, and why), checked before anything
+// starts. Tests that need more (crun, criu, nerdctl, Debian's runsc) ask
+// for it themselves with harness.RequireDep.
+func missingDependency(versions, backends []string) (what string, err error) {
+	for _, v := range versions {
+		for _, b := range []string{"containerd", "ctr", "containerd-shim-runc-v2"} {
+			if err := harness.NeedExecutable(filepath.Join(rootDir, ".tools", "containerd", v, "bin", b)); err != nil {
+				return "containerd " + v + " (scripts/deps.sh builds it)", err
+			}
+		}
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		return "runc (scripts/deps.sh installs it)", err
+	}
+	for _, b := range backends {
+		if b == "runsc" {
+			if err := harness.NeedExecutable(runscBin); err != nil {
+				return "runsc for the runsc backend (scripts/deps.sh builds it; or set RUNSC_BINARY)", err
+			}
+		}
+	}
+	busybox := os.Getenv("BUSYBOX")
+	if busybox == "" {
+		busybox = "/bin/busybox"
+	}
+	if err := harness.NeedExecutable(busybox); err != nil {
+		return "a static busybox for the test images (scripts/deps.sh installs busybox-static)", err
+	}
+	return "", nil
+}
+
+// withoutDependency runs the suite without a dependency it needs: every
+// test skips, naming it; under CI nothing runs and the suite fails.
+func withoutDependency(m *testing.M, what string, err error) int {
+	if harness.InCI() {
+		fmt.Fprintf(os.Stderr, "integration: missing dependency: %s: %v (CI is set: failing instead of skipping every test)\n", what, err)
+		return 1
+	}
+	missing = fmt.Errorf("%s: %w", what, err)
+	return m.Run()
+}
+
+// requireSuite skips the test (TestMain found a dependency missing) or
+// lets it run.
+func requireSuite(t *testing.T) {
+	t.Helper()
+	harness.RequireDep(t, "the integration suite's dependencies", missing)
 }
 
 func daemonConfig(version, backend string) harness.Config {
@@ -168,9 +230,7 @@ func daemonConfig(version, backend string) harness.Config {
 // forEach runs a test against every containerd line.
 func forEach(t *testing.T, fn func(t *testing.T, e *env)) {
 	t.Helper()
-	if skipWhy != "" {
-		t.Skip(skipWhy)
-	}
+	requireSuite(t)
 	for _, e := range daemons {
 		t.Run(e.name(), func(t *testing.T) {
 			if e.image == nil {

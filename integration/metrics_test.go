@@ -115,7 +115,7 @@ func TestMetrics(t *testing.T) {
 		if err := agg.Start(); err != nil {
 			t.Fatal(err)
 		}
-		defer func() { agg.Process.Signal(syscall.SIGTERM); agg.Wait() }()
+		defer func() { _ = agg.Process.Signal(syscall.SIGTERM); _ = agg.Wait() }() // its exit status is not under test
 		eventually(t, 30*time.Second, "aggregator up", func() error {
 			_, err := os.Stat(aggSock)
 			return err

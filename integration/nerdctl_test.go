@@ -99,16 +99,12 @@ func (n *nerdctl) ok(t *testing.T, args ...string) string {
 // options, so the daemon's default config picks the backend; on the runsc
 // daemons the container must be on gVisor's kernel.
 func TestNerdctl(t *testing.T) {
-	if skipWhy != "" {
-		t.Skip(skipWhy)
-	}
+	requireSuite(t)
 	bin, err := nerdctlBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Skipf("nerdctl not built (bash scripts/peer/nerdctl-build.sh): %v", err)
-	}
+	harness.RequireDep(t, "nerdctl (scripts/deps.sh builds it with scripts/peer/nerdctl-build.sh)", harness.NeedExecutable(bin))
 	if out, err := exec.Command(bin, "--version").Output(); err == nil {
 		t.Logf("%s", strings.TrimSpace(string(out)))
 	}

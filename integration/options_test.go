@@ -34,7 +34,7 @@ func TestRuntimeOptions(t *testing.T) {
 		dir := t.TempDir()
 		cfgFile := filepath.Join(dir, "shim.toml")
 		pathRoot := filepath.Join(dir, "path-root")
-		os.WriteFile(cfgFile, []byte(fmt.Sprintf("backend = \"runc\"\n[runc]\nroot = %q\n", pathRoot)), 0o644)
+		check(t, os.WriteFile(cfgFile, []byte(fmt.Sprintf("backend = \"runc\"\n[runc]\nroot = %q\n", pathRoot)), 0o644))
 		bodyRoot := filepath.Join(dir, "body-root")
 		runcRoot := filepath.Join(dir, "runc-root")
 		cases := []struct {
@@ -73,9 +73,7 @@ func TestRuntimeOptions(t *testing.T) {
 func TestCrun(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		e.skipOn(t, "runsc", "crun is a runc-backend binary")
-		if _, err := os.Stat("/usr/bin/crun"); err != nil {
-			t.Skip("crun is not installed (scripts/deps.sh installs it)")
-		}
+		harness.RequireDep(t, "crun (scripts/deps.sh installs it)", harness.NeedExecutable("/usr/bin/crun"))
 		id := containerID(t, "")
 		c := newContainer(t, e, id, &runtimeoptions.Options{ConfigBody: []byte("[runc]\nbinary_name = \"crun\"\n")},
 			oci.WithProcessArgs("sh", "-c", "echo via crun; exit 4"), withSpecVersion("1.0.2"))
@@ -104,7 +102,7 @@ func TestRuntimeBinaryName(t *testing.T) {
 		dir := t.TempDir()
 		calls := filepath.Join(dir, "calls")
 		wrapper := filepath.Join(dir, "my-runc")
-		os.WriteFile(wrapper, []byte(fmt.Sprintf("#!/bin/sh\necho \"$*\" >> %s\nexec runc \"$@\"\n", calls)), 0o755)
+		check(t, os.WriteFile(wrapper, []byte(fmt.Sprintf("#!/bin/sh\necho \"$*\" >> %s\nexec runc \"$@\"\n", calls)), 0o755))
 		id := containerID(t, "")
 		c := newContainer(t, e, id, &runtimeoptions.Options{ConfigBody: []byte(fmt.Sprintf("[runc]\nbinary_name = %q\n", wrapper))},
 			oci.WithProcessArgs("sh", "-c", "exit 6"))
@@ -127,13 +125,13 @@ func TestCtrRuntimeConfigPath(t *testing.T) {
 		e.skipOn(t, "runsc", "the same path for runsc is TestRunscConfigPath")
 		dir := t.TempDir()
 		cfg := filepath.Join(dir, "shim.toml")
-		os.WriteFile(cfg, []byte("[runc]\nbinary_name = \"/nonexistent/runc\"\n"), 0o644)
+		check(t, os.WriteFile(cfg, []byte("[runc]\nbinary_name = \"/nonexistent/runc\"\n"), 0o644))
 		id := containerID(t, "")
 		_, _, err := e.d.Ctr("-n", namespace, "run", "--rm", "--runtime", runtimeName, "--runtime-config-path", cfg, harness.BusyboxImage, id, "true")
 		if err == nil || !strings.Contains(err.Error(), "/nonexistent/runc") {
 			t.Fatalf("ctr run with a config naming a missing runc: %v", err)
 		}
-		os.WriteFile(cfg, []byte("[runc]\nbinary_name = \"runc\"\n"), 0o644)
+		check(t, os.WriteFile(cfg, []byte("[runc]\nbinary_name = \"runc\"\n"), 0o644))
 		out, _, err := e.d.Ctr("-n", namespace, "run", "--rm", "--runtime", runtimeName, "--runtime-config-path", cfg, harness.BusyboxImage, id+"-ok", "echo", "configured")
 		if err != nil || !strings.Contains(out, "configured") {
 			t.Fatalf("ctr run: %v %q", err, out)
@@ -150,7 +148,7 @@ func TestDefaultConfigFromEnvironment(t *testing.T) {
 		dir := t.TempDir()
 		root := filepath.Join(dir, "env-root")
 		cfg := filepath.Join(dir, "default.toml")
-		os.WriteFile(cfg, []byte(fmt.Sprintf("[runc]\nroot = %q\n", root)), 0o644)
+		check(t, os.WriteFile(cfg, []byte(fmt.Sprintf("[runc]\nroot = %q\n", root)), 0o644))
 		e := ownDaemon(t, like, func(c *harness.Config) {
 			c.Env = append(c.Env, "CONTAINERD_SHIM_CUSTOM_CONFIG="+cfg)
 		})

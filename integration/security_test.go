@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -37,8 +38,8 @@ func init() {
 	}
 	c := ttrpc.NewClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	_, err = taskv3.NewTTRPCTaskClient(c).Connect(ctx, &taskv3.ConnectRequest{ID: "x"})
+	cancel()
 	if err != nil {
 		fmt.Println("connect:", err)
 		os.Exit(3)
@@ -93,13 +94,13 @@ func TestShimSocketSecurity(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.RemoveAll(open)
-		os.Chmod(open, 0o755)
+		check(t, os.Chmod(open, 0o755))
 		link := filepath.Join(open, "shim.sock")
 		if err := os.Link(sock, link); err != nil {
 			t.Fatal(err)
 		}
-		os.Chmod(link, 0o666) // the inode's mode: restored below
-		defer os.Chmod(sock, 0o600)
+		check(t, os.Chmod(link, 0o666)) // the inode's mode: restored below
+		defer func() { check(t, os.Chmod(sock, 0o600)) }()
 		sock = link
 		bin := peerBinary(t)
 		out, err := asUser(bin, 65534, sock)
@@ -122,7 +123,7 @@ func peerBinary(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
+	check(t, os.Chmod(dir, 0o755))
 	data, err := os.ReadFile(os.Args[0])
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +139,7 @@ func exitCode(err error) int {
 	if err == nil {
 		return 0
 	}
-	if ee, ok := err.(*exec.ExitError); ok {
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 		return ee.ExitCode()
 	}
 	return -1

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -83,7 +84,9 @@ func TestChurn(t *testing.T) {
 			t.Error(err)
 		}
 		took := time.Since(start)
-		rec.WaitFor(harness.Match(harness.TopicTaskDelete, all[len(all)-1]), 30*time.Second)
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, all[len(all)-1]), 30*time.Second); err != nil {
+			t.Logf("last delete event: %v", err) // the check below says what is missing
+		}
 		time.Sleep(time.Second)
 		want := strings.Join([]string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}, " ")
 		complete := 0
@@ -258,10 +261,10 @@ func TestRuntimeKilledMidCreate(t *testing.T) {
 		wrapper := filepath.Join(dir, "dying-runc")
 		// runc create starts the container's init, then the wrapper dies
 		// before runc returns.
-		os.WriteFile(wrapper, []byte(`#!/bin/sh
+		check(t, os.WriteFile(wrapper, []byte(`#!/bin/sh
 case " $* " in *" create "*) runc "$@" & sleep 0.05; kill -9 $! $$ ;; esac
 exec runc "$@"
-`), 0o755)
+`), 0o755))
 		id := containerID(t, "")
 		c := newContainer(t, e, id, &runtimeoptions.Options{ConfigBody: []byte(fmt.Sprintf("[runc]\nbinary_name = %q\n", wrapper))},
 			oci.WithProcessArgs("sleep", "1000"))
@@ -274,8 +277,6 @@ exec runc "$@"
 		eventually(t, 30*time.Second, "no container process left", func() error {
 			ps, _ := harness.ProcessesMatching("sleep 1000")
 			for _, p := range ps {
-				root, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", p.Pid))
-				_ = root
 				cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.Pid))
 				if strings.Contains(string(cg), id) {
 					return fmt.Errorf("pid %d of %s still running", p.Pid, id)
@@ -306,9 +307,12 @@ func TestStateOnFullFilesystem(t *testing.T) {
 		fill := func() {
 			// Leave a few KiB: enough for containerd's bundle, not for much more.
 			var st syscall.Statfs_t
-			syscall.Statfs(dir, &st)
+			check(t, syscall.Statfs(dir, &st))
 			free := int64(st.Bavail) * st.Bsize
-			os.WriteFile(filler, make([]byte, max(free-16<<10, 0)), 0o644)
+			// ENOSPC is fine: the point is a full filesystem.
+			if err := os.WriteFile(filler, make([]byte, max(free-16<<10, 0)), 0o644); err != nil && !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
 		}
 		fill()
 		var failures []string

@@ -110,7 +110,11 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	defer d.Cleanup()
+	defer func() {
+		if err := d.Cleanup(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: containerd cleanup:", err)
+		}
+	}()
 	b.d, b.c = d, d.Client()
 	b.ctx = namespaces.WithNamespace(context.Background(), ns)
 	imgs, err := harness.ImportImage(b.ctx, b.c, ns, busybox(root))
@@ -194,7 +198,7 @@ func (b *bench) lifecycle(r rt, id string) (phases, error) {
 	if err != nil {
 		return p, err
 	}
-	defer c.Delete(b.ctx, client.WithSnapshotCleanup)
+	defer func() { _ = c.Delete(b.ctx, client.WithSnapshotCleanup) }() // best effort, like kill
 	t0 := time.Now()
 	task, err := c.NewTask(b.ctx, cio.NullIO)
 	if err != nil {
@@ -317,7 +321,9 @@ func (b *bench) execStats() {
 			t2 := time.Now()
 			<-ch
 			t3 := time.Now()
-			p.Delete(b.ctx)
+			if _, err := p.Delete(b.ctx); err != nil {
+				fatal(fmt.Errorf("%s exec delete: %w", x.r.name, err))
+			}
 			execs[x.r.name] = append(execs[x.r.name], time.Since(t0))
 			ph := execPhases[x.r.name]
 			execPhases[x.r.name] = [4][]time.Duration{append(ph[0], t1.Sub(t0)), append(ph[1], t2.Sub(t1)), append(ph[2], t3.Sub(t2)), append(ph[3], time.Since(t3))}
@@ -338,15 +344,17 @@ func (b *bench) execStats() {
 	}
 }
 
+// kill removes a container and its task, best effort: what it misses, the
+// daemon's Cleanup removes at exit.
 func (b *bench) kill(c client.Container, task client.Task) {
 	ch, _ := task.Wait(b.ctx)
-	task.Kill(b.ctx, syscall.SIGKILL, client.WithKillAll)
+	_ = task.Kill(b.ctx, syscall.SIGKILL, client.WithKillAll)
 	select {
 	case <-ch:
 	case <-time.After(10 * time.Second):
 	}
-	task.Delete(b.ctx, client.WithProcessKill)
-	c.Delete(b.ctx, client.WithSnapshotCleanup)
+	_, _ = task.Delete(b.ctx, client.WithProcessKill)
+	_ = c.Delete(b.ctx, client.WithSnapshotCleanup)
 }
 
 // start runs n `sleep` containers, each in its own shim, or all in one
@@ -413,7 +421,9 @@ func (b *bench) ttyOutput() {
 				fatal(err)
 			}
 			<-ch
-			p.Delete(b.ctx)
+			if _, err := p.Delete(b.ctx); err != nil {
+				fatal(fmt.Errorf("%s tty exec delete: %w", x.r.name, err))
+			}
 			took[x.r.name] = append(took[x.r.name], time.Since(t0))
 			if out.n < 6_000_000 {
 				fatal(fmt.Errorf("%s: tty exec wrote %d bytes, want about 6.9 MB", x.r.name, out.n))
@@ -588,20 +598,25 @@ func (b *bench) floor() {
 	if err != nil {
 		fatal(err)
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }() // a temp dir: best effort
 	rootfs := filepath.Join(dir, "rootfs")
 	if out, err := exec.Command("bash", "-c", fmt.Sprintf(
 		"mkdir -p %[1]s && tar -xf %[2]s -C %[3]s && layer=$(ls -S %[3]s/blobs/sha256 | head -1) && tar -xzf %[3]s/blobs/sha256/$layer -C %[1]s",
 		rootfs, busybox(b.root), dir)).CombinedOutput(); err != nil {
-		fatal(fmt.Errorf("unpack busybox: %v: %s", err, out))
+		fatal(fmt.Errorf("unpack busybox: %w: %s", err, out))
 	}
 	if out, err := exec.Command("runc", "spec", "--bundle", dir).CombinedOutput(); err != nil {
-		fatal(fmt.Errorf("runc spec: %v: %s", err, out))
+		fatal(fmt.Errorf("runc spec: %w: %s", err, out))
 	}
-	spec, _ := os.ReadFile(filepath.Join(dir, "config.json"))
+	spec, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		fatal(err)
+	}
 	spec = bytes.Replace(spec, []byte(`"terminal": true`), []byte(`"terminal": false`), 1)
 	spec = bytes.Replace(spec, []byte(`"sh"`), []byte(`"true"`), 1)
-	os.WriteFile(filepath.Join(dir, "config.json"), spec, 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), spec, 0o644); err != nil {
+		fatal(err)
+	}
 	runsc := filepath.Join(b.root, ".tools", "runsc", "runsc")
 	cmds := map[string]func(id string) *exec.Cmd{
 		"runc-shim": func(id string) *exec.Cmd {
@@ -617,7 +632,7 @@ func (b *bench) floor() {
 			cmd := cmds[name](fmt.Sprintf("floor-%d", i))
 			t0 := time.Now()
 			if out, err := cmd.CombinedOutput(); err != nil {
-				fatal(fmt.Errorf("%s: %v: %s", cmd.Args, err, out))
+				fatal(fmt.Errorf("%s: %w: %s", cmd.Args, err, out))
 			}
 			t = append(t, time.Since(t0))
 		}
@@ -671,7 +686,9 @@ func (b *bench) write(path string) error {
 	var w strings.Builder
 	host, _ := os.Hostname()
 	var uts syscall.Utsname
-	syscall.Uname(&uts)
+	if err := syscall.Uname(&uts); err != nil {
+		return fmt.Errorf("uname: %w", err)
+	}
 	cpu := firstMatch("/proc/cpuinfo", "model name")
 	mode := map[cgroups.CGMode]string{cgroups.Legacy: "v1", cgroups.Hybrid: "v1 (hybrid)", cgroups.Unified: "v2"}[cgroups.Mode()]
 	runcV, _ := exec.Command("runc", "--version").Output()
@@ -725,7 +742,9 @@ func (b *bench) write(path string) error {
 	if i := bytes.Index(old, []byte("\n## Notes")); i >= 0 {
 		w.Write(old[i:]) // keep the hand-written notes
 	}
-	os.MkdirAll(filepath.Dir(path), 0o755)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
 	return os.WriteFile(path, []byte(w.String()), 0o644)
 }
 

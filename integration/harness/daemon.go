@@ -138,7 +138,7 @@ func StartDaemon(ctx context.Context, cfg Config) (*Daemon, error) {
 		d.state = filepath.Join(dir, "state")
 	}
 	if err := os.WriteFile(d.configPath, []byte(d.configTOML()), 0o644); err != nil {
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // nothing started yet; the write error is the one to report
 		return nil, fmt.Errorf("write containerd config: %w", err)
 	}
 	if err := d.start(ctx); err != nil {
@@ -309,7 +309,7 @@ func (d *Daemon) start(ctx context.Context) error {
 // a long-lived gRPC connection would put it into reconnect backoff.
 func (d *Daemon) waitReady(ctx context.Context, exited <-chan struct{}) error {
 	deadline := time.Now().Add(d.cfg.StartTimeout)
-	var lastErr error
+	lastErr := fmt.Errorf("socket %s never appeared", d.address)
 	for time.Now().Before(deadline) {
 		select {
 		case <-exited:
@@ -326,7 +326,7 @@ func (d *Daemon) waitReady(ctx context.Context, exited <-chan struct{}) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("containerd not ready after %s (last error: %v)", d.cfg.StartTimeout, lastErr)
+	return fmt.Errorf("containerd not ready after %s (last error: %w)", d.cfg.StartTimeout, lastErr)
 }
 
 func probeVersion(ctx context.Context, address string) error {
@@ -444,13 +444,13 @@ func (d *Daemon) signalAndWait(sig syscall.Signal, timeout time.Duration) error 
 
 // Cleanup removes everything the daemon created. Best effort, in this order:
 // delete all tasks and containers through the API (so runc state and cgroups
-// go too), stop the daemon, kill leftover shims whose command line or cwd
-// refers to the daemon's directory (and their descendants), unmount whatever
-// is mounted below it, and remove it. Start registers it with t.Cleanup.
+// go too), stop the daemon, then CleanUnder its directory (runc/runsc state
+// of containers whose shim died, leftover shims whose command line or cwd
+// refers to the directory and their descendants, mounts below it), and
+// remove it. Start registers it with t.Cleanup.
 func (d *Daemon) Cleanup() error {
 	if os.Getenv("KEEP_DAEMON_DIR") != "" {
-		d.Stop()
-		return nil
+		return d.Stop()
 	}
 	var errs []error
 	if d.Pid() != 0 && d.Client() != nil {
@@ -469,10 +469,7 @@ func (d *Daemon) Cleanup() error {
 		d.client = nil
 	}
 	d.mu.Unlock()
-	if err := killProcessesUnder(d.dir); err != nil {
-		errs = append(errs, err)
-	}
-	if err := unmountUnder(d.dir); err != nil {
+	if err := CleanUnder(d.dir, "", nil); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(d.dir); err != nil {

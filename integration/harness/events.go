@@ -110,7 +110,10 @@ func (r *Recorder) sync(ctx context.Context, timeout time.Duration) error {
 		case <-seen:
 			return nil
 		case <-deadline:
-			return fmt.Errorf("event subscription in namespace %q not live after %s (last publish error: %v)", r.namespace, timeout, err)
+			if err != nil {
+				return fmt.Errorf("event subscription in namespace %q not live after %s (last publish error: %w)", r.namespace, timeout, err)
+			}
+			return fmt.Errorf("event subscription in namespace %q not live after %s", r.namespace, timeout)
 		case <-tick.C:
 		}
 	}
@@ -137,7 +140,10 @@ func (r *Recorder) run(ctx context.Context) {
 func (r *Recorder) consume(ch <-chan *events.Envelope, errs <-chan error) {
 	for {
 		select {
-		case <-errs: // nil on cancel, an error when the stream broke
+		case err := <-errs:
+			// nil on cancel, an error when the stream broke (a daemon
+			// restart): run subscribes again either way.
+			_ = err
 			return
 		case env := <-ch:
 			r.add(env)

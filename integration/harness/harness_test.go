@@ -47,14 +47,10 @@ func binDirs(t *testing.T) map[string]string {
 // TestSmoke runs one container through the stand-in shim
 // (containerd-shim-custom-v2 -> containerd-shim-runc-v2) on each containerd version.
 func TestSmoke(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	harness.RequireDep(t, "root", harness.NeedRoot())
 	for version, bin := range binDirs(t) {
 		t.Run(version, func(t *testing.T) {
-			if _, err := os.Stat(filepath.Join(bin, "containerd")); err != nil {
-				t.Skipf("containerd %s not built (scripts/deps.sh): %v", version, err)
-			}
+			harness.RequireDep(t, "containerd "+version+" (scripts/deps.sh builds it)", harness.NeedExecutable(filepath.Join(bin, "containerd")))
 			shimDir := t.TempDir()
 			if err := os.Symlink(filepath.Join(bin, "containerd-shim-runc-v2"), filepath.Join(shimDir, "containerd-shim-custom-v2")); err != nil {
 				t.Fatal(err)

@@ -70,15 +70,18 @@ func readProc(pid int) (Proc, error) {
 }
 
 // ProcessesMatching lists the live processes whose command line contains substr,
-// e.g. "containerd-shim-custom-v2" or a daemon's Address(). The caller is excluded.
+// e.g. "containerd-shim-custom-v2" or a daemon's Address(). The caller and
+// its ancestors (which may carry substr in their own arguments) are excluded.
 func ProcessesMatching(substr string) ([]Proc, error) {
 	all, err := Processes()
 	if err != nil {
 		return nil, err
 	}
+	skip := ancestors()
+	skip[os.Getpid()] = true
 	var out []Proc
 	for _, p := range all {
-		if p.Pid != os.Getpid() && p.State != "Z" && strings.Contains(p.Cmdline, substr) {
+		if !skip[p.Pid] && p.State != "Z" && strings.Contains(p.Cmdline, substr) {
 			out = append(out, p)
 		}
 	}
@@ -156,20 +159,42 @@ func isUnder(path, dir string) bool {
 	return path == dir || strings.HasPrefix(path, dir+"/")
 }
 
-// killProcessesUnder SIGKILLs every process whose command line mentions dir or
-// whose cwd is below it (shims: "-address <dir>/c.sock", cwd = bundle), plus all
-// their descendants (container processes, which a pivot_root hides from path
-// checks), and waits up to 5s for them to go.
-func killProcessesUnder(dir string) error {
+// ancestors returns the pids of this process's parent chain: a caller
+// (go run, the script that ran a cleanup command) may name the directory
+// being cleaned in its own arguments and must survive the cleanup.
+func ancestors() map[int]bool {
+	out := map[int]bool{}
+	for pid := os.Getppid(); pid > 1 && !out[pid]; {
+		out[pid] = true
+		p, err := readProc(pid)
+		if err != nil {
+			break
+		}
+		pid = p.PPid
+	}
+	return out
+}
+
+// KillProcessesUnder SIGKILLs every process whose command line mentions dir
+// or whose cwd is below it (shims: "-address <dir>/c.sock", cwd = bundle;
+// runsc's sandbox and gofer: "--log <bundle>/..."), plus all their
+// descendants (container processes, which a pivot_root hides from path
+// checks), and waits up to 5s for them to go. This process and its
+// ancestors are spared. It returns the processes it killed, as they were.
+func KillProcessesUnder(dir string) ([]Proc, error) {
 	all, err := Processes()
 	if err != nil {
-		return err
+		return nil, err
 	}
+	spared := ancestors()
+	spared[os.Getpid()] = true
+	byPid := map[int]Proc{}
 	children := map[int][]int{}
 	var victims []int
 	for _, p := range all {
+		byPid[p.Pid] = p
 		children[p.PPid] = append(children[p.PPid], p.Pid)
-		if p.Pid == os.Getpid() || p.State == "Z" {
+		if spared[p.Pid] || p.State == "Z" {
 			continue
 		}
 		cwd, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", p.Pid))
@@ -184,18 +209,21 @@ func killProcessesUnder(dir string) error {
 	}
 	for i := 0; i < len(victims); i++ {
 		for _, c := range children[victims[i]] {
-			if !seen[c] {
+			if !seen[c] && !spared[c] {
 				victims = append(victims, c)
 				seen[c] = true
 			}
 		}
 	}
+	var killed []Proc
 	var shimCmdlines []string
 	for _, pid := range victims {
 		if p, err := readProc(pid); err == nil && strings.Contains(p.Cmdline, " -address ") {
 			shimCmdlines = append(shimCmdlines, p.Cmdline)
 		}
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+			killed = append(killed, byPid[pid])
+		}
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -209,14 +237,14 @@ func killProcessesUnder(dir string) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("processes under %s survived SIGKILL: %v", dir, alive)
+			return killed, fmt.Errorf("processes under %s survived SIGKILL: %v", dir, alive)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	for _, c := range shimCmdlines {
 		cleanShimResidue(c)
 	}
-	return nil
+	return killed, nil
 }
 
 // cleanShimResidue removes, best effort, what a SIGKILLed shim built on
@@ -248,19 +276,117 @@ func cleanShimResidue(cmdline string) {
 	}
 }
 
-// unmountUnder lazily unmounts everything mounted at or below dir, newest first.
-func unmountUnder(dir string) error {
+// UnmountUnder lazily unmounts everything mounted at or below dir, newest
+// first (a mount stacked on another goes before it), and returns the mount
+// points it unmounted.
+func UnmountUnder(dir string) ([]string, error) {
 	mounts, err := MountsUnder(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var done []string
 	var errs []error
 	for i := len(mounts) - 1; i >= 0; i-- {
 		err := syscall.Unmount(mounts[i], syscall.MNT_DETACH)
+		switch {
+		case err == nil:
+			done = append(done, mounts[i])
 		// EINVAL: already gone with a parent that was detached before it.
-		if err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+		case !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT):
 			errs = append(errs, fmt.Errorf("unmount %s: %w", mounts[i], err))
 		}
 	}
+	return done, errors.Join(errs...)
+}
+
+// ReapRuntimeState force-deletes the runc and runsc containers whose state
+// file names pattern (a bundle path unique to a run,
+// e.g. "<daemon state dir>/"): the containers of a shim that was killed, or
+// of a task a test leaked. runsc is the runsc binary ("runsc" from PATH when
+// empty); when it cannot delete a sandbox (runsc resolves ids by prefix, so
+// it can answer "ambiguous"), the state files are removed and the sandbox's
+// processes are left to KillProcessesUnder. It returns one line per
+// container it removed.
+func ReapRuntimeState(pattern, runsc string) ([]string, error) {
+	if runsc == "" {
+		runsc = "runsc"
+	}
+	var done []string
+	var errs []error
+	mentions := func(path string) bool {
+		data, err := os.ReadFile(path)
+		return err == nil && strings.Contains(string(data), pattern)
+	}
+	// The state roots, one subdirectory per containerd namespace: this
+	// shim's runc backend and containerd's runc shim, then this shim's runsc.
+	for _, root := range []string{"/run/containerd/custom/runc", "/run/containerd/runc"} {
+		// <root>/<namespace>/<id>/state.json
+		states, _ := filepath.Glob(filepath.Join(root, "*", "*", "state.json"))
+		for _, st := range states {
+			if !mentions(st) {
+				continue
+			}
+			dir, id := filepath.Dir(filepath.Dir(st)), filepath.Base(filepath.Dir(st))
+			out, err := exec.Command("runc", "--root", dir, "delete", "--force", id).CombinedOutput()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("runc --root %s delete --force %s: %w: %s", dir, id, err, strings.TrimSpace(string(out))))
+				continue
+			}
+			done = append(done, fmt.Sprintf("runc container %s in %s: deleted", id, dir))
+		}
+	}
+	for _, root := range []string{"/run/containerd/custom/runsc"} {
+		// <root>/<namespace>/<container>_sandbox:<sandbox>.state (+ .lock)
+		states, _ := filepath.Glob(filepath.Join(root, "*", "*.state"))
+		for _, st := range states {
+			if !mentions(st) {
+				continue
+			}
+			dir, base := filepath.Dir(st), strings.TrimSuffix(filepath.Base(st), ".state")
+			id, _, _ := strings.Cut(base, "_sandbox:")
+			if err := exec.Command(runsc, "--root", dir, "delete", "--force", id).Run(); err == nil {
+				done = append(done, fmt.Sprintf("runsc container %s in %s: deleted", id, dir))
+				continue
+			}
+			for _, f := range []string{st, filepath.Join(dir, base+".lock")} {
+				if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+					errs = append(errs, err)
+				}
+			}
+			done = append(done, fmt.Sprintf("runsc container %s in %s: runsc delete failed, state files removed", id, dir))
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+// CleanUnder removes what a run below dir left behind, in this order: the
+// runc/runsc containers whose state names dir (ReapRuntimeState), the
+// processes that mention dir or run in it and their descendants
+// (KillProcessesUnder), and the mounts below it (UnmountUnder). dir itself
+// is not removed. logf, if not nil, gets one line per thing removed.
+func CleanUnder(dir, runsc string, logf func(format string, args ...any)) error {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	var errs []error
+	reaped, err := ReapRuntimeState(strings.TrimSuffix(dir, "/")+"/", runsc)
+	for _, r := range reaped {
+		logf("leftover %s", r)
+	}
+	errs = append(errs, err)
+	killed, err := KillProcessesUnder(dir)
+	for _, p := range killed {
+		cmd := p.Cmdline
+		if len(cmd) > 160 {
+			cmd = cmd[:160]
+		}
+		logf("killed leftover pid %d: %s", p.Pid, cmd)
+	}
+	errs = append(errs, err)
+	unmounted, err := UnmountUnder(dir)
+	for _, m := range unmounted {
+		logf("unmounted leftover %s", m)
+	}
+	errs = append(errs, err)
 	return errors.Join(errs...)
 }

@@ -582,7 +582,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.Handler())
 	// For liveness probes: answers without scraping any shim.
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
 	go func() {
 		t := time.NewTicker(a.cfg.FoldInterval)
@@ -607,7 +607,9 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
+		// Connections still busy after the grace period: cut them. Close's
+		// error is the listener's, which Shutdown has already closed.
+		_ = srv.Close()
 	}
 	return nil
 }
@@ -643,7 +645,7 @@ func listen(addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("metrics aggregator: listen: %w", err)
 	}
 	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
+		_ = l.Close() // the chmod error is the one to report
 		return nil, fmt.Errorf("metrics aggregator: chmod %s: %w", path, err)
 	}
 	return l, nil

@@ -3,13 +3,13 @@ package metrics
 import (
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -99,7 +99,10 @@ func TestAggregatorFoldIn(t *testing.T) {
 					var n float64
 					verb, _, _ := strings.Cut(act, " ")
 					if f := strings.Fields(act); len(f) > 1 {
-						fmt.Sscan(f[len(f)-1], &n)
+						// A step without a number ("remove socket") leaves n at 0.
+						if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+							n = v
+						}
 					}
 					switch verb {
 					case "":
@@ -248,8 +251,8 @@ containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler="y"} 2
 	l.Close()
 	// A corrupt final and things that are not finals.
 	writeFinalFile(t, a.state, "bad", "b", "garbage {{{\n")
-	os.WriteFile(filepath.Join(a.state, ".tmp-not-final.prom"), []byte("x"), 0o600)
-	os.Mkdir(filepath.Join(a.state, "dir.x.prom"), 0o700)
+	check(t, os.WriteFile(filepath.Join(a.state, ".tmp-not-final.prom"), []byte("x"), 0o600))
+	check(t, os.Mkdir(filepath.Join(a.state, "dir.x.prom"), 0o700))
 
 	start := time.Now()
 	v := a.scrape(t)
@@ -351,19 +354,14 @@ func TestAggregatorServesOverUnixAndTCP(t *testing.T) {
 			deadline := time.Now().Add(5 * time.Second)
 			for {
 				var err error
-				var resp *http.Response
+				var resp reply
 				if listen == "unix" {
-					resp, body, err = unixGet(strings.TrimPrefix(addr, "unix://"), "/metrics")
+					resp, err = unixGet(strings.TrimPrefix(addr, "unix://"), "/metrics")
 				} else {
-					resp, err = http.Get("http://" + addr + "/metrics")
-					if err == nil {
-						var b []byte
-						b, err = io.ReadAll(resp.Body)
-						resp.Body.Close()
-						body = string(b)
-					}
+					resp, err = get(http.DefaultClient, "http://"+addr+"/metrics")
 				}
-				if err == nil && resp.StatusCode == 200 {
+				body = resp.body
+				if err == nil && resp.status == http.StatusOK {
 					break
 				}
 				if time.Now().After(deadline) {
@@ -447,7 +445,7 @@ func TestAggregatorOutputIsValid(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer stop()
+		t.Cleanup(func() { stopServing(t, stop) })
 	}
 	g := a.gatherer()
 	mfs, err := g.Gather()

@@ -145,11 +145,11 @@ func BenchmarkScrapeRecorder100TasksSocket(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer stop()
+	defer stopServing(b, stop)
 	b.ReportAllocs()
 	for b.Loop() {
-		resp, _, err := unixGet(sock, "/metrics")
-		if err != nil || resp.StatusCode != 200 {
+		resp, err := unixGet(sock, "/metrics")
+		if err != nil || resp.status != http.StatusOK {
 			b.Fatal(err)
 		}
 	}
@@ -183,7 +183,7 @@ func BenchmarkAggregator100Shims(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer stop()
+		b.Cleanup(func() { stopServing(b, stop) })
 	}
 	h := a.Handler()
 	var before, after runtime.MemStats

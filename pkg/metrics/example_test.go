@@ -18,7 +18,9 @@ func Example() {
 	run, _ := os.MkdirTemp("", "m")
 	defer os.RemoveAll(run)
 	socketDir, stateDir := filepath.Join(run, "metrics"), filepath.Join(run, "metrics-final")
-	os.Mkdir(stateDir, 0o700) // the aggregator's job
+	if err := os.Mkdir(stateDir, 0o700); err != nil { // the aggregator's job
+		fmt.Println(err)
+	}
 
 	rec := metrics.New(metrics.Options{Version: "v0.1.0"})
 	name := metrics.Name("k8s.io", "sandbox-id")
@@ -45,7 +47,9 @@ func Example() {
 	if err := rec.WriteFinal(stateDir, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		fmt.Println("final snapshot:", err)
 	}
-	stop()
+	if err := stop(); err != nil {
+		fmt.Println("stop serving:", err)
+	}
 
 	finals, _ := filepath.Glob(filepath.Join(stateDir, "*.prom"))
 	sockets, _ := filepath.Glob(filepath.Join(socketDir, "*.sock"))

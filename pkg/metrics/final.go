@@ -55,13 +55,14 @@ func (r *Recorder) WriteFinal(dir, name string) (retErr error) {
 		return fmt.Errorf("final metrics snapshot: %w", err)
 	}
 	defer func() {
-		if retErr != nil {
-			f.Close()
-			os.Remove(f.Name())
+		if retErr != nil { // best effort: the snapshot is lost either way
+			_ = f.Close()
+			_ = os.Remove(f.Name())
 		}
 	}()
 	w := bufio.NewWriter(f)
-	fmt.Fprintf(w, "# containerd-shim-custom-v2 final metrics of shim %s instance %s\n", name, r.instance)
+	// bufio.Writer keeps its first error and Flush returns it.
+	_, _ = fmt.Fprintf(w, "# containerd-shim-custom-v2 final metrics of shim %s instance %s\n", name, r.instance)
 	enc := expfmt.NewEncoder(w, expfmt.NewFormat(expfmt.TypeTextPlain))
 	for _, mf := range mfs {
 		if !strings.HasPrefix(mf.GetName(), Prefix) ||

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"os"
@@ -84,8 +83,15 @@ func gatherFlat(t testing.TB, g prometheus.Gatherer) map[string]float64 {
 	return flatten(mfs)
 }
 
+// reply is an HTTP response read to its end (the body is closed).
+type reply struct {
+	status int
+	header http.Header
+	body   string
+}
+
 // unixGet fetches http://x/path over the unix socket at sock.
-func unixGet(sock, path string) (*http.Response, string, error) {
+func unixGet(sock, path string) (reply, error) {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -93,13 +99,35 @@ func unixGet(sock, path string) (*http.Response, string, error) {
 		},
 		DisableKeepAlives: true,
 	}}
-	resp, err := c.Get("http://x" + path)
+	return get(c, "http://x"+path)
+}
+
+// get fetches url with c and reads the whole body.
+func get(c *http.Client, url string) (reply, error) {
+	resp, err := c.Get(url)
 	if err != nil {
-		return nil, "", err
+		return reply{}, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return resp, string(b), err
+	return reply{status: resp.StatusCode, header: resp.Header, body: string(b)}, err
+}
+
+// check fails the test at once on a setup step's error.
+func check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// stopServing calls a Serve stop function and fails the test if it does
+// not stop cleanly (its socket not removed).
+func stopServing(t testing.TB, stop func() error) {
+	t.Helper()
+	if err := stop(); err != nil {
+		t.Errorf("stop serving: %v", err)
+	}
 }
 
 // fakeShim serves fixed exposition text on a real unix socket, like a
@@ -138,9 +166,9 @@ func startFakeShim(t testing.TB, dir, name, instance, body string) *fakeShim {
 		if ct != "" {
 			w.Header().Set("Content-Type", ct)
 		}
-		io.WriteString(w, body)
+		_, _ = io.WriteString(w, body) // a client that went away is not the test's concern
 	})}
-	go f.srv.Serve(l)
+	go func() { _ = f.srv.Serve(l) }() // ErrServerClosed once f.stop runs
 	t.Cleanup(f.stop)
 	return f
 }
@@ -238,5 +266,3 @@ func (a *testAggregator) scrape(t testing.TB) map[string]float64 {
 }
 
 const startedKey = `containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler=""}`
-
-func approx(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }

@@ -105,8 +105,8 @@ func parseSnapshot(r io.Reader, format int, maxBytes int64, maxSeries int, gauge
 		name, typ := mf.GetName(), mf.GetType()
 		dup := seen[name] // protobuf sends each family once; a repeat is a lie
 		seen[name] = true
-		if dup || !model.LegacyValidation.IsValidMetricName(name) || !strings.HasPrefix(name, Prefix) || strings.HasPrefix(name, aggregatorPrefix) ||
-			!(typ == dto.MetricType_COUNTER || typ == dto.MetricType_HISTOGRAM || (gauges && typ == dto.MetricType_GAUGE)) {
+		kept := typ == dto.MetricType_COUNTER || typ == dto.MetricType_HISTOGRAM || (gauges && typ == dto.MetricType_GAUGE)
+		if dup || !kept || !model.LegacyValidation.IsValidMetricName(name) || !strings.HasPrefix(name, Prefix) || strings.HasPrefix(name, aggregatorPrefix) {
 			dropped += len(mf.GetMetric())
 			return nil
 		}

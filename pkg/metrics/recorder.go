@@ -99,6 +99,7 @@ func TaskFromAnnotations(namespace, id string, annotations map[string]string) Ta
 // ExitReason classifies a process exit.
 type ExitReason uint8
 
+// The exit reasons; String gives the value of the reason label.
 const (
 	ExitCompleted ExitReason = iota // status 0
 	ExitError                       // non-zero status that is not a signal
@@ -137,6 +138,7 @@ func ExitReasonOf(status uint32, oomKilled bool) ExitReason {
 // State is a task's state on the tasks and task_state gauges.
 type State uint8
 
+// The task states; String gives the state label value.
 const (
 	StateCreated State = iota
 	StateRunning

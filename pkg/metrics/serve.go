@@ -29,9 +29,9 @@ const (
 	DefaultStateDir = "/run/containerd/custom/metrics-final"
 )
 
-// DirEnv, in the shim's environment (inherited from containerd), moves
-// both directories under one base: $DirEnv/metrics and
-// $DirEnv/metrics-final. It lets a private containerd (tests, a second
+// DirEnv is the environment variable that, in the shim's environment
+// (inherited from containerd), moves both directories under one base:
+// $DirEnv/metrics and $DirEnv/metrics-final. It lets a private containerd (tests, a second
 // daemon on a node) keep its shims' metrics apart.
 const DirEnv = "CONTAINERD_SHIM_CUSTOM_METRICS_DIR"
 
@@ -83,13 +83,14 @@ func Serve(ctx context.Context, socketPath string, r *Recorder) (stop func() err
 	// The socket is briefly umask-wide before this chmod; the 0700
 	// directory and the peer check cover that window.
 	if err := os.Chmod(socketPath, 0o600); err != nil {
-		l.Close()
-		os.Remove(socketPath)
+		// Undo best effort; the chmod error is the one to report.
+		_ = l.Close()
+		_ = os.Remove(socketPath)
 		return nil, fmt.Errorf("chmod metrics socket: %w", err)
 	}
 	ours, err := os.Lstat(socketPath)
 	if err != nil {
-		l.Close()
+		_ = l.Close()
 		return nil, fmt.Errorf("metrics socket: %w", err)
 	}
 	mux := http.NewServeMux()
@@ -117,7 +118,8 @@ func Serve(ctx context.Context, socketPath string, r *Recorder) (stop func() err
 			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			if err := srv.Shutdown(sctx); err != nil {
-				srv.Close()
+				// A scrape still running after the grace period: cut it.
+				_ = srv.Close()
 			}
 			<-done
 			if cur, err := os.Lstat(socketPath); err == nil && os.SameFile(cur, ours) {
@@ -139,7 +141,7 @@ func CleanupSocket(socketPath string) error {
 	c, err := net.DialTimeout("unix", socketPath, time.Second)
 	switch {
 	case err == nil:
-		c.Close()
+		_ = c.Close()
 		return nil // a live shim serves it
 	case errors.Is(err, os.ErrNotExist):
 		return nil
@@ -227,7 +229,7 @@ func (l peerListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		if err := checkPeer(c); err != nil {
-			c.Close()
+			_ = c.Close() // refused peer: nothing to report to it
 			continue
 		}
 		return c, nil

@@ -221,7 +221,7 @@ func readConfigFile(path string) ([]byte, error) {
 		case errors.Is(err, os.ErrNotExist), errors.Is(err, unix.ENOTDIR):
 			return nil, fmt.Errorf("runtime config file %s does not exist: %w", path, errdefs.ErrNotFound)
 		case errors.Is(err, unix.ENAMETOOLONG), errors.Is(err, unix.ELOOP):
-			return nil, fmt.Errorf("runtime config file %s: %v: %w", path, errors.Unwrap(err), errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("runtime config file %s: %w: %w", path, errors.Unwrap(err), errdefs.ErrInvalidArgument)
 		}
 		return nil, fmt.Errorf("open runtime config file: %w", err)
 	}

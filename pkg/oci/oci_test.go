@@ -138,9 +138,12 @@ func TestConfigFromOptions(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv(ConfigEnv, "")
 	good := filepath.Join(dir, "good.toml")
-	os.WriteFile(good, []byte("backend = \"runsc\"\n"), 0o644)
 	bad := filepath.Join(dir, "bad.toml")
-	os.WriteFile(bad, []byte("backend = \n"), 0o644)
+	for path, body := range map[string]string{good: "backend = \"runsc\"\n", bad: "backend = \n"} {
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	t.Run("nil options use built-in defaults", func(t *testing.T) {
 		c, err := testSchema().ConfigFromOptions(nil)
@@ -239,7 +242,9 @@ func TestReadAndValidateSpec(t *testing.T) {
 			dir := t.TempDir()
 			writeSpec(t, dir, tc.json)
 			if tc.mkRootfs {
-				os.Mkdir(filepath.Join(dir, "rootfs"), 0o755)
+				if err := os.Mkdir(filepath.Join(dir, "rootfs"), 0o755); err != nil {
+					t.Fatal(err)
+				}
 			}
 			s, err := ReadSpec(bundle.Bundle(dir))
 			if err == nil {

@@ -45,13 +45,13 @@ func (s *Schema) ConfigFromOptions(opts *anypb.Any) (*Config, error) {
 	case opts.MessageIs(&runcoptions.Options{}):
 		var ro runcoptions.Options
 		if err := opts.UnmarshalTo(&ro); err != nil {
-			return nil, fmt.Errorf("decode runtime options %s: %v: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("decode runtime options %s: %w: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 		}
 		return s.configFromRuncOptions(&ro)
 	case opts.MessageIs(&runtimeoptions.Options{}):
 		var ro runtimeoptions.Options
 		if err := opts.UnmarshalTo(&ro); err != nil {
-			return nil, fmt.Errorf("decode runtime options %s: %v: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("decode runtime options %s: %w: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 		}
 		switch {
 		case ro.ConfigPath != "":
@@ -93,7 +93,10 @@ func (s *Schema) configFromRuncOptions(ro *runcoptions.Options) (*Config, error)
 	c.IoUID = int(ro.IoUid)
 	c.IoGID = int(ro.IoGid)
 	c.ShimCgroup = ro.ShimCgroup
-	return c, c.validate(s)
+	if err := c.validate(s); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // stored is a Config as a bundle keeps it: the selected backend's table

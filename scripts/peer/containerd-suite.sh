@@ -24,9 +24,10 @@
 #        containerd-<runtime>[-runsc].txt   summary: PASS n FAIL n SKIP n, failing tests
 #        containerd-<runtime>[-runsc].log   go test -v output (stdout)
 #        containerd-<runtime>[-runsc].daemon.log  containerd's debug log, shim log lines included
-#   4. stops everything it started (by pid), kills shims its daemon left behind
-#      (found by the daemon's socket path in their arguments), unmounts what is
-#      left under the suite's fixed root/state dirs and removes them.
+#   4. stops everything it started (by pid), then `peercheck leftovers` (the
+#      integration harness's cleanup): runtime state, shims its daemon left
+#      behind (found by the daemon's paths in their arguments) and mounts
+#      under the suite's fixed root/state dirs; removes the dirs.
 #
 # The suite's paths are fixed, so runs are serialised with a lock.
 # env: RUN (a -test.run regexp), SKIP_EXTRA (more test names to skip),
@@ -61,13 +62,12 @@ cleanup() {
   set +e
   stop_started                       # the test binary (if still running), the registry
   # The test binary kills its containerd at the end, but a panic or timeout
-  # leaves it (and every shim it started) running: match them by the fixed
-  # root/socket paths, which only this suite uses.
-  reap_runtime_state "$test_state/"   # containers of leaked tasks (bundles live there)
-  kill_matching "--root $test_root"
-  kill_matching "$test_sock"
-  kill_matching "$test_state/"       # runsc sandbox/gofer processes (--log in the bundle)
-  umount_under "$test_state"; umount_under "$test_root"
+  # leaves it (and every shim it started) running: containers of leaked
+  # tasks (bundles live in the state dir), the daemon and its shims (socket
+  # in the state dir), runsc sandboxes/gofers (--log in the bundle) and the
+  # mounts are all found by the fixed root/state paths, which only this
+  # suite uses.
+  peercheck leftovers "$test_state" "$test_root"
   rm -rf "$test_state" "$test_root" "$work"
   exit $rc
 }

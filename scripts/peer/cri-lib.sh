@@ -92,10 +92,9 @@ cri_stop() {
     done
   fi
   stop_started                            # containerd, registry
-  [ -n "$CRI_WORK" ] && reap_runtime_state "$CRI_WORK/state/"   # containers of killed shims
-  kill_matching "$CRI_SOCK"               # shims: -address <our socket>
-  [ -n "$CRI_WORK" ] && kill_matching "$CRI_WORK/state/"   # runsc sandboxes/gofers (bundle path)
-  [ -n "$CRI_WORK" ] && umount_under "$CRI_WORK"
+  # Containers of killed shims, shims (-address <our socket>), runsc
+  # sandboxes/gofers (bundle path), mounts: all name or live below CRI_WORK.
+  [ -n "$CRI_WORK" ] && peercheck leftovers "$CRI_WORK"
   ip link del "$CRI_BRIDGE" >/dev/null 2>&1
   [ -n "$CRI_WORK" ] && rm -rf "$CRI_WORK"
   set -e
@@ -108,7 +107,7 @@ cri_stop() {
 shim_pids_for() {
   local pod=$1 bin=containerd-shim-custom-v2 p cmd
   [ "$2" = runc ] && bin=containerd-shim-runc-v2
-  for p in $(pids_matching "$CRI_SOCK"); do
+  for p in $(peercheck pids "$CRI_SOCK"); do
     cmd=$(tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline") || continue
     case "$cmd" in *"$bin "*"-id $pod"*) case "$cmd" in *" start"*) ;; *) echo "$p";; esac;; esac
   done

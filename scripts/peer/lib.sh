@@ -42,6 +42,7 @@ need_tools() {
   [ -x "$CTRD_BIN/containerd" ] || die "$CTRD_BIN/containerd missing: run scripts/deps.sh"
   [ -x "$SHIM_BIN_DIR/containerd-shim-custom-v2" ] || die "$SHIM_BIN_DIR/containerd-shim-custom-v2 missing: run make build"
   command -v docker-registry >/dev/null || die "docker-registry missing: run scripts/peer/build-tools.sh"
+  build_peercheck   # now, not first in a cleanup trap
 }
 
 # ---- process bookkeeping -------------------------------------------------------
@@ -63,61 +64,24 @@ stop_started() {
   STARTED_PIDS=()
 }
 
-# pids_matching STRING: pids (not ours) whose command line contains STRING.
-# Used to find shims that a daemon we started left behind: their arguments name
-# that daemon's socket or state directory, which is unique to this run.
-pids_matching() {
-  local d pid cmd self
-  # this script and its subshells (same command line) never match
-  self=$(tr '\0' ' ' 2>/dev/null < "/proc/$$/cmdline")
-  for d in /proc/[0-9]*; do
-    pid=${d#/proc/}
-    [ "$pid" = $$ ] && continue
-    cmd=$(tr '\0' ' ' 2>/dev/null < "$d/cmdline") || continue
-    [ "$cmd" = "$self" ] && continue
-    case "$cmd" in *"$1"*) echo "$pid";; esac
-  done
+# ---- leftovers and the gate: the Go side (integration/cmd/peercheck) ---------
+# peercheck ARGS...: run integration/cmd/peercheck, built into .tools/bin on
+# first use (go build does nothing when it is current). run-all.sh builds it
+# once and exports PEERCHECK, so a run uses one binary throughout. It reuses
+# integration/harness, the integration suite's leak cleanup:
+#   peercheck leftovers DIR...   runc/runsc containers whose state names DIR/,
+#                                processes naming DIR/ or running below it
+#                                (and their children), mounts below DIR
+#   peercheck pids STRING        pids whose command line contains STRING
+#   peercheck gate OUTDIR        the verdict over a run-all.sh run (gate.sh)
+build_peercheck() {
+  [ -n "${PEERCHECK:-}" ] && return 0
+  local bin=$ROOT/.tools/bin/peercheck
+  mkdir -p "$(dirname "$bin")"
+  (cd "$ROOT" && go build -o "$bin" ./integration/cmd/peercheck) || die "build integration/cmd/peercheck failed"
+  PEERCHECK=$bin
 }
-# kill_matching STRING: KILL the processes pids_matching finds (by pid).
-kill_matching() {
-  local p
-  for p in $(pids_matching "$1"); do
-    log "killing leftover pid $p: $(tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | cut -c1-160)"
-    kill -KILL "$p" 2>/dev/null || true
-  done
-}
-# umount_under DIR: unmount everything mounted below DIR, deepest first.
-umount_under() {
-  local m
-  # mountinfo field 5 is the mount point; octal escapes (\040) are left alone,
-  # our paths have no spaces.
-  awk -v d="$1" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo |
-    sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-}
-
-# reap_runtime_state PATTERN: force-delete runc/runsc containers whose state
-# names PATTERN (a bundle path unique to this run), in the state roots our
-# shim (/run/containerd/custom/{runc,runsc}) and containerd's runc shim
-# (/run/containerd/runc) use. Only needed when a shim was killed or a test
-# leaked a task; other runs' containers never match.
-reap_runtime_state() {
-  local pat=$1 f dir id b
-  for f in /run/containerd/custom/runc/*/*/state.json /run/containerd/runc/*/*/state.json; do
-    [ -f "$f" ] && grep -qF "$pat" "$f" 2>/dev/null || continue
-    dir=$(dirname "$(dirname "$f")"); id=$(basename "$(dirname "$f")")
-    log "leftover runc container $id in $dir: runc delete --force"
-    runc --root "$dir" delete --force "$id" >/dev/null 2>&1 || true
-  done
-  # runsc: <root>/<container>_sandbox:<sandbox>.state (+ .lock)
-  for f in /run/containerd/custom/runsc/*/*.state; do
-    [ -f "$f" ] && grep -qF "$pat" "$f" 2>/dev/null || continue
-    dir=$(dirname "$f"); b=$(basename "$f" .state); id=${b%%_sandbox:*}
-    log "leftover runsc container $id in $dir: runsc delete --force"
-    # (runsc resolves ids by prefix, so this can fail as "ambiguous"; the
-    # sandbox processes are then killed by the caller and the files go here)
-    "$RUNSC_BIN" --root "$dir" delete --force "$id" >/dev/null 2>&1 || rm -f "$dir/$b.state" "$dir/$b.lock"
-  done
-}
+peercheck() { build_peercheck; RUNSC_BIN=$RUNSC_BIN "$PEERCHECK" "$@"; }
 
 # ---- registry -----------------------------------------------------------------
 # start_registry DIR: Debian's docker-registry (distribution 2.8) on

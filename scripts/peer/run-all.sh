@@ -20,6 +20,9 @@ export PEER_TOOLS SHIM_BIN_DIR CTRD_BIN RUNSC_BIN OUT
 sed -i "s|^ROOT=.*|ROOT=$ROOT|; s|^PEER=.*|PEER=$snap|" "$snap/lib.sh"
 
 "$snap/build-tools.sh"
+# One peercheck binary for the whole run, built from this checkout now.
+build_peercheck
+export PEERCHECK
 mkdir -p "$OUT"
 timings=$OUT/timings.txt
 : > "$timings"
