@@ -35,8 +35,8 @@ func TestServeSocketAndPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != 200 || resp.Header.Get(instanceHeader) != r.Instance() {
-		t.Errorf("status %d, instance %q", resp.StatusCode, resp.Header.Get(instanceHeader))
+	if resp.StatusCode != 200 || resp.Header.Get(InstanceHeader) != r.Instance() {
+		t.Errorf("status %d, instance %q", resp.StatusCode, resp.Header.Get(InstanceHeader))
 	}
 	if !strings.Contains(body, `containerd_shim_custom_tasks_created_total{backend="runc",runtime_handler="custom-runc"} 1`) {
 		t.Errorf("body lacks the counter:\n%s", body)
@@ -299,7 +299,7 @@ func TestServeStopKeepsSuccessorSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp, _, err := unixGet(sock, "/metrics")
-	if err != nil || resp.Header.Get(instanceHeader) != r2.Instance() {
+	if err != nil || resp.Header.Get(InstanceHeader) != r2.Instance() {
 		t.Fatalf("successor's socket gone after the predecessor stopped: %v", err)
 	}
 }

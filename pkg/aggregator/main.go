@@ -1,4 +1,4 @@
-package metrics
+package aggregator
 
 import (
 	"context"
@@ -10,18 +10,20 @@ import (
 	"os/signal"
 
 	"github.com/containerd/log"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"golang.org/x/sys/unix"
 )
 
 // Main runs "containerd-shim-custom-v2 metrics-server [flags]" (args are
-// the flags) until SIGTERM or SIGINT and returns the exit code.
-func Main(args []string) int {
-	var cfg AggregatorConfig
-	sockets, finals := Dirs()
+// the flags) until SIGTERM or SIGINT and returns the exit code; version
+// and revision are the binary's, for build_info.
+func Main(args []string, version, revision string) int {
+	cfg := Config{Version: version, Revision: revision}
+	sockets, finals := metrics.Dirs()
 	fs := flag.NewFlagSet("metrics-server", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&cfg.SocketDir, "shim-socket-dir", sockets, "directory where shims create their metrics sockets ($"+DirEnv+"/metrics if set)")
-	fs.StringVar(&cfg.StateDir, "state-dir", finals, "directory where exiting shims leave their final snapshots ($"+DirEnv+"/metrics-final if set)")
+	fs.StringVar(&cfg.SocketDir, "shim-socket-dir", sockets, "directory where shims create their metrics sockets ($"+metrics.DirEnv+"/metrics if set)")
+	fs.StringVar(&cfg.StateDir, "state-dir", finals, "directory where exiting shims leave their final snapshots ($"+metrics.DirEnv+"/metrics-final if set)")
 	fs.StringVar(&cfg.Listen, "listen", DefaultListen, "address to serve /metrics on: host:port, or unix:///path")
 	fs.DurationVar(&cfg.ScrapeTimeout, "scrape-timeout", defaultScrapeTimeout, "timeout of each shim's scrape")
 	debug := fs.Bool("debug", false, "log at debug level (every failed shim scrape)")
@@ -53,7 +55,7 @@ func Main(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer stop()
-	if err := RunAggregator(ctx, cfg); err != nil {
+	if err := Run(ctx, cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "metrics-server: %v\n", err)
 		return 1
 	}

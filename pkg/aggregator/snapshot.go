@@ -1,4 +1,4 @@
-package metrics
+package aggregator
 
 import (
 	"bufio"
@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -22,7 +23,7 @@ import (
 // shim's metrics (a scrape or a final file) or an accumulation of many.
 
 // aggregatorPrefix names the aggregator's own metrics; shims may not send them.
-const aggregatorPrefix = Prefix + "aggregator_"
+const aggregatorPrefix = metrics.Prefix + "aggregator_"
 
 // Limits on what a shim may send. A real shim sends a few hundred series.
 const (
@@ -105,7 +106,7 @@ func parseSnapshot(r io.Reader, format int, maxBytes int64, maxSeries int, gauge
 		name, typ := mf.GetName(), mf.GetType()
 		dup := seen[name] // protobuf sends each family once; a repeat is a lie
 		seen[name] = true
-		if dup || !model.LegacyValidation.IsValidMetricName(name) || !strings.HasPrefix(name, Prefix) || strings.HasPrefix(name, aggregatorPrefix) ||
+		if dup || !model.LegacyValidation.IsValidMetricName(name) || !strings.HasPrefix(name, metrics.Prefix) || strings.HasPrefix(name, aggregatorPrefix) ||
 			!(typ == dto.MetricType_COUNTER || typ == dto.MetricType_HISTOGRAM || (gauges && typ == dto.MetricType_GAUGE)) {
 			dropped += len(mf.GetMetric())
 			return nil

@@ -1,4 +1,4 @@
-package metrics
+package aggregator
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
@@ -24,11 +25,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// AggregatorConfig configures the node aggregator. Zero fields take the
+// Config configures the node aggregator. Zero fields take the
 // defaults below.
-type AggregatorConfig struct {
-	SocketDir string // shims' metrics sockets; DefaultSocketDir
-	StateDir  string // shims' final snapshots; DefaultStateDir
+type Config struct {
+	SocketDir string // shims' metrics sockets; metrics.DefaultSocketDir
+	StateDir  string // shims' final snapshots; metrics.DefaultStateDir
 	// Listen is a TCP address ("127.0.0.1:9324") or "unix:///path".
 	Listen string
 	// ScrapeTimeout bounds each shim's scrape (default 2s); shims are
@@ -53,8 +54,8 @@ type AggregatorConfig struct {
 	// FoldInterval is how often final snapshots are folded in between
 	// scrapes (default 15s), so they do not pile up when nobody scrapes.
 	FoldInterval time.Duration
-	// Version and Revision label the aggregator's build_info; empty means
-	// the package's.
+	// Version and Revision label the aggregator's build_info; an empty
+	// Version is "dev".
 	Version, Revision string
 }
 
@@ -64,17 +65,16 @@ const DefaultListen = "127.0.0.1:9324"
 
 const defaultScrapeTimeout = 2 * time.Second
 
-func (c *AggregatorConfig) setDefaults() {
+func (c *Config) setDefaults() {
 	def := func(s *string, v string) {
 		if *s == "" {
 			*s = v
 		}
 	}
-	def(&c.SocketDir, DefaultSocketDir)
-	def(&c.StateDir, DefaultStateDir)
+	def(&c.SocketDir, metrics.DefaultSocketDir)
+	def(&c.StateDir, metrics.DefaultStateDir)
 	def(&c.Listen, DefaultListen)
-	def(&c.Version, Version)
-	def(&c.Revision, Revision)
+	def(&c.Version, "dev")
 	if c.ScrapeTimeout <= 0 {
 		c.ScrapeTimeout = defaultScrapeTimeout
 	}
@@ -133,7 +133,7 @@ func (c *AggregatorConfig) setDefaults() {
 // shim does, which is what base exists to prevent. Per-task identity is on
 // the task_state gauge.
 type Aggregator struct {
-	cfg    AggregatorConfig
+	cfg    Config
 	reg    *prometheus.Registry
 	client *http.Client
 	now    func() time.Time // tests move time
@@ -188,12 +188,12 @@ type scrapeResult struct {
 // dialPath carries a shim's socket path to the transport's dialer.
 type dialPath struct{}
 
-// NewAggregator returns an aggregator; it creates the socket and state
+// New returns an aggregator; it creates the socket and state
 // directories (0700) if they are missing.
-func NewAggregator(cfg AggregatorConfig) (*Aggregator, error) {
+func New(cfg Config) (*Aggregator, error) {
 	cfg.setDefaults()
 	for _, dir := range []string{cfg.SocketDir, cfg.StateDir} {
-		if err := ensurePrivateDir(dir); err != nil {
+		if err := metrics.EnsureDir(dir); err != nil {
 			return nil, fmt.Errorf("metrics aggregator: %w", err)
 		}
 	}
@@ -223,7 +223,7 @@ func NewAggregator(cfg AggregatorConfig) (*Aggregator, error) {
 	a.scrapes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Subsystem: sub, Name: "shim_scrapes_total",
 		Help: "Scrapes of shims attempted."})
 	a.scrapeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Subsystem: sub, Name: "shim_scrape_errors_total",
-		Help: "Failed scrapes of shims, by reason: connect, timeout, status, too_large, parse."}, []string{labelReason})
+		Help: "Failed scrapes of shims, by reason: connect, timeout, status, too_large, parse."}, []string{"reason"})
 	a.shimDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: sub, Name: "shim_scrape_duration_seconds",
 		Help: "Time to scrape one shim.", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}})
 	a.duration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: sub, Name: "scrape_duration_seconds",
@@ -335,7 +335,7 @@ func (a *Aggregator) listSockets(ctx context.Context) map[string]bool {
 	}
 	listed := make(map[string]bool, len(entries))
 	for _, e := range entries {
-		if name, ok := strings.CutSuffix(e.Name(), socketSuffix); ok && name != "" && e.Type()&os.ModeSocket != 0 {
+		if name, ok := metrics.SocketName(e.Name()); ok && e.Type()&os.ModeSocket != 0 {
 			listed[name] = true
 		}
 	}
@@ -363,7 +363,7 @@ func (a *Aggregator) scrapeOne(ctx context.Context, name string) (res scrapeResu
 	res.name = name
 	start := time.Now()
 	defer func() { res.took = time.Since(start) }()
-	ctx, cancel := context.WithTimeout(context.WithValue(ctx, dialPath{}, SocketPath(a.cfg.SocketDir, name)), a.cfg.ScrapeTimeout)
+	ctx, cancel := context.WithTimeout(context.WithValue(ctx, dialPath{}, metrics.SocketPath(a.cfg.SocketDir, name)), a.cfg.ScrapeTimeout)
 	defer cancel()
 	fail := func(reason string, err error) scrapeResult {
 		if ctx.Err() != nil {
@@ -396,7 +396,7 @@ func (a *Aggregator) scrapeOne(ctx context.Context, name string) (res scrapeResu
 	case err != nil:
 		return fail("parse", err)
 	}
-	res.instance = truncate(resp.Header.Get(instanceHeader), 64)
+	res.instance = truncate(resp.Header.Get(metrics.InstanceHeader), 64)
 	res.snap, res.dropped = snap, dropped
 	return res
 }
@@ -437,12 +437,12 @@ const staleSocketAge = time.Minute
 // removeDeadSocket removes the socket of a shim that refused a scrape, once
 // it is older than staleSocketAge.
 func (a *Aggregator) removeDeadSocket(ctx context.Context, name string, now time.Time) {
-	path := SocketPath(a.cfg.SocketDir, name)
+	path := metrics.SocketPath(a.cfg.SocketDir, name)
 	fi, err := os.Lstat(path)
 	if err != nil || now.Sub(fi.ModTime()) < staleSocketAge {
 		return
 	}
-	if err := CleanupSocket(path); err != nil {
+	if err := metrics.CleanupSocket(path); err != nil {
 		log.G(ctx).WithError(err).WithField("shim", name).Warn("remove dead shim metrics socket")
 		return
 	}
@@ -464,7 +464,7 @@ func (a *Aggregator) foldFinalsLocked(ctx context.Context, now time.Time) {
 		return
 	}
 	for _, e := range entries {
-		name, instance, ok := parseFinalName(e.Name())
+		name, instance, ok := metrics.ParseFinalName(e.Name())
 		if !ok || !e.Type().IsRegular() {
 			continue
 		}
@@ -612,9 +612,9 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	return nil
 }
 
-// RunAggregator runs an aggregator with cfg until ctx is done.
-func RunAggregator(ctx context.Context, cfg AggregatorConfig) error {
-	a, err := NewAggregator(cfg)
+// Run runs an aggregator with cfg until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	a, err := New(cfg)
 	if err != nil {
 		return err
 	}
@@ -635,7 +635,9 @@ func listen(addr string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("metrics aggregator: %w", err)
 	}
-	if err := removeStaleSocket(path); err != nil {
+	// A socket left by a dead aggregator goes; a live one's stays, and
+	// listening fails.
+	if err := metrics.CleanupSocket(path); err != nil {
 		return nil, fmt.Errorf("metrics aggregator: %w", err)
 	}
 	l, err := net.Listen("unix", path)
