@@ -339,7 +339,7 @@ func TestAggregatorServesOverUnixAndTCP(t *testing.T) {
 				addr = l.Addr().String()
 				l.Close()
 			}
-			cfg := Config{SocketDir: filepath.Join(d, "s"), StateDir: filepath.Join(d, "f"), Listen: addr}
+			cfg := Config{SocketDir: filepath.Join(d, "s"), StateDir: filepath.Join(d, "f"), Listen: []string{addr}}
 			a, err := New(cfg)
 			if err != nil {
 				t.Fatal(err)
@@ -429,9 +429,21 @@ func TestMainFlags(t *testing.T) {
 	if code := Main([]string{"--help"}, "dev", ""); code != 0 {
 		t.Errorf("--help: exit %d", code)
 	}
+	if code := Main([]string{"--web.telemetry-path", "metrics"}, "dev", ""); code != 2 {
+		t.Errorf("relative telemetry path: exit %d", code)
+	}
 	d := shortDir(t)
-	if code := Main([]string{"--shim-socket-dir", d + "/s", "--state-dir", d + "/f", "--listen", "256.0.0.1:1"}, "dev", ""); code != 1 {
-		t.Errorf("bad listen address: exit %d", code)
+	dirs := []string{"--shim-socket-dir", d + "/s", "--state-dir", d + "/f"}
+	for name, args := range map[string][]string{
+		"bad listen address":      {"--listen", "256.0.0.1:1"},
+		"bad web listen address":  {"--web.listen-address", "127.0.0.1:1", "--web.listen-address", "256.0.0.1:1"},
+		"missing web config file": {"--web.listen-address", "127.0.0.1:0", "--web.config.file", d + "/none.yml"},
+		"missing config file":     {"--web.listen-address", "127.0.0.1:0", "--config.file", d + "/none.yml"},
+		"relative unix socket":    {"--web.listen-address", "unix://x.sock"},
+	} {
+		if code := Main(append(append([]string{}, dirs...), args...), "dev", ""); code != 1 {
+			t.Errorf("%s: exit %d", name, code)
+		}
 	}
 }
 

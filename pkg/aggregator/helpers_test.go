@@ -231,11 +231,7 @@ func newTestAggregator(t testing.TB, tweak func(*Config)) *testAggregator {
 // scrape runs one aggregator scrape and returns the shims' part.
 func (a *testAggregator) scrape(t testing.TB) map[string]float64 {
 	t.Helper()
-	mfs, err := a.gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return flatten(mfs)
+	return flatten(a.gather(a.set.Load()))
 }
 
 const startedKey = `containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler=""}`

@@ -407,11 +407,14 @@ func (s *snapshot) withoutGauges() *snapshot {
 	return out
 }
 
-// toDTO renders s for the registry, sorted.
-func (s *snapshot) toDTO() []*dto.MetricFamily {
+// toDTO renders s for the registry, sorted, without the families in
+// exclude.
+func (s *snapshot) toDTO(exclude map[string]bool) []*dto.MetricFamily {
 	names := make([]string, 0, len(s.families))
 	for name := range s.families {
-		names = append(names, name)
+		if !exclude[name] {
+			names = append(names, name)
+		}
 	}
 	sort.Strings(names)
 	out := make([]*dto.MetricFamily, 0, len(names))
