@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/internal/promtooltest"
+	"github.com/custom-runtime/containerd-shim-custom-v2/internal/promtooltest"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 

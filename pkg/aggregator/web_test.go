@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/internal/testcerts"
+	"github.com/custom-runtime/containerd-shim-custom-v2/internal/testcerts"
 )
 
 // webFixture is an aggregator served by run on a loopback port with the
