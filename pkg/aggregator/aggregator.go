@@ -37,9 +37,10 @@ type Config struct {
 	// ScrapeTimeout bounds each shim's scrape (default 2s); shims are
 	// scraped in parallel, Parallelism at a time (default 16).
 	ScrapeTimeout time.Duration
-	// ExcludeFamilies are shim metric families left out of the output
-	// ("task_state" or its full name). They are still summed, so that
-	// exporting them again later resumes their totals where they are.
+	// ExcludeFamilies are metric families left out of the output
+	// ("task_state" or its full name; the aggregator's own too). They are
+	// still summed, so that exporting them again later resumes their
+	// totals where they are.
 	ExcludeFamilies []string
 	// ConstLabels are added to every exported series (node="…").
 	ConstLabels map[string]string
@@ -330,7 +331,11 @@ func (a *Aggregator) gatherAll() ([]*dto.MetricFamily, error) {
 	own, err := a.reg.Gather()
 	// The names cannot collide: shims may send neither the aggregator's
 	// prefix nor anything outside the shims' prefix (parseSnapshot).
-	out = append(out, own...)
+	for _, mf := range own {
+		if !st.exclude[mf.GetName()] {
+			out = append(out, mf)
+		}
+	}
 	if len(st.labels) > 0 {
 		for _, mf := range out {
 			for _, m := range mf.Metric {

@@ -85,6 +85,25 @@ func TestReloadRefusesBadFileKeepsOld(t *testing.T) {
 	if !strings.Contains(w.Body.String(), `containerd_shim_custom_tasks_started_total{backend="runc",node="b",runtime_handler=""} 3`) {
 		t.Errorf("new label not applied:\n%s", w.Body.String())
 	}
+
+	// Excluded families, the shims' and the aggregator's own, go; the
+	// rest stays.
+	writeAtomic(t, path, "exclude_families: [tasks, aggregator_shims]\n")
+	if err := a.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	w = httptest.NewRecorder()
+	a.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	for _, gone := range []string{"containerd_shim_custom_tasks{", "containerd_shim_custom_aggregator_shims "} {
+		if strings.Contains(w.Body.String(), gone) {
+			t.Errorf("%s still exported", gone)
+		}
+	}
+	for _, kept := range []string{startedKey + " 3", "containerd_shim_custom_aggregator_shim_scrapes_total "} {
+		if !strings.Contains(w.Body.String(), kept) {
+			t.Errorf("%s missing", kept)
+		}
+	}
 }
 
 // TestReloadUnderConcurrentScrapes changes the configuration (timeouts,
