@@ -55,4 +55,18 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 		t.Fatalf("aggregator output incomplete:\n%s", out)
 	}
 	promtooltest.Lint(t, bin, "the aggregator", out)
+
+	// With constant labels and an excluded family.
+	st, err := parseSettings("c.yml", []byte("exclude_families: [task_state]\nconst_labels: {node: n1, cluster: c}\n"), a.set.Load(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.set.Store(st)
+	w = httptest.NewRecorder()
+	a.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	out = w.Body.String()
+	if !strings.Contains(out, `process_start_time_seconds{cluster="c",node="n1"}`) || strings.Contains(out, "containerd_shim_custom_task_state{") {
+		t.Fatalf("labels or exclusion not applied:\n%s", out)
+	}
+	promtooltest.Lint(t, bin, "the aggregator with constant labels", out)
 }
