@@ -138,18 +138,18 @@ if kc wait --for=condition=Ready pod/metrics-scrape --timeout="${TIMEOUT}s" >/de
   pod_ip=$(kc get pod metrics-scrape -o jsonpath='{.status.podIP}')
   pscrape() { kc exec metrics-scrape -- /scrape "$@"; } # body on stdout, "HTTP n" on stderr
   out=$(pscrape -cacert /m/ca.crt -user prometheus -password-file /m/password "$url" 2>/tmp/k8s-e2e-scrape.err); rc=$?
-  check metrics-tls-pod "$([ "$rc" = 0 ] && printf '%s' "$out" | grep -q "^containerd_shim_custom_aggregator_build_info{.*node=\"$NODE_NAME\"" && echo 0 || echo 1)" \
+  check metrics-tls-pod "$([ "$rc" = 0 ] && grep -q "^containerd_shim_custom_aggregator_build_info{.*node=\"$NODE_NAME\"" <<<"$out" && echo 0 || echo 1)" \
     "Pod $pod_ip -> $url with the CA and the password: rc=$rc, $(tr '\n' ' ' < /tmp/k8s-e2e-scrape.err)$(printf '%s\n' "$out" | grep -c '^containerd_shim_custom_') series"
   out=$(kc exec metrics-scrape -- sh -c "echo wrong > /tmp/pw; /scrape -cacert /m/ca.crt -user prometheus -password-file /tmp/pw $url" 2>&1); rc=$?
-  check metrics-tls-401 "$(printf '%s' "$out" | grep -q '^HTTP 401' && ! printf '%s' "$out" | grep -q '^containerd_shim_custom' && echo 0 || echo 1)" \
+  check metrics-tls-401 "$(grep -q '^HTTP 401' <<<"$out" && ! grep -q '^containerd_shim_custom' <<<"$out" && echo 0 || echo 1)" \
     "wrong password: rc=$rc, $(printf '%s' "$out" | grep '^HTTP' || printf '%s' "$out" | head -c 200)"
   out=$(kc exec metrics-scrape -- sh -c "/scrape -cacert /m/ca.crt $url" 2>&1); rc=$?
-  check metrics-tls-noauth "$(printf '%s' "$out" | grep -q '^HTTP 401' && echo 0 || echo 1)" "no credentials: rc=$rc, $(printf '%s' "$out" | grep '^HTTP')"
+  check metrics-tls-noauth "$(grep -q '^HTTP 401' <<<"$out" && echo 0 || echo 1)" "no credentials: rc=$rc, $(printf '%s' "$out" | grep '^HTTP')"
   out=$(pscrape -user prometheus -password-file /m/password "$url" 2>&1); rc=$?
-  check metrics-tls-ca "$([ "$rc" = 1 ] && printf '%s' "$out" | grep -q 'certificate' && echo 0 || echo 1)" \
+  check metrics-tls-ca "$([ "$rc" = 1 ] && grep -q 'certificate' <<<"$out" && echo 0 || echo 1)" \
     "without the CA: rc=$rc, $(printf '%s' "$out" | head -c 200)"
   out=$(pscrape -user prometheus -password-file /m/password "http://$POD_GW:$METRICS_PORT/metrics" 2>&1); rc=$?
-  check metrics-tls-plain "$([ "$rc" != 0 ] && ! printf '%s' "$out" | grep -q '^containerd_shim_custom' && echo 0 || echo 1)" \
+  check metrics-tls-plain "$([ "$rc" != 0 ] && ! grep -q '^containerd_shim_custom' <<<"$out" && echo 0 || echo 1)" \
     "plain HTTP to the TLS port: rc=$rc, $(printf '%s' "$out" | grep '^HTTP' || printf '%s' "$out" | head -c 200)"
 
   # A configuration change while it runs: applied (fsnotify), a bad one refused.
@@ -157,18 +157,20 @@ if kc wait --for=condition=Ready pod/metrics-scrape --timeout="${TIMEOUT}s" >/de
   cp "$METRICS_ETC/aggregator.yml" "$METRICS_ETC/aggregator.yml.orig"
   printf 'scrape_timeout: 2s\nconst_labels:\n  node: ${NODE_NAME}\n  cluster: k8s-e2e\n' > "$METRICS_ETC/aggregator.yml.new"
   mv "$METRICS_ETC/aggregator.yml.new" "$METRICS_ETC/aggregator.yml"
-  reloaded() { pscrape -cacert /m/ca.crt -user prometheus -password-file /m/password "$url" 2>/dev/null | grep -q 'cluster="k8s-e2e"'; }
+  # (captured, then grepped: grep -q ending a pipe early fails it under pipefail)
+  reloaded() { local o; o=$(pscrape -cacert /m/ca.crt -user prometheus -password-file /m/password "$url" 2>/dev/null); grep -q 'cluster="k8s-e2e"' <<<"$o"; }
   t_r=$(now); until_true 20 reloaded; ok=$?; t_r=$(since "$t_r")
   printf 'scrape_timeout: 2s\nconst_labels:\n  pod: not-allowed\n' > "$METRICS_ETC/aggregator.yml.new"
   mv "$METRICS_ETC/aggregator.yml.new" "$METRICS_ETC/aggregator.yml"
-  refused() { metrics | grep -q '^containerd_shim_custom_aggregator_config_last_reload_successful{.*} 0$'; }
+  refused() { local o; o=$(metrics); grep -q '^containerd_shim_custom_aggregator_config_last_reload_successful{.*} 0$' <<<"$o"; }
   until_true 20 refused; bad=$?
   m1=$(metrics); s1=$(agg_start "$m1")
   still=$(printf '%s\n' "$m1" | grep -c 'cluster="k8s-e2e"')
   mv "$METRICS_ETC/aggregator.yml.orig" "$METRICS_ETC/aggregator.yml"
   check metrics-reload "$([ "$ok" = 0 ] && [ "$bad" = 0 ] && [ "$still" -gt 0 ] && [ -n "$s0" ] && [ "$s0" = "$s1" ] && echo 0 || echo 1)" \
     "label added by a config change in force after ${t_r}s (ok=$ok); bad file refused (last_reload_successful 0: $bad), old labels kept on $still series; same aggregator ($s0 = $s1)"
-  until_true 20 bash -c "curl -sf --cacert '$METRICS_ETC/ca.crt' -u prometheus:\$(cat '$METRICS_ETC/password') https://127.0.0.1:$METRICS_PORT/metrics | grep -q '^containerd_shim_custom_aggregator_config_last_reload_successful{.*} 1\$'" ||
+  restored() { local o; o=$(metrics); grep -q '^containerd_shim_custom_aggregator_config_last_reload_successful{.*} 1$' <<<"$o"; }
+  until_true 20 restored ||
     echo "   (the restored config was not reloaded yet)"
 else
   check metrics-tls-pod 1 "Pod metrics-scrape not Ready: $(kc get pod metrics-scrape -o wide --no-headers 2>&1)"
