@@ -1,7 +1,6 @@
-// Package metrics is the shim's Prometheus instrumentation and the node
-// aggregator that serves it.
-//
-// Three parts, one per process role:
+// Package metrics is a shim's Prometheus instrumentation: what a shim
+// links to record its tasks and serve them to the node aggregator
+// (pkg/aggregator), and nothing of the aggregator itself.
 //
 //   - Recorder (recorder.go): what the task service calls at its lifecycle
 //     points. Counters and histograms are client_golang's lock-free atomics,
@@ -13,21 +12,25 @@
 //     on a unix socket (dir 0700, socket 0600, peers checked with
 //     SO_PEERCRED) and, when it exits, leaves its counters and histograms in
 //     a final snapshot file so that nothing it counted is lost.
-//   - Aggregator (aggregator.go, merge.go): one per node
-//     ("containerd-shim-custom-v2 metrics-server"). It lists the shims'
-//     sockets on every scrape, scrapes them in parallel, folds each final
-//     snapshot in exactly once, and serves the sum.
+//   - The layout both sides share: Dirs, SocketPath/SocketName,
+//     FinalFileName/ParseFinalName, InstanceHeader, EnsureDir. Its file
+//     names and formats are a contract with aggregators of other builds
+//     (a node upgraded while shims run): they do not change.
+//
+// Nothing here costs anything at package init: descriptions and
+// registries are built by New.
 //
 // Wiring a shim (serve mode):
 //
 //	rec := metrics.New(metrics.Options{Version: Version, Revision: Revision})
 //	name := metrics.Name(namespace, shimID) // the id the shim's socket is named after
-//	stop, err := metrics.Serve(ctx, metrics.SocketPath(metrics.DefaultSocketDir, name), rec)
+//	sockets, finals := metrics.Dirs()
+//	stop, err := metrics.Serve(ctx, metrics.SocketPath(sockets, name), rec)
 //	// err: log and carry on, metrics never stop a shim
 //	... the service calls rec.TaskCreated, rec.RPC … (nil-safe) ...
 //	// at exit, after the task API server is shut down (no more recording):
-//	err = rec.WriteFinal(metrics.DefaultStateDir, name) // fs.ErrNotExist: no aggregator
-//	stop()                                                // final first, then the socket
+//	err = rec.WriteFinal(finals, name) // fs.ErrNotExist: no aggregator
+//	stop()                              // final first, then the socket
 //
 // and in "delete" (cleanup after a dead shim): metrics.CleanupSocket.
 //

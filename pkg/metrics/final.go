@@ -82,7 +82,7 @@ func (r *Recorder) WriteFinal(dir, name string) (retErr error) {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("final metrics snapshot: close: %w", err)
 	}
-	if err := os.Rename(f.Name(), filepath.Join(dir, name+"."+r.instance+finalSuffix)); err != nil {
+	if err := os.Rename(f.Name(), filepath.Join(dir, FinalFileName(name, r.instance))); err != nil {
 		return fmt.Errorf("final metrics snapshot: %w", err)
 	}
 	return nil
@@ -102,8 +102,13 @@ func countEntries(dir string, limit int) (int, error) {
 	return len(names), nil
 }
 
-// parseFinalName splits "<name>.<instance>.prom".
-func parseFinalName(file string) (name, instance string, ok bool) {
+// FinalFileName is the file name of the final snapshot of instance of the
+// shim called name: "<name>.<instance>.prom". Older shims wrote the same.
+func FinalFileName(name, instance string) string { return name + "." + instance + finalSuffix }
+
+// ParseFinalName splits a final snapshot's file name, "<name>.<instance>.prom";
+// ok is false for anything else (temporary files start with a dot).
+func ParseFinalName(file string) (name, instance string, ok bool) {
 	stem, ok := strings.CutSuffix(file, finalSuffix)
 	if !ok || strings.HasPrefix(file, ".") {
 		return "", "", false

@@ -7,10 +7,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -83,15 +81,8 @@ func gatherFlat(t testing.TB, g prometheus.Gatherer) map[string]float64 {
 	return flatten(mfs)
 }
 
-// reply is an HTTP response read to its end (the body is closed).
-type reply struct {
-	status int
-	header http.Header
-	body   string
-}
-
 // unixGet fetches http://x/path over the unix socket at sock.
-func unixGet(sock, path string) (reply, error) {
+func unixGet(sock, path string) (*http.Response, string, error) {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -99,170 +90,11 @@ func unixGet(sock, path string) (reply, error) {
 		},
 		DisableKeepAlives: true,
 	}}
-	return get(c, "http://x"+path)
-}
-
-// get fetches url with c and reads the whole body.
-func get(c *http.Client, url string) (reply, error) {
-	resp, err := c.Get(url)
+	resp, err := c.Get("http://x" + path)
 	if err != nil {
-		return reply{}, err
+		return nil, "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return reply{status: resp.StatusCode, header: resp.Header, body: string(b)}, err
+	return resp, string(b), err
 }
-
-// check fails the test at once on a setup step's error.
-func check(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// stopServing calls a Serve stop function and fails the test if it does
-// not stop cleanly (its socket not removed).
-func stopServing(t testing.TB, stop func() error) {
-	t.Helper()
-	if err := stop(); err != nil {
-		t.Errorf("stop serving: %v", err)
-	}
-}
-
-// fakeShim serves fixed exposition text on a real unix socket, like a
-// shim would, with whatever body and delay the test sets.
-type fakeShim struct {
-	path, instance string
-	srv            *http.Server
-	mu             sync.Mutex
-	body           string
-	contentType    string
-	delay          time.Duration
-}
-
-func startFakeShim(t testing.TB, dir, name, instance, body string) *fakeShim {
-	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	f := &fakeShim{path: SocketPath(dir, name), instance: instance, body: body}
-	l, err := net.Listen("unix", f.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		body, delay, ct := f.body, f.delay, f.contentType
-		f.mu.Unlock()
-		if delay > 0 {
-			select {
-			case <-time.After(delay):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		w.Header().Set(instanceHeader, f.instance)
-		if ct != "" {
-			w.Header().Set("Content-Type", ct)
-		}
-		_, _ = io.WriteString(w, body) // a client that went away is not the test's concern
-	})}
-	go func() { _ = f.srv.Serve(l) }() // ErrServerClosed once f.stop runs
-	t.Cleanup(f.stop)
-	return f
-}
-
-func (f *fakeShim) set(body string) {
-	f.mu.Lock()
-	f.body = body
-	f.mu.Unlock()
-}
-
-func (f *fakeShim) setContentType(ct string) {
-	f.mu.Lock()
-	f.contentType = ct
-	f.mu.Unlock()
-}
-
-func (f *fakeShim) setDelay(d time.Duration) {
-	f.mu.Lock()
-	f.delay = d
-	f.mu.Unlock()
-}
-
-// stop closes the server, which unlinks the socket.
-func (f *fakeShim) stop() {
-	f.srv.Close()
-	os.Remove(f.path)
-}
-
-// counterBody is exposition text of the started counter with value v,
-// plus one histogram and one gauge, as a shim would send them.
-func counterBody(v float64) string {
-	return fmt.Sprintf(`# HELP containerd_shim_custom_tasks_started_total Tasks started.
-# TYPE containerd_shim_custom_tasks_started_total counter
-containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler=""} %[1]g
-# HELP containerd_shim_custom_task_start_latency_seconds Start latency.
-# TYPE containerd_shim_custom_task_start_latency_seconds histogram
-containerd_shim_custom_task_start_latency_seconds_bucket{backend="runc",runtime_handler="",le="0.1"} %[1]g
-containerd_shim_custom_task_start_latency_seconds_bucket{backend="runc",runtime_handler="",le="1"} %[1]g
-containerd_shim_custom_task_start_latency_seconds_bucket{backend="runc",runtime_handler="",le="+Inf"} %[1]g
-containerd_shim_custom_task_start_latency_seconds_sum{backend="runc",runtime_handler=""} %[2]g
-containerd_shim_custom_task_start_latency_seconds_count{backend="runc",runtime_handler=""} %[1]g
-# HELP containerd_shim_custom_tasks Tasks.
-# TYPE containerd_shim_custom_tasks gauge
-containerd_shim_custom_tasks{backend="runc",runtime_handler="",state="running"} 1
-`, v, v*0.05)
-}
-
-// writeFinalFile writes a final snapshot the way WriteFinal does.
-func writeFinalFile(t testing.TB, dir, name, instance, body string) {
-	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	tmp := filepath.Join(dir, "."+name+".tmp")
-	if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name+"."+instance+finalSuffix)); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// testAggregator is an aggregator over fresh directories with a clock the
-// test moves.
-type testAggregator struct {
-	*Aggregator
-	sockets, state string
-	clock          time.Time
-}
-
-func newTestAggregator(t testing.TB, tweak func(*AggregatorConfig)) *testAggregator {
-	t.Helper()
-	d := shortDir(t)
-	cfg := AggregatorConfig{SocketDir: filepath.Join(d, "s"), StateDir: filepath.Join(d, "f"), ScrapeTimeout: 2 * time.Second}
-	if tweak != nil {
-		tweak(&cfg)
-	}
-	a, err := NewAggregator(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ta := &testAggregator{Aggregator: a, sockets: cfg.SocketDir, state: cfg.StateDir, clock: time.Unix(1_000_000, 0)}
-	a.now = func() time.Time { return ta.clock }
-	return ta
-}
-
-// scrape runs one aggregator scrape and returns the shims' part.
-func (a *testAggregator) scrape(t testing.TB) map[string]float64 {
-	t.Helper()
-	mfs, err := a.gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return flatten(mfs)
-}
-
-const startedKey = `containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler=""}`

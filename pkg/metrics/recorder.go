@@ -200,17 +200,9 @@ func Result(err error) string {
 	return "unknown"
 }
 
-// Version and Revision label build_info (the shim's and the aggregator's)
-// when Options or AggregatorConfig leave them empty. The binary sets them
-// from its own (pkg/shim.Version).
-var (
-	Version  = "dev"
-	Revision = ""
-)
-
 // Options configures a Recorder.
 type Options struct {
-	// Version and Revision label build_info; empty means the package's.
+	// Version and Revision label build_info; an empty Version is "dev".
 	Version, Revision string
 	// GoMetrics adds the Go runtime collector (go_*). Off by default: it
 	// costs every shim a little on each scrape and the aggregator drops it.
@@ -285,10 +277,7 @@ type taskEntry struct {
 // New returns a Recorder with its own registry (never the global one).
 func New(opts Options) *Recorder {
 	if opts.Version == "" {
-		opts.Version = Version
-	}
-	if opts.Revision == "" {
-		opts.Revision = Revision
+		opts.Version = "dev"
 	}
 	var nonce [8]byte
 	_, _ = rand.Read(nonce[:]) // never fails since Go 1.24
@@ -329,7 +318,7 @@ func New(opts Options) *Recorder {
 
 	r.reg.MustRegister(r.tasksCreated, r.tasksStarted, r.tasksExited, r.tasksDeleted, r.oomEvents,
 		r.execsStarted, r.execsExited, r.startLatency, r.runDuration, r.rpcRequests, r.rpcDuration,
-		r.commandDuration, r.commandFailures, build, taskCollector{r})
+		r.commandDuration, r.commandFailures, build, newTaskCollector(r))
 	if opts.ProcessMetrics {
 		r.reg.MustRegister(newProcessCollector())
 	} else {
@@ -352,8 +341,8 @@ func (r *Recorder) Gatherer() prometheus.Gatherer { return r.reg }
 // every scrape and in the final snapshot.
 func (r *Recorder) Instance() string { return r.instance }
 
-// instanceHeader carries Instance on /metrics responses.
-const instanceHeader = "Shim-Instance"
+// InstanceHeader carries Instance on /metrics responses.
+const InstanceHeader = "Shim-Instance"
 
 // Handler serves the recorder's metrics in the text format.
 func (r *Recorder) Handler() http.Handler {
@@ -365,7 +354,7 @@ func (r *Recorder) Handler() http.Handler {
 		MaxRequestsInFlight: 2,
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set(instanceHeader, r.instance)
+		w.Header().Set(InstanceHeader, r.instance)
 		h.ServeHTTP(w, req)
 	})
 }

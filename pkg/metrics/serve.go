@@ -60,6 +60,13 @@ func Name(namespace, shimID string) string {
 // SocketPath is where the shim called name serves its metrics in dir.
 func SocketPath(dir, name string) string { return filepath.Join(dir, name+socketSuffix) }
 
+// SocketName is the shim name of a file in a socket directory
+// ("<name>.sock"); ok is false for any other file name.
+func SocketName(file string) (name string, ok bool) {
+	name, ok = strings.CutSuffix(file, socketSuffix)
+	return name, ok && name != ""
+}
+
 // Serve serves r's metrics on GET /metrics over a unix socket at
 // socketPath until stop is called or ctx is done. The directory is created
 // 0700 (and must be ours), the socket is 0600, and a connection whose peer
@@ -67,7 +74,7 @@ func SocketPath(dir, name string) string { return filepath.Join(dir, name+socket
 // shuts the server down and removes the socket; it may be called more
 // than once.
 func Serve(ctx context.Context, socketPath string, r *Recorder) (stop func() error, err error) {
-	if err := ensurePrivateDir(filepath.Dir(socketPath)); err != nil {
+	if err := EnsureDir(filepath.Dir(socketPath)); err != nil {
 		return nil, fmt.Errorf("metrics socket directory: %w", err)
 	}
 	if err := removeStaleSocket(socketPath); err != nil {
@@ -151,16 +158,17 @@ func CleanupSocket(socketPath string) error {
 	return removeStaleSocket(socketPath)
 }
 
-// ensurePrivateDir creates dir 0700 if needed and checks that it is a
-// directory of ours that nobody else can write to or list.
-func ensurePrivateDir(dir string) error {
+// EnsureDir creates a socket or final-snapshot directory 0700 if needed
+// and checks that it is a directory of ours that nobody else can write to
+// or list (the aggregator creates both at start).
+func EnsureDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	return checkPrivateDir(dir)
 }
 
-// checkPrivateDir is ensurePrivateDir for a directory that must exist. A
+// checkPrivateDir is EnsureDir for a directory that must exist. A
 // directory others can reach (hostPath volumes and install -d make 0755
 // ones) is tightened to 0700, but only if it holds nothing but sockets and
 // snapshots: a misconfigured path must not take /tmp or /run private.

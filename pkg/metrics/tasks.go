@@ -6,25 +6,33 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-var (
-	tasksDesc = prometheus.NewDesc(namespace+"_tasks",
-		"Tasks in the shim, by state.",
-		[]string{labelBackend, labelHandler, labelState}, nil)
-	// The identity labels match cAdvisor's (namespace, pod, container are
-	// the Kubernetes ones) so that the series joins with kubelet and
-	// kube-state-metrics series without relabelling.
-	taskStateDesc = prometheus.NewDesc(namespace+"_task_state",
-		"One series per task, value 1, labelled with the task's identity and current state; gone once the task is deleted.",
-		[]string{"containerd_namespace", "task_id", "namespace", "pod", "container", labelBackend, labelHandler, labelState}, nil)
-)
-
 // taskCollector turns the recorder's task map into the two gauges at scrape
-// time, so the task path only ever touches the map.
-type taskCollector struct{ r *Recorder }
+// time, so the task path only ever touches the map. Its descriptions are
+// built with the recorder, not at package init: a binary that links this
+// package but records nothing (the aggregator) pays nothing for them.
+type taskCollector struct {
+	r                        *Recorder
+	tasksDesc, taskStateDesc *prometheus.Desc
+}
+
+func newTaskCollector(r *Recorder) taskCollector {
+	return taskCollector{
+		r: r,
+		tasksDesc: prometheus.NewDesc(namespace+"_tasks",
+			"Tasks in the shim, by state.",
+			[]string{labelBackend, labelHandler, labelState}, nil),
+		// The identity labels match cAdvisor's (namespace, pod, container
+		// are the Kubernetes ones) so that the series joins with kubelet
+		// and kube-state-metrics series without relabelling.
+		taskStateDesc: prometheus.NewDesc(namespace+"_task_state",
+			"One series per task, value 1, labelled with the task's identity and current state; gone once the task is deleted.",
+			[]string{"containerd_namespace", "task_id", "namespace", "pod", "container", labelBackend, labelHandler, labelState}, nil),
+	}
+}
 
 func (c taskCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- tasksDesc
-	ch <- taskStateDesc
+	ch <- c.tasksDesc
+	ch <- c.taskStateDesc
 }
 
 func (c taskCollector) Collect(ch chan<- prometheus.Metric) {
@@ -57,7 +65,7 @@ func (c taskCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		cs[e.state%numStates]++
 
-		m, err := prometheus.NewConstMetric(taskStateDesc, prometheus.GaugeValue, 1,
+		m, err := prometheus.NewConstMetric(c.taskStateDesc, prometheus.GaugeValue, 1,
 			clean(e.t.Namespace), clean(e.t.ID), clean(e.t.PodNamespace), clean(e.t.Pod), clean(e.t.Container),
 			clean(e.l.Backend), clean(e.l.Handler), e.state.String())
 		if err == nil {
@@ -66,7 +74,7 @@ func (c taskCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for l, cs := range counts {
 		for s := range numStates {
-			if m, err := prometheus.NewConstMetric(tasksDesc, prometheus.GaugeValue, cs[s], l.Backend, l.Handler, s.String()); err == nil {
+			if m, err := prometheus.NewConstMetric(c.tasksDesc, prometheus.GaugeValue, cs[s], l.Backend, l.Handler, s.String()); err == nil {
 				ch <- m
 			}
 		}

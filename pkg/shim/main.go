@@ -19,7 +19,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
 
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/aggregator"
 )
 
 // Name is the runtime name containerd uses for this shim.
@@ -101,8 +101,7 @@ func Run(ctx context.Context, args []string) int {
 	case "check":
 		return runCheck(os.Stdout)
 	case "metrics-server":
-		metrics.Version, metrics.Revision = Version, Revision
-		return metrics.Main(f.args)
+		return aggregator.Main(f.args, Version, Revision)
 	}
 	if f.namespace == "" {
 		fmt.Fprintf(os.Stderr, "%s: shim namespace cannot be empty\n", Name)

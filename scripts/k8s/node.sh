@@ -73,6 +73,10 @@ PKI=$N/pki
 RUN=$N/run
 LOG=$N/logs
 export KUBECONFIG=$N/etc/admin.kubeconfig
+# the aggregator's TLS certificate, web config, password and config file
+METRICS_ETC=$N/etc/metrics
+# go builds scripts/k8s/scrape (the in-cluster scrape client) at up
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 # containerd (and so every shim) inherits this PATH: our shim first, then
 # containerd-shim-runc-v2 (the default handler, used by the metrics Pod), runc.
 export PATH=$N/bin:$CTRD_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -119,6 +123,14 @@ gen_pki() {
     echo "$want" > .done
   )
 }
+# The aggregator's server certificate (also for a PKI made before it existed): the
+# name contrib/metrics uses, loopback, and the Pod network's gateway, where Pods
+# reach it.
+gen_metrics_pki() {
+  [ -f "$PKI/metrics-server.crt" ] && return 0
+  ( cd "$PKI" && sign metrics-server containerd-shim-custom-metrics "" serverAuth \
+      "DNS:containerd-shim-custom-metrics,DNS:localhost,IP:127.0.0.1,IP:$POD_GW" )
+}
 kubeconfig() { # kubeconfig FILE USER CERTNAME
   cat > "$1" <<EOF
 apiVersion: v1
@@ -146,6 +158,10 @@ write_configs() {
     install -m 0755 "$SHIM_BIN" "$N/bin/.containerd-shim-custom-v2.new"
     mv -f "$N/bin/.containerd-shim-custom-v2.new" "$N/bin/containerd-shim-custom-v2"
   fi
+  # the in-cluster scrape client (and bcrypt hasher), static for the busybox Pod
+  ( cd "$root" && CGO_ENABLED=0 "$GO" build -trimpath -o "$N/bin/.scrape.new" ./scripts/k8s/scrape ) ||
+    die "cannot build scripts/k8s/scrape"
+  mv -f "$N/bin/.scrape.new" "$N/bin/scrape"
 
   local R='plugins."io.containerd.cri.v1.runtime".containerd.runtimes'
   cat > "$N/etc/containerd.toml" <<EOF
@@ -263,6 +279,32 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 EOF
 
+  # The aggregator serves TLS with basic auth (contrib/metrics' setup) on loopback,
+  # for test.sh on the host, and on the Pod network's gateway, for Pods. The
+  # password and its hash are made once and kept, so that an unchanged node keeps
+  # an unchanged manifest.
+  mkdir -p "$METRICS_ETC"; chmod 700 "$METRICS_ETC"
+  install -m 0644 "$PKI/ca.crt" "$METRICS_ETC/ca.crt"
+  install -m 0644 "$PKI/metrics-server.crt" "$METRICS_ETC/tls.crt"
+  install -m 0600 "$PKI/metrics-server.key" "$METRICS_ETC/tls.key"
+  if [ ! -s "$METRICS_ETC/password" ] || [ ! -s "$METRICS_ETC/password.bcrypt" ]; then
+    ( umask 077; openssl rand -hex 16 > "$METRICS_ETC/password" )
+    "$N/bin/scrape" -bcrypt < "$METRICS_ETC/password" > "$METRICS_ETC/password.bcrypt" || die "bcrypt hash failed"
+  fi
+  cat > "$METRICS_ETC/web-config.yml" <<EOF
+tls_server_config:
+  cert_file: tls.crt
+  key_file: tls.key
+basic_auth_users:
+  prometheus: '$(cat "$METRICS_ETC/password.bcrypt")'
+EOF
+  # reloaded on change (test.sh changes it) and on SIGHUP
+  cat > "$METRICS_ETC/aggregator.yml" <<'EOF'
+scrape_timeout: 2s
+const_labels:
+  node: ${NODE_NAME}
+EOF
+
   # The shims' metrics aggregator, a static Pod on containerd's runc handler (so it
   # adds nothing to the counters it serves). The image is busybox; the shim binary
   # comes from the host. uid 0 without capabilities: the shims admit uid 0 peers.
@@ -287,10 +329,15 @@ spec:
     command:
     - /usr/local/bin/containerd-shim-custom-v2
     - metrics-server
-    - --listen=127.0.0.1:$METRICS_PORT
+    - --web.listen-address=127.0.0.1:$METRICS_PORT
+    - --web.listen-address=$POD_GW:$METRICS_PORT
+    - --web.config.file=$METRICS_ETC/web-config.yml
+    - --config.file=$METRICS_ETC/aggregator.yml
     - --shim-socket-dir=$N/metrics/metrics
     - --state-dir=$N/metrics/metrics-final
     - --scrape-timeout=2s
+    env:
+    - {name: NODE_NAME, value: "$NODE_NAME"}
     resources:
       requests: {cpu: 10m, memory: 32Mi}
       limits: {memory: 256Mi}
@@ -307,10 +354,13 @@ spec:
       periodSeconds: 2
     volumeMounts:
     - {name: metrics, mountPath: $N/metrics}
+    - {name: metrics-etc, mountPath: $METRICS_ETC, readOnly: true}
     - {name: shim, mountPath: /usr/local/bin/containerd-shim-custom-v2, readOnly: true}
   volumes:
   - name: metrics
     hostPath: {path: $N/metrics, type: Directory}
+  - name: metrics-etc
+    hostPath: {path: $METRICS_ETC, type: Directory}
   - name: shim
     hostPath: {path: $N/bin/containerd-shim-custom-v2, type: File}
 EOF
@@ -384,9 +434,15 @@ preflight() {
 up() {
   preflight
   local start; start=$(date +%s.%N)
-  gen_pki; write_configs
+  gen_pki; gen_metrics_pki; write_configs
   ts "PKI and configs in $N (Kubernetes $K8S_VERSION, containerd $CONTAINERD_VERSION, node $NODE_NAME)"
   save_sysctls; save_host_paths
+
+  # The Pod network's bridge, with its gateway address, before the kubelet starts
+  # the aggregator, which listens there (the CNI bridge plugin takes it as it is).
+  ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+  ip addr replace "$POD_GW/${POD_SUBNET#*/}" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
 
   start_bg containerd env CONTAINERD_SHIM_CUSTOM_METRICS_DIR="$N/metrics" \
     "$CTRD_BIN/containerd" --config "$N/etc/containerd.toml"
@@ -451,8 +507,9 @@ EOF
     --dry-run=client -o yaml | kc apply -f - >/dev/null
   ts "RuntimeClasses $RUNC_HANDLER and $GVISOR_HANDLER, default ServiceAccount, kube-root-ca.crt"
 
-  wait_for "metrics aggregator (static Pod) on 127.0.0.1:$METRICS_PORT" 120 \
-    curl -sf "http://127.0.0.1:$METRICS_PORT/metrics"
+  wait_for "metrics aggregator (static Pod) on https://127.0.0.1:$METRICS_PORT, TLS + basic auth" 120 \
+    curl -sf --cacert "$METRICS_ETC/ca.crt" -u "prometheus:$(cat "$METRICS_ETC/password")" \
+    "https://127.0.0.1:$METRICS_PORT/metrics"
   local total; total=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
   printf 'node_ready_seconds=%s\nup_seconds=%s\n' "$ready_s" "$total" > "$RUN/startup"
   ts "node up: Ready ${ready_s}s after up started, everything (aggregator included) in ${total}s"
@@ -556,7 +613,7 @@ case "${1:-}" in
     ;;
   # internal: the resolved settings, for test.sh
   vars)
-    for v in N K8S_VERSION K8S_BIN CTRD_BIN CRICTL SOCK PKI RUN LOG NODE_NAME KUBELET_PORT METRICS_PORT \
+    for v in N K8S_VERSION K8S_BIN CTRD_BIN CRICTL SOCK PKI RUN LOG NODE_NAME KUBELET_PORT METRICS_PORT METRICS_ETC POD_GW \
              BUSYBOX_IMAGE CRI_STATS RUNSC_BIN RUNC_HANDLER GVISOR_HANDLER; do
       printf '%s=%q\n' "$v" "${!v}"
     done ;;

@@ -19,6 +19,14 @@
 #   delete     kubectl delete --wait of the handler's Pods
 #   cleanup-*  then: no shim or runsc process, no mount under the containerd state
 #              dir, no cgroup for the Pods
+# Once, before (as [aggregator]):
+#   metrics-tls-*   a Pod on the Pod network (default handler) scrapes the aggregator
+#              over TLS with basic auth, as an in-cluster Prometheus would: 200 with
+#              the password; 401 with a wrong one; no connection without the CA;
+#              no metrics in plain HTTP
+#   metrics-reload  a change of the aggregator's config file (a constant label) is
+#              in force within seconds, a bad one is refused (last_reload_successful
+#              0, the old one stays), and the aggregator did not restart
 #   metrics-*  the aggregator's counters for the handler moved by what this test
 #              did: tasks_created_total (sandboxes + container starts, restarts
 #              included), tasks_exited_total{reason="oom_killed"} (the kernel's OOM
@@ -39,7 +47,12 @@ kubelet_get() { # straight to the kubelet (the apiserver will not proxy to a loo
   curl -sf --max-time 20 --cacert "$PKI/ca.crt" --cert "$PKI/apiserver-kubelet-client.crt" \
     --key "$PKI/apiserver-kubelet-client.key" "https://127.0.0.1:$KUBELET_PORT$1"
 }
-metrics() { curl -sf --max-time 20 "http://127.0.0.1:$METRICS_PORT/metrics"; }
+# the aggregator serves TLS with basic auth (node.sh: contrib/metrics' setup)
+metrics() {
+  curl -sf --max-time 20 --cacert "$METRICS_ETC/ca.crt" -u "prometheus:$(cat "$METRICS_ETC/password")" \
+    "https://127.0.0.1:$METRICS_PORT/metrics"
+}
+agg_start() { printf '%s\n' "$1" | awk '$1 ~ /^process_start_time_seconds($|\{)/ {print $2}'; }
 # msum TEXT FAMILY HANDLER [LABEL-MATCH]: sum of the family's series for the handler
 msum() {
   printf '%s\n' "$1" | grep -E "^containerd_shim_custom_$2\{" | grep -F "runtime_handler=\"$3\"" |
@@ -91,13 +104,86 @@ echo "   shim: $(sha256sum < "$N/bin/containerd-shim-custom-v2" | cut -c1-16) ve
 kc delete pods -l e2e=shim --grace-period=1 --wait=true --timeout=120s >/dev/null 2>&1
 
 test_start=$(now)
+
+# ---- the aggregator from inside the cluster network, over TLS with auth -------------------
+H=aggregator
+echo
+echo "== $H: https://$POD_GW:$METRICS_PORT from a Pod, TLS + basic auth"
+kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: metrics-scrape, namespace: default, labels: {e2e: shim}}
+spec:
+  nodeName: $NODE_NAME
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  containers:
+  - name: prometheus
+    image: $IMG
+    imagePullPolicy: Never
+    command: [sleep, "3600"]
+    volumeMounts:
+    - {name: scrape, mountPath: /scrape, readOnly: true}
+    - {name: ca, mountPath: /m/ca.crt, readOnly: true}
+    - {name: password, mountPath: /m/password, readOnly: true}
+  volumes:
+  - {name: scrape, hostPath: {path: $N/bin/scrape, type: File}}
+  - {name: ca, hostPath: {path: $METRICS_ETC/ca.crt, type: File}}
+  - {name: password, hostPath: {path: $METRICS_ETC/password, type: File}}
+EOF
+if kc wait --for=condition=Ready pod/metrics-scrape --timeout="${TIMEOUT}s" >/dev/null; then
+  url=https://$POD_GW:$METRICS_PORT/metrics
+  pod_ip=$(kc get pod metrics-scrape -o jsonpath='{.status.podIP}')
+  pscrape() { kc exec metrics-scrape -- /scrape "$@"; } # body on stdout, "HTTP n" on stderr
+  out=$(pscrape -cacert /m/ca.crt -user prometheus -password-file /m/password "$url" 2>/tmp/k8s-e2e-scrape.err); rc=$?
+  check metrics-tls-pod "$([ "$rc" = 0 ] && grep -q "^containerd_shim_custom_aggregator_build_info{.*node=\"$NODE_NAME\"" <<<"$out" && echo 0 || echo 1)" \
+    "Pod $pod_ip -> $url with the CA and the password: rc=$rc, $(tr '\n' ' ' < /tmp/k8s-e2e-scrape.err)$(printf '%s\n' "$out" | grep -c '^containerd_shim_custom_') series"
+  out=$(kc exec metrics-scrape -- sh -c "echo wrong > /tmp/pw; /scrape -cacert /m/ca.crt -user prometheus -password-file /tmp/pw $url" 2>&1); rc=$?
+  check metrics-tls-401 "$(grep -q '^HTTP 401' <<<"$out" && ! grep -q '^containerd_shim_custom' <<<"$out" && echo 0 || echo 1)" \
+    "wrong password: rc=$rc, $(printf '%s' "$out" | grep '^HTTP' || printf '%s' "$out" | head -c 200)"
+  out=$(kc exec metrics-scrape -- sh -c "/scrape -cacert /m/ca.crt $url" 2>&1); rc=$?
+  check metrics-tls-noauth "$(grep -q '^HTTP 401' <<<"$out" && echo 0 || echo 1)" "no credentials: rc=$rc, $(printf '%s' "$out" | grep '^HTTP')"
+  out=$(pscrape -user prometheus -password-file /m/password "$url" 2>&1); rc=$?
+  check metrics-tls-ca "$([ "$rc" = 1 ] && grep -q 'certificate' <<<"$out" && echo 0 || echo 1)" \
+    "without the CA: rc=$rc, $(printf '%s' "$out" | head -c 200)"
+  out=$(pscrape -user prometheus -password-file /m/password "http://$POD_GW:$METRICS_PORT/metrics" 2>&1); rc=$?
+  check metrics-tls-plain "$([ "$rc" != 0 ] && ! grep -q '^containerd_shim_custom' <<<"$out" && echo 0 || echo 1)" \
+    "plain HTTP to the TLS port: rc=$rc, $(printf '%s' "$out" | grep '^HTTP' || printf '%s' "$out" | head -c 200)"
+
+  # A configuration change while it runs: applied (fsnotify), a bad one refused.
+  m0=$(metrics); s0=$(agg_start "$m0")
+  cp "$METRICS_ETC/aggregator.yml" "$METRICS_ETC/aggregator.yml.orig"
+  printf 'scrape_timeout: 2s\nconst_labels:\n  node: ${NODE_NAME}\n  cluster: k8s-e2e\n' > "$METRICS_ETC/aggregator.yml.new"
+  mv "$METRICS_ETC/aggregator.yml.new" "$METRICS_ETC/aggregator.yml"
+  # (captured, then grepped: grep -q ending a pipe early fails it under pipefail)
+  reloaded() { local o; o=$(pscrape -cacert /m/ca.crt -user prometheus -password-file /m/password "$url" 2>/dev/null); grep -q 'cluster="k8s-e2e"' <<<"$o"; }
+  t_r=$(now); until_true 20 reloaded; ok=$?; t_r=$(since "$t_r")
+  printf 'scrape_timeout: 2s\nconst_labels:\n  pod: not-allowed\n' > "$METRICS_ETC/aggregator.yml.new"
+  mv "$METRICS_ETC/aggregator.yml.new" "$METRICS_ETC/aggregator.yml"
+  refused() { local o; o=$(metrics); grep -q '^containerd_shim_custom_aggregator_config_last_reload_successful{.*} 0$' <<<"$o"; }
+  until_true 20 refused; bad=$?
+  m1=$(metrics); s1=$(agg_start "$m1")
+  still=$(printf '%s\n' "$m1" | grep -c 'cluster="k8s-e2e"')
+  mv "$METRICS_ETC/aggregator.yml.orig" "$METRICS_ETC/aggregator.yml"
+  check metrics-reload "$([ "$ok" = 0 ] && [ "$bad" = 0 ] && [ "$still" -gt 0 ] && [ -n "$s0" ] && [ "$s0" = "$s1" ] && echo 0 || echo 1)" \
+    "label added by a config change in force after ${t_r}s (ok=$ok); bad file refused (last_reload_successful 0: $bad), old labels kept on $still series; same aggregator ($s0 = $s1)"
+  restored() { local o; o=$(metrics); grep -q '^containerd_shim_custom_aggregator_config_last_reload_successful{.*} 1$' <<<"$o"; }
+  until_true 20 restored ||
+    echo "   (the restored config was not reloaded yet)"
+else
+  check metrics-tls-pod 1 "Pod metrics-scrape not Ready: $(kc get pod metrics-scrape -o wide --no-headers 2>&1)"
+fi
+kc delete pod metrics-scrape --grace-period=1 --wait=true --timeout=60s >/dev/null 2>&1
+
 for H in $HANDLERS; do
   p=${H#custom-}
   hstart=$(now)
   echo
   echo "== $H"
   m0=$(metrics) || { check metrics-scrape 1 "aggregator on 127.0.0.1:$METRICS_PORT not answering"; continue; }
-  agg_start0=$(printf '%s\n' "$m0" | awk '$1 == "process_start_time_seconds" {print $2}')
+  agg_start0=$(agg_start "$m0")
   created0=$(msum "$m0" tasks_created_total "$H")
   exited0=$(msum "$m0" tasks_exited_total "$H")
   oom0=$(msum "$m0" tasks_exited_total "$H" 'reason="oom_killed"')
@@ -350,7 +436,7 @@ print("%s/%s cpu=%.3fs mem=%.1fMiB" % (s["attributes"]["labels"]["io.kubernetes.
     exited=$(( $(msum "$m1" tasks_exited_total "$H") - exited0 ))
     deleted=$(( $(msum "$m1" tasks_deleted_total "$H") - deleted0 ))
     execs=$(( $(msum "$m1" execs_started_total "$H") - execs0 ))
-    agg_start1=$(printf '%s\n' "$m1" | awk '$1 == "process_start_time_seconds" {print $2}')
+    agg_start1=$(agg_start "$m1")
     [ "$created" = "$expect_created" ] && [ "$oomd" = "$expect_oom" ] && [ "$exited" = "$expect_created" ] && [ "$deleted" = "$expect_created" ]
   }
   until_true 30 cmp_metrics

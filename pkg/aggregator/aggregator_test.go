@@ -1,4 +1,4 @@
-package metrics
+package aggregator
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
@@ -164,15 +165,15 @@ func TestAggregatorRealShimsConcurrent(t *testing.T) {
 			// predecessor still running (containerd never does that).
 			name := fmt.Sprintf("shim%d", i%(shims-5))
 			time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
-			r := New(Options{})
-			stop, err := Serve(context.Background(), SocketPath(a.sockets, name), r)
+			r := metrics.New(metrics.Options{})
+			stop, err := metrics.Serve(context.Background(), metrics.SocketPath(a.sockets, name), r)
 			if err != nil {
 				t.Error(err)
 				return
 			}
 			for range 10 + rng.IntN(30) {
 				recorded.Add(1) // before: the shim's count never exceeds it
-				r.TaskCreated(Labels{Backend: "runc", Handler: fmt.Sprint("h", i%3)}, Task{ID: fmt.Sprint(i)})
+				r.TaskCreated(metrics.Labels{Backend: "runc", Handler: fmt.Sprint("h", i%3)}, metrics.Task{ID: fmt.Sprint(i)})
 				time.Sleep(time.Duration(rng.IntN(10)) * time.Millisecond)
 			}
 			if rng.IntN(2) == 0 {
@@ -225,7 +226,7 @@ func TestAggregatorRealShimsConcurrent(t *testing.T) {
 }
 
 func TestAggregatorUntrustedInput(t *testing.T) {
-	a := newTestAggregator(t, func(c *AggregatorConfig) {
+	a := newTestAggregator(t, func(c *Config) {
 		c.MaxScrapeBytes = 4096
 		c.ScrapeTimeout = 200 * time.Millisecond
 	})
@@ -246,7 +247,7 @@ containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler="x"} N
 containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler="y"} 2
 `)
 	// A stale socket with nobody behind it.
-	l, _ := net.Listen("unix", SocketPath(a.sockets, "dead"))
+	l, _ := net.Listen("unix", metrics.SocketPath(a.sockets, "dead"))
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	l.Close()
 	// A corrupt final and things that are not finals.
@@ -341,8 +342,8 @@ func TestAggregatorServesOverUnixAndTCP(t *testing.T) {
 				addr = l.Addr().String()
 				l.Close()
 			}
-			cfg := AggregatorConfig{SocketDir: filepath.Join(d, "s"), StateDir: filepath.Join(d, "f"), Listen: addr}
-			a, err := NewAggregator(cfg)
+			cfg := Config{SocketDir: filepath.Join(d, "s"), StateDir: filepath.Join(d, "f"), Listen: []string{addr}}
+			a, err := New(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -414,21 +415,33 @@ func TestMainFlags(t *testing.T) {
 	stderr := os.Stderr
 	os.Stderr = null
 	defer func() { os.Stderr = stderr; null.Close() }()
-	if code := Main([]string{"--bogus"}); code != 2 {
+	if code := Main([]string{"--bogus"}, "dev", ""); code != 2 {
 		t.Errorf("bad flag: exit %d", code)
 	}
-	if code := Main([]string{"--scrape-timeout=0s"}); code != 2 {
+	if code := Main([]string{"--scrape-timeout=0s"}, "dev", ""); code != 2 {
 		t.Errorf("zero timeout: exit %d", code)
 	}
-	if code := Main([]string{"extra"}); code != 2 {
+	if code := Main([]string{"extra"}, "dev", ""); code != 2 {
 		t.Errorf("extra argument: exit %d", code)
 	}
-	if code := Main([]string{"--help"}); code != 0 {
+	if code := Main([]string{"--help"}, "dev", ""); code != 0 {
 		t.Errorf("--help: exit %d", code)
 	}
+	if code := Main([]string{"--web.telemetry-path", "metrics"}, "dev", ""); code != 2 {
+		t.Errorf("relative telemetry path: exit %d", code)
+	}
 	d := shortDir(t)
-	if code := Main([]string{"--shim-socket-dir", d + "/s", "--state-dir", d + "/f", "--listen", "256.0.0.1:1"}); code != 1 {
-		t.Errorf("bad listen address: exit %d", code)
+	dirs := []string{"--shim-socket-dir", d + "/s", "--state-dir", d + "/f"}
+	for name, args := range map[string][]string{
+		"bad listen address":      {"--listen", "256.0.0.1:1"},
+		"bad web listen address":  {"--web.listen-address", "127.0.0.1:1", "--web.listen-address", "256.0.0.1:1"},
+		"missing web config file": {"--web.listen-address", "127.0.0.1:0", "--web.config.file", d + "/none.yml"},
+		"missing config file":     {"--web.listen-address", "127.0.0.1:0", "--config.file", d + "/none.yml"},
+		"relative unix socket":    {"--web.listen-address", "unix://x.sock"},
+	} {
+		if code := Main(append(append([]string{}, dirs...), args...), "dev", ""); code != 1 {
+			t.Errorf("%s: exit %d", name, code)
+		}
 	}
 }
 
@@ -437,11 +450,11 @@ func TestMainFlags(t *testing.T) {
 func TestAggregatorOutputIsValid(t *testing.T) {
 	a := newTestAggregator(t, nil)
 	for i := range 3 {
-		r := New(Options{})
-		r.TaskCreated(runc, Task{Namespace: "k8s.io", ID: fmt.Sprint("t", i)})
-		r.TaskStarted(runc, Task{Namespace: "k8s.io", ID: fmt.Sprint("t", i)}, time.Duration(i)*time.Second)
+		r := metrics.New(metrics.Options{})
+		r.TaskCreated(runc, metrics.Task{Namespace: "k8s.io", ID: fmt.Sprint("t", i)})
+		r.TaskStarted(runc, metrics.Task{Namespace: "k8s.io", ID: fmt.Sprint("t", i)}, time.Duration(i)*time.Second)
 		r.RPC("Create", "ok", time.Millisecond)
-		stop, err := Serve(context.Background(), SocketPath(a.sockets, fmt.Sprint("s", i)), r)
+		stop, err := metrics.Serve(context.Background(), metrics.SocketPath(a.sockets, fmt.Sprint("s", i)), r)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -463,7 +476,7 @@ func TestAggregatorOutputIsValid(t *testing.T) {
 
 func TestAggregatorUntrustedProtobuf(t *testing.T) {
 	const ct = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
-	a := newTestAggregator(t, func(c *AggregatorConfig) { c.MaxScrapeBytes = 1 << 16 })
+	a := newTestAggregator(t, func(c *Config) { c.MaxScrapeBytes = 1 << 16 })
 	enc := func(mfs ...*dto.MetricFamily) string {
 		var b strings.Builder
 		for _, mf := range mfs {
@@ -539,7 +552,7 @@ func TestAggregatorRemovesDeadSockets(t *testing.T) {
 	a := newTestAggregator(t, nil)
 	live := startFakeShim(t, a.sockets, "live", "i", counterBody(1))
 	dead := func(name string, age time.Duration) string {
-		path := SocketPath(a.sockets, name)
+		path := metrics.SocketPath(a.sockets, name)
 		l, err := net.Listen("unix", path)
 		if err != nil {
 			t.Fatal(err)

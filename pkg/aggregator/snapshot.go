@@ -1,4 +1,4 @@
-package metrics
+package aggregator
 
 import (
 	"bufio"
@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -22,7 +23,7 @@ import (
 // shim's metrics (a scrape or a final file) or an accumulation of many.
 
 // aggregatorPrefix names the aggregator's own metrics; shims may not send them.
-const aggregatorPrefix = Prefix + "aggregator_"
+const aggregatorPrefix = metrics.Prefix + "aggregator_"
 
 // Limits on what a shim may send. A real shim sends a few hundred series.
 const (
@@ -105,8 +106,8 @@ func parseSnapshot(r io.Reader, format int, maxBytes int64, maxSeries int, gauge
 		name, typ := mf.GetName(), mf.GetType()
 		dup := seen[name] // protobuf sends each family once; a repeat is a lie
 		seen[name] = true
-		kept := typ == dto.MetricType_COUNTER || typ == dto.MetricType_HISTOGRAM || (gauges && typ == dto.MetricType_GAUGE)
-		if dup || !kept || !model.LegacyValidation.IsValidMetricName(name) || !strings.HasPrefix(name, Prefix) || strings.HasPrefix(name, aggregatorPrefix) {
+		if dup || !model.LegacyValidation.IsValidMetricName(name) || !strings.HasPrefix(name, metrics.Prefix) || strings.HasPrefix(name, aggregatorPrefix) ||
+			!(typ == dto.MetricType_COUNTER || typ == dto.MetricType_HISTOGRAM || (gauges && typ == dto.MetricType_GAUGE)) {
 			dropped += len(mf.GetMetric())
 			return nil
 		}
@@ -406,11 +407,14 @@ func (s *snapshot) withoutGauges() *snapshot {
 	return out
 }
 
-// toDTO renders s for the registry, sorted.
-func (s *snapshot) toDTO() []*dto.MetricFamily {
+// toDTO renders s for the registry, sorted, without the families in
+// exclude.
+func (s *snapshot) toDTO(exclude map[string]bool) []*dto.MetricFamily {
 	names := make([]string, 0, len(s.families))
 	for name := range s.families {
-		names = append(names, name)
+		if !exclude[name] {
+			names = append(names, name)
+		}
 	}
 	sort.Strings(names)
 	out := make([]*dto.MetricFamily, 0, len(names))

@@ -1,4 +1,4 @@
-package metrics
+package aggregator
 
 import (
 	"bytes"
@@ -25,6 +25,6 @@ func FuzzParseSnapshot(f *testing.F) {
 		total := newSnapshot()
 		total.add(s, true, 1000)
 		total.add(s, true, 1000)
-		total.toDTO()
+		total.toDTO(nil)
 	})
 }

@@ -1,4 +1,4 @@
-package metrics
+package aggregator
 
 import (
 	"context"
@@ -10,31 +10,55 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"sort"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 )
 
-// AggregatorConfig configures the node aggregator. Zero fields take the
-// defaults below.
-type AggregatorConfig struct {
-	SocketDir string // shims' metrics sockets; DefaultSocketDir
-	StateDir  string // shims' final snapshots; DefaultStateDir
-	// Listen is a TCP address ("127.0.0.1:9324") or "unix:///path".
-	Listen string
+// Config configures the node aggregator. Zero fields take the defaults
+// below. SocketDir, StateDir, ScrapeTimeout, ExcludeFamilies and
+// ConstLabels are the settings a configuration file (ConfigFile) may
+// override and a reload may change; the rest is fixed for the process.
+type Config struct {
+	SocketDir string // shims' metrics sockets; metrics.DefaultSocketDir
+	StateDir  string // shims' final snapshots; metrics.DefaultStateDir
 	// ScrapeTimeout bounds each shim's scrape (default 2s); shims are
 	// scraped in parallel, Parallelism at a time (default 16).
 	ScrapeTimeout time.Duration
-	Parallelism   int
+	// ExcludeFamilies are metric families left out of the output
+	// ("task_state" or its full name; the aggregator's own too). They are
+	// still summed, so that exporting them again later resumes their
+	// totals where they are.
+	ExcludeFamilies []string
+	// ConstLabels are added to every exported series (node="…").
+	ConstLabels map[string]string
+	// ConfigFile is the YAML configuration file (see config.go), "" for
+	// none; it is reloaded by Run on change and on SIGHUP.
+	ConfigFile string
+
+	// Listen are the addresses to serve on: host:port, or unix:///path
+	// (default DefaultListen).
+	Listen []string
+	// TelemetryPath is where the metrics are served (default /metrics).
+	TelemetryPath string
+	// WebConfigFile is exporter-toolkit's web configuration file (TLS,
+	// client certificates, basic auth), "" for plain HTTP; the toolkit
+	// re-reads it for every connection.
+	WebConfigFile string
+
+	Parallelism int
 	// MaxScrapeBytes bounds one shim's response or final file (default
 	// 1 MiB, a real shim sends tens of KiB); MaxSeriesPerShim its series
 	// (default 10000); MaxSeries the series accumulated from exited shims
@@ -53,28 +77,26 @@ type AggregatorConfig struct {
 	// FoldInterval is how often final snapshots are folded in between
 	// scrapes (default 15s), so they do not pile up when nobody scrapes.
 	FoldInterval time.Duration
-	// Version and Revision label the aggregator's build_info; empty means
-	// the package's.
+	// Version and Revision label the aggregator's build_info; an empty
+	// Version is "dev".
 	Version, Revision string
 }
 
-// DefaultListen is the aggregator's default address (loopback: exposing
-// it further is the operator's choice).
-const DefaultListen = "127.0.0.1:9324"
-
 const defaultScrapeTimeout = 2 * time.Second
 
-func (c *AggregatorConfig) setDefaults() {
+func (c *Config) setDefaults() {
 	def := func(s *string, v string) {
 		if *s == "" {
 			*s = v
 		}
 	}
-	def(&c.SocketDir, DefaultSocketDir)
-	def(&c.StateDir, DefaultStateDir)
-	def(&c.Listen, DefaultListen)
-	def(&c.Version, Version)
-	def(&c.Revision, Revision)
+	def(&c.SocketDir, metrics.DefaultSocketDir)
+	def(&c.StateDir, metrics.DefaultStateDir)
+	def(&c.TelemetryPath, "/metrics")
+	if len(c.Listen) == 0 {
+		c.Listen = []string{DefaultListen}
+	}
+	def(&c.Version, "dev")
 	if c.ScrapeTimeout <= 0 {
 		c.ScrapeTimeout = defaultScrapeTimeout
 	}
@@ -133,10 +155,21 @@ func (c *AggregatorConfig) setDefaults() {
 // shim does, which is what base exists to prevent. Per-task identity is on
 // the task_state gauge.
 type Aggregator struct {
-	cfg    AggregatorConfig
+	cfg    Config // fixed for the process; the reloadable part is in set
 	reg    *prometheus.Registry
 	client *http.Client
 	now    func() time.Time // tests move time
+
+	// set is the settings in force. A reload swaps it whole; a round
+	// loads it once. Never nil.
+	set atomic.Pointer[settings]
+	// flags are the settings of cfg, under those of the file.
+	flags *settings
+
+	// reloadMu serialises reloads; guards lastFile and lastOK.
+	reloadMu sync.Mutex
+	lastFile []byte // content of the file last loaded or refused
+	lastOK   bool   // whether it was loaded
 
 	mu        sync.Mutex // serialises rounds; guards the fields below
 	base      *snapshot
@@ -155,6 +188,8 @@ type Aggregator struct {
 	retired      *prometheus.CounterVec
 	dropped      prometheus.Counter
 	accumulated  prometheus.Gauge
+	reloadOK     prometheus.Gauge
+	reloadTime   prometheus.Gauge
 }
 
 type liveShim struct {
@@ -188,18 +223,29 @@ type scrapeResult struct {
 // dialPath carries a shim's socket path to the transport's dialer.
 type dialPath struct{}
 
-// NewAggregator returns an aggregator; it creates the socket and state
+// New returns an aggregator; it creates the socket and state
 // directories (0700) if they are missing.
-func NewAggregator(cfg AggregatorConfig) (*Aggregator, error) {
+func New(cfg Config) (*Aggregator, error) {
 	cfg.setDefaults()
-	for _, dir := range []string{cfg.SocketDir, cfg.StateDir} {
-		if err := ensurePrivateDir(dir); err != nil {
-			return nil, fmt.Errorf("metrics aggregator: %w", err)
+	flags, err := settingsFrom(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("metrics aggregator: %w", err)
+	}
+	set := flags
+	var file []byte
+	if cfg.ConfigFile != "" {
+		// A configuration that does not load refuses the start: there is
+		// no old one to keep.
+		if set, file, err = loadSettings(cfg.ConfigFile, flags); err != nil {
+			return nil, fmt.Errorf("metrics aggregator: configuration: %w", err)
 		}
 	}
 	a := &Aggregator{
-		cfg: cfg,
-		reg: prometheus.NewRegistry(),
+		flags:    flags,
+		lastFile: file,
+		lastOK:   true,
+		cfg:      cfg,
+		reg:      prometheus.NewRegistry(),
 		client: &http.Client{Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer
@@ -223,7 +269,7 @@ func NewAggregator(cfg AggregatorConfig) (*Aggregator, error) {
 	a.scrapes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Subsystem: sub, Name: "shim_scrapes_total",
 		Help: "Scrapes of shims attempted."})
 	a.scrapeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Subsystem: sub, Name: "shim_scrape_errors_total",
-		Help: "Failed scrapes of shims, by reason: connect, timeout, status, too_large, parse."}, []string{labelReason})
+		Help: "Failed scrapes of shims, by reason: connect, timeout, status, too_large, parse."}, []string{"reason"})
 	a.shimDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: sub, Name: "shim_scrape_duration_seconds",
 		Help: "Time to scrape one shim.", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}})
 	a.duration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: sub, Name: "scrape_duration_seconds",
@@ -238,6 +284,14 @@ func NewAggregator(cfg AggregatorConfig) (*Aggregator, error) {
 		Help: "Series from shims dropped: foreign or malformed, conflicting types, or over the series limits."})
 	a.accumulated = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Subsystem: sub, Name: "accumulated_series",
 		Help: "Series held for exited shims."})
+	// Named as Prometheus names its own (prometheus_config_last_reload_*).
+	a.reloadOK = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Subsystem: sub, Name: "config_last_reload_successful",
+		Help: "Whether the last configuration reload attempt was successful (1) or refused (0, the previous configuration stays in force)."})
+	a.reloadTime = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Subsystem: sub, Name: "config_last_reload_success_timestamp_seconds",
+		Help: "Time of the last successful configuration load (the start, or a reload)."})
+	a.set.Store(set)
+	a.reloadOK.Set(1)
+	a.reloadTime.SetToCurrentTime()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Subsystem: sub, Name: "build_info",
 		Help:        "Aggregator build, value 1.",
 		ConstLabels: prometheus.Labels{"version": cfg.Version, "revision": cfg.Revision, "goversion": goruntime.Version()}})
@@ -249,7 +303,7 @@ func NewAggregator(cfg AggregatorConfig) (*Aggregator, error) {
 		a.scrapeErrors.WithLabelValues(r)
 	}
 	a.reg.MustRegister(a.shims, a.scrapes, a.scrapeErrors, a.shimDuration, a.duration, a.folded,
-		a.finalErrors, a.retired, a.dropped, a.accumulated, build,
+		a.finalErrors, a.retired, a.dropped, a.accumulated, a.reloadOK, a.reloadTime, build,
 		newProcessCollector(), newGoCollector())
 	return a, nil
 }
@@ -263,11 +317,51 @@ func (a *Aggregator) Handler() http.Handler {
 	})
 }
 
-// gatherer is the shims' families and the aggregator's own. The shims'
-// come first: gathering them runs the round whose figures the
-// aggregator's own metrics then report.
+// gatherer is the shims' families and the aggregator's own, under one
+// configuration: a reload during a scrape applies from the next one.
 func (a *Aggregator) gatherer() prometheus.Gatherer {
-	return prometheus.Gatherers{prometheus.GathererFunc(a.gather), a.reg}
+	return prometheus.GathererFunc(a.gatherAll)
+}
+
+func (a *Aggregator) gatherAll() ([]*dto.MetricFamily, error) {
+	st := a.set.Load()
+	// The shims' first: gathering them runs the round whose figures the
+	// aggregator's own metrics then report.
+	out := a.gather(st)
+	own, err := a.reg.Gather()
+	// The names cannot collide: shims may send neither the aggregator's
+	// prefix nor anything outside the shims' prefix (parseSnapshot).
+	for _, mf := range own {
+		if !st.exclude[mf.GetName()] {
+			out = append(out, mf)
+		}
+	}
+	if len(st.labels) > 0 {
+		for _, mf := range out {
+			for _, m := range mf.Metric {
+				m.Label = withLabels(m.Label, st.labels)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
+	return out, err
+}
+
+// withLabels adds the constant labels to a series' (sorted) labels; the
+// constant label wins over a shim's label of the same name, which the
+// configuration check rules out for every label a real shim sends.
+func withLabels(have []*dto.LabelPair, add []labelPair) []*dto.LabelPair {
+	out := make([]*dto.LabelPair, 0, len(have)+len(add))
+	for _, l := range have {
+		if !slices.ContainsFunc(add, func(c labelPair) bool { return c.name == l.GetName() }) {
+			out = append(out, l)
+		}
+	}
+	for _, c := range add {
+		out = append(out, &dto.LabelPair{Name: proto.String(c.name), Value: proto.String(c.value)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
+	return out
 }
 
 // promLogger takes promhttp's errors. They are mostly "broken pipe" from
@@ -277,21 +371,23 @@ type promLogger struct{}
 
 func (promLogger) Println(v ...any) { log.L.Debug(v...) }
 
-func (a *Aggregator) gather() ([]*dto.MetricFamily, error) {
+// gather runs a round and returns the shims' totals, less the excluded
+// families (which are still summed: see Config.ExcludeFamilies).
+func (a *Aggregator) gather(st *settings) []*dto.MetricFamily {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	start := time.Now()
-	a.round(context.Background(), true)
+	a.round(context.Background(), st, true)
 	out := a.totalLocked()
 	a.duration.Observe(time.Since(start).Seconds())
-	return out.toDTO(), nil
+	return out.toDTO(st.exclude)
 }
 
 // foldFinals folds snapshots and retires vanished shims without scraping.
 func (a *Aggregator) foldFinals(ctx context.Context) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.round(ctx, false)
+	a.round(ctx, a.set.Load(), false)
 }
 
 // round brings the aggregator's state up to date: list sockets, scrape
@@ -299,9 +395,9 @@ func (a *Aggregator) foldFinals(ctx context.Context) {
 // matters: a shim writes its snapshot before removing its socket, so a
 // shim scraped here whose snapshot appeared meanwhile is superseded by
 // the snapshot in the same round.
-func (a *Aggregator) round(ctx context.Context, scrape bool) {
+func (a *Aggregator) round(ctx context.Context, st *settings, scrape bool) {
 	now := a.now()
-	listed := a.listSockets(ctx)
+	listed := a.listSockets(ctx, st.socketDir)
 	for _, sh := range a.live {
 		sh.fresh = false
 		if listed[sh.name] {
@@ -310,11 +406,11 @@ func (a *Aggregator) round(ctx context.Context, scrape bool) {
 	}
 	if scrape {
 		a.shims.Set(float64(len(listed)))
-		for _, res := range a.scrapeAll(ctx, listed) {
-			a.apply(ctx, res, now)
+		for _, res := range a.scrapeAll(ctx, st, listed) {
+			a.apply(ctx, st, res, now)
 		}
 	}
-	a.foldFinalsLocked(ctx, now)
+	a.foldFinalsLocked(ctx, st.stateDir, now)
 	for _, name := range sortedKeys(a.live) {
 		if sh := a.live[name]; !listed[name] && now.Sub(sh.lastSeen) > a.cfg.VanishGrace {
 			a.retire(sh, now, "vanished")
@@ -328,21 +424,21 @@ func (a *Aggregator) round(ctx context.Context, scrape bool) {
 	a.accumulated.Set(float64(a.base.n))
 }
 
-func (a *Aggregator) listSockets(ctx context.Context) map[string]bool {
-	entries, err := os.ReadDir(a.cfg.SocketDir)
+func (a *Aggregator) listSockets(ctx context.Context, dir string) map[string]bool {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("list shim metrics sockets")
 	}
 	listed := make(map[string]bool, len(entries))
 	for _, e := range entries {
-		if name, ok := strings.CutSuffix(e.Name(), socketSuffix); ok && name != "" && e.Type()&os.ModeSocket != 0 {
+		if name, ok := metrics.SocketName(e.Name()); ok && e.Type()&os.ModeSocket != 0 {
 			listed[name] = true
 		}
 	}
 	return listed
 }
 
-func (a *Aggregator) scrapeAll(ctx context.Context, listed map[string]bool) []scrapeResult {
+func (a *Aggregator) scrapeAll(ctx context.Context, st *settings, listed map[string]bool) []scrapeResult {
 	names := sortedKeys(listed)
 	results := make([]scrapeResult, len(names))
 	sem := make(chan struct{}, a.cfg.Parallelism)
@@ -352,18 +448,18 @@ func (a *Aggregator) scrapeAll(ctx context.Context, listed map[string]bool) []sc
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			results[i] = a.scrapeOne(ctx, name)
+			results[i] = a.scrapeOne(ctx, st, name)
 		}()
 	}
 	wg.Wait()
 	return results
 }
 
-func (a *Aggregator) scrapeOne(ctx context.Context, name string) (res scrapeResult) {
+func (a *Aggregator) scrapeOne(ctx context.Context, st *settings, name string) (res scrapeResult) {
 	res.name = name
 	start := time.Now()
 	defer func() { res.took = time.Since(start) }()
-	ctx, cancel := context.WithTimeout(context.WithValue(ctx, dialPath{}, SocketPath(a.cfg.SocketDir, name)), a.cfg.ScrapeTimeout)
+	ctx, cancel := context.WithTimeout(context.WithValue(ctx, dialPath{}, metrics.SocketPath(st.socketDir, name)), st.scrapeTimeout)
 	defer cancel()
 	fail := func(reason string, err error) scrapeResult {
 		if ctx.Err() != nil {
@@ -396,19 +492,19 @@ func (a *Aggregator) scrapeOne(ctx context.Context, name string) (res scrapeResu
 	case err != nil:
 		return fail("parse", err)
 	}
-	res.instance = truncate(resp.Header.Get(instanceHeader), 64)
+	res.instance = truncate(resp.Header.Get(metrics.InstanceHeader), 64)
 	res.snap, res.dropped = snap, dropped
 	return res
 }
 
-func (a *Aggregator) apply(ctx context.Context, res scrapeResult, now time.Time) {
+func (a *Aggregator) apply(ctx context.Context, st *settings, res scrapeResult, now time.Time) {
 	a.scrapes.Inc()
 	a.shimDuration.Observe(res.took.Seconds())
 	if res.err != nil {
 		a.scrapeErrors.WithLabelValues(res.reason).Inc()
 		log.G(ctx).WithError(res.err).WithField("shim", res.name).Debug("scrape shim metrics")
 		if errors.Is(res.err, syscall.ECONNREFUSED) {
-			a.removeDeadSocket(ctx, res.name, now)
+			a.removeDeadSocket(ctx, st.socketDir, res.name, now)
 		}
 		return
 	}
@@ -436,13 +532,13 @@ const staleSocketAge = time.Minute
 
 // removeDeadSocket removes the socket of a shim that refused a scrape, once
 // it is older than staleSocketAge.
-func (a *Aggregator) removeDeadSocket(ctx context.Context, name string, now time.Time) {
-	path := SocketPath(a.cfg.SocketDir, name)
+func (a *Aggregator) removeDeadSocket(ctx context.Context, dir, name string, now time.Time) {
+	path := metrics.SocketPath(dir, name)
 	fi, err := os.Lstat(path)
 	if err != nil || now.Sub(fi.ModTime()) < staleSocketAge {
 		return
 	}
-	if err := CleanupSocket(path); err != nil {
+	if err := metrics.CleanupSocket(path); err != nil {
 		log.G(ctx).WithError(err).WithField("shim", name).Warn("remove dead shim metrics socket")
 		return
 	}
@@ -457,18 +553,18 @@ func (a *Aggregator) retire(sh *liveShim, now time.Time, how string) {
 	a.retired.WithLabelValues(how).Inc()
 }
 
-func (a *Aggregator) foldFinalsLocked(ctx context.Context, now time.Time) {
-	entries, err := os.ReadDir(a.cfg.StateDir)
+func (a *Aggregator) foldFinalsLocked(ctx context.Context, dir string, now time.Time) {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("list final metrics snapshots")
 		return
 	}
 	for _, e := range entries {
-		name, instance, ok := parseFinalName(e.Name())
+		name, instance, ok := metrics.ParseFinalName(e.Name())
 		if !ok || !e.Type().IsRegular() {
 			continue
 		}
-		path := filepath.Join(a.cfg.StateDir, e.Name())
+		path := filepath.Join(dir, e.Name())
 		snap, dropped, err := a.readFinal(path)
 		if err != nil {
 			// It will not get better: drop it rather than fail on it forever.
@@ -571,84 +667,6 @@ func (a *Aggregator) clampMonotonic(t *snapshot) {
 			*l = *s.clone()
 		}
 	}
-}
-
-// Run serves the aggregator on cfg.Listen until ctx is done.
-func (a *Aggregator) Run(ctx context.Context) error {
-	l, err := listen(a.cfg.Listen)
-	if err != nil {
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", a.Handler())
-	// For liveness probes: answers without scraping any shim.
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
-	go func() {
-		t := time.NewTicker(a.cfg.FoldInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				a.foldFinals(ctx)
-			}
-		}
-	}()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	log.G(ctx).WithFields(log.Fields{"listen": a.cfg.Listen, "sockets": a.cfg.SocketDir, "state": a.cfg.StateDir}).Info("metrics aggregator serving")
-	select {
-	case err := <-errc:
-		return fmt.Errorf("metrics aggregator: serve: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		// Connections still busy after the grace period: cut them. Close's
-		// error is the listener's, which Shutdown has already closed.
-		_ = srv.Close()
-	}
-	return nil
-}
-
-// RunAggregator runs an aggregator with cfg until ctx is done.
-func RunAggregator(ctx context.Context, cfg AggregatorConfig) error {
-	a, err := NewAggregator(cfg)
-	if err != nil {
-		return err
-	}
-	return a.Run(ctx)
-}
-
-// listen opens a TCP address or, with unix://, a socket 0660 (root's
-// group unless the operator chgrps it for a scraping agent).
-func listen(addr string) (net.Listener, error) {
-	path, ok := strings.CutPrefix(addr, "unix://")
-	if !ok {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return nil, fmt.Errorf("metrics aggregator: listen: %w", err)
-		}
-		return l, nil
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("metrics aggregator: %w", err)
-	}
-	if err := removeStaleSocket(path); err != nil {
-		return nil, fmt.Errorf("metrics aggregator: %w", err)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("metrics aggregator: listen: %w", err)
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		_ = l.Close() // the chmod error is the one to report
-		return nil, fmt.Errorf("metrics aggregator: chmod %s: %w", path, err)
-	}
-	return l, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -1,4 +1,4 @@
-package metrics
+package aggregator
 
 import (
 	"os"
@@ -9,6 +9,11 @@ import (
 
 func TestMain(m *testing.M) {
 	// The aggregator logs every bad input the tests feed it.
-	_ = log.SetLevel("fatal")
+	// AGG_LOG=debug shows them.
+	level := os.Getenv("AGG_LOG")
+	if level == "" {
+		level = "fatal"
+	}
+	_ = log.SetLevel(level)
 	os.Exit(m.Run())
 }
