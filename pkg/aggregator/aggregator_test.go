@@ -3,13 +3,13 @@ package aggregator
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -100,10 +100,7 @@ func TestAggregatorFoldIn(t *testing.T) {
 					var n float64
 					verb, _, _ := strings.Cut(act, " ")
 					if f := strings.Fields(act); len(f) > 1 {
-						// A step without a number ("remove socket") leaves n at 0.
-						if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-							n = v
-						}
+						fmt.Sscan(f[len(f)-1], &n)
 					}
 					switch verb {
 					case "":
@@ -252,8 +249,8 @@ containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler="y"} 2
 	l.Close()
 	// A corrupt final and things that are not finals.
 	writeFinalFile(t, a.state, "bad", "b", "garbage {{{\n")
-	check(t, os.WriteFile(filepath.Join(a.state, ".tmp-not-final.prom"), []byte("x"), 0o600))
-	check(t, os.Mkdir(filepath.Join(a.state, "dir.x.prom"), 0o700))
+	os.WriteFile(filepath.Join(a.state, ".tmp-not-final.prom"), []byte("x"), 0o600)
+	os.Mkdir(filepath.Join(a.state, "dir.x.prom"), 0o700)
 
 	start := time.Now()
 	v := a.scrape(t)
@@ -355,14 +352,19 @@ func TestAggregatorServesOverUnixAndTCP(t *testing.T) {
 			deadline := time.Now().Add(5 * time.Second)
 			for {
 				var err error
-				var resp reply
+				var resp *http.Response
 				if listen == "unix" {
-					resp, err = unixGet(strings.TrimPrefix(addr, "unix://"), "/metrics")
+					resp, body, err = unixGet(strings.TrimPrefix(addr, "unix://"), "/metrics")
 				} else {
-					resp, err = get(http.DefaultClient, "http://"+addr+"/metrics")
+					resp, err = http.Get("http://" + addr + "/metrics")
+					if err == nil {
+						var b []byte
+						b, err = io.ReadAll(resp.Body)
+						resp.Body.Close()
+						body = string(b)
+					}
 				}
-				body = resp.body
-				if err == nil && resp.status == http.StatusOK {
+				if err == nil && resp.StatusCode == 200 {
 					break
 				}
 				if time.Now().After(deadline) {
@@ -458,7 +460,7 @@ func TestAggregatorOutputIsValid(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { stopServing(t, stop) })
+		defer stop()
 	}
 	g := a.gatherer()
 	mfs, err := g.Gather()
