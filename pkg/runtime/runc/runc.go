@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -434,29 +433,13 @@ func (b *Backend) run(op string, fn func() error) error {
 		if hint := clilog.SpaceHint(b.bundle.Path()); hint != "" {
 			return fmt.Errorf("%s %s failed: %w (%s)", bin, op, err, hint)
 		}
-		if kind := classify(err.Error()); kind != nil {
+		if kind := clilog.Classify(clilog.Runc, op, err.Error()); kind != nil {
 			return fmt.Errorf("%s %s failed: %w: %w", bin, op, err, kind)
 		}
 		return fmt.Errorf("%s %s failed: %w", bin, op, err)
 	}
-	if kind := classify(msg); kind != nil {
+	if kind := clilog.Classify(clilog.Runc, op, msg); kind != nil {
 		return fmt.Errorf("%s %s failed: %s: %w", bin, op, msg, kind)
 	}
 	return fmt.Errorf("%s %s failed: %s: %w", bin, op, msg, err)
-}
-
-// classify maps runc's messages to errdefs kinds. Matching strings is
-// unavoidable with a CLI backend; it is kept in this one function.
-func classify(msg string) error {
-	switch {
-	case strings.Contains(msg, "does not exist") || strings.Contains(msg, "container not running") ||
-		strings.Contains(msg, "process already finished") || strings.Contains(msg, "no such process"):
-		return errdefs.ErrNotFound
-	case strings.Contains(msg, "already exists"):
-		return errdefs.ErrAlreadyExists
-	case strings.Contains(msg, "is not running") || strings.Contains(msg, "is paused") ||
-		strings.Contains(msg, "not paused") || strings.Contains(msg, "cannot exec in a stopped"):
-		return errdefs.ErrFailedPrecondition
-	}
-	return nil
 }

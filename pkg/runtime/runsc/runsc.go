@@ -690,28 +690,10 @@ func runtimeError(op, msg string, status int, err error) error {
 			msg = fmt.Sprintf("exit status %d", status)
 		}
 	}
-	if kind := classify(msg); kind != nil {
+	if kind := clilog.Classify(clilog.Runsc, op, msg); kind != nil {
 		return fmt.Errorf("runsc %s failed: %s: %w", op, msg, kind)
 	}
 	return fmt.Errorf("runsc %s failed: %s", op, msg)
-}
-
-// classify maps runsc's messages to errdefs kinds; CLI backends have only
-// strings to go by, so this is kept in one place.
-func classify(msg string) error {
-	switch {
-	case strings.Contains(msg, "does not exist") || strings.Contains(msg, "not found") && strings.Contains(msg, "container") ||
-		strings.Contains(msg, "connection refused") || strings.Contains(msg, "no longer running") ||
-		strings.Contains(msg, "is stopped") || strings.Contains(msg, "not running") || strings.Contains(msg, "no such process"):
-		return errdefs.ErrNotFound
-	case strings.Contains(msg, "already exists"):
-		return errdefs.ErrAlreadyExists
-	case strings.Contains(msg, "unknown flag") || strings.Contains(msg, "flag provided but not defined") || strings.Contains(msg, "invalid value"):
-		return errdefs.ErrInvalidArgument
-	case strings.Contains(msg, "not supported") || strings.Contains(msg, "not implemented"):
-		return errdefs.ErrNotImplemented
-	}
-	return nil
 }
 
 func combinedOutput(cmd *exec.Cmd) ([]byte, error) {
