@@ -101,6 +101,19 @@ if [ "$(cat "$runsc_dir/.version" 2>/dev/null)" != "$runsc_version" ] || [ ! -x 
   echo "$runsc_version" > "$runsc_dir/.version"
 fi
 
+# ---- runc CLI of the version the shim links (make bench) ---------------------
+# containerd's runc shim is benchmarked with Debian's runc 1.1.5 and with a runc
+# CLI of the same version as the shim's libcontainer, so the gain measured is
+# the design's, not a runc upgrade's. Keep in step with go.mod.
+runc_lib_version=$(cd "$root" && go list -m -f '{{.Version}}' github.com/opencontainers/runc 2>/dev/null || echo v1.5.3)
+runc_cli=$tools/runc-${runc_lib_version#v}/runc
+if [ ! -x "$runc_cli" ]; then
+  log "building runc $runc_lib_version CLI into $(dirname "$runc_cli")"
+  mkdir -p "$(dirname "$runc_cli")"
+  CGO_ENABLED=1 GOFLAGS=-mod=mod GOBIN=$(dirname "$runc_cli") go install -tags seccomp \
+    -ldflags "-X main.version=${runc_lib_version#v}" "github.com/opencontainers/runc@$runc_lib_version"
+fi
+
 # ---- promtool (lints the metrics exposition in the tests) -----------------------
 promtool_version=${PROMTOOL_VERSION:-v0.316.0}
 if [ "$(cat "$tools/bin/.promtool-version" 2>/dev/null)" != "$promtool_version" ] || [ ! -x "$tools/bin/promtool" ]; then
@@ -116,7 +129,7 @@ TOOLS_DIR=$tools bash "$root/scripts/peer/nerdctl-build.sh"
 
 # ---- summary -------------------------------------------------------------------
 first_line() { "$@" 2>&1 | head -n1; }
-echo "runc:       $(first_line runc --version)"
+echo "runc:       $(first_line runc --version); $runc_cli ($(first_line "$runc_cli" --version))"
 echo "busybox:    $(first_line busybox | cut -d' ' -f1-2)"
 echo "criu:       $(first_line criu --version)"
 echo "promtool:   $tools/bin/promtool ($promtool_version)"

@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer"
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
@@ -374,3 +375,46 @@ func TestLibcontainerErrorKinds(t *testing.T) {
 }
 
 func runtimeGosched() { goruntime.Gosched() }
+
+// logCapture keeps logrus messages (libcontainer logs through logrus).
+type logCapture struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (c *logCapture) Levels() []logrus.Level { return logrus.AllLevels }
+func (c *logCapture) Fire(e *logrus.Entry) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.msgs = append(c.msgs, e.Message)
+	return nil
+}
+
+// Trap: libcontainer seals the init binary (the 20+ MB shim) per container:
+// an overlayfs mount where the kernel allows it, else a memfd copy. Which
+// one runs here is reported (docs/benchmarks.md records it), and the
+// container runs either way.
+func TestLibcontainerExeSeal(t *testing.T) {
+	busybox := needContainers(t)
+	b, spec := testBundle(t, busybox, "sh", "-c", "echo hi; exit 3")
+	capture := &logCapture{}
+	logrus.AddHook(capture)
+	level := logrus.GetLevel()
+	logrus.SetLevel(logrus.DebugLevel)
+	defer logrus.SetLevel(level)
+	g := &rwGate{}
+	r := startReaper(g)
+	defer r.close()
+	if err := lifecycle(t, "seal", newTestBackend(t, b, spec, g), r); err != nil {
+		t.Fatal(err)
+	}
+	capture.mu.Lock()
+	defer capture.mu.Unlock()
+	for _, m := range capture.msgs {
+		if strings.Contains(m, "exeseal") || strings.Contains(m, "sealing") {
+			t.Logf("libcontainer: %s", m)
+			return
+		}
+	}
+	t.Fatalf("libcontainer did not say how it sealed the init binary; logged: %q", capture.msgs)
+}
