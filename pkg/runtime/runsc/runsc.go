@@ -7,6 +7,8 @@ package runsc
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -276,12 +278,26 @@ func checkFlags(bin, platform string, flags []string) (string, []string, error) 
 
 var probes sync.Map // bin and flags -> error (nil: accepted)
 
+// probeCacheDir keeps the flag sets a runsc binary accepted, across shim
+// processes: every container without a pod gets a shim of its own, and a
+// probe is a runsc run (~20 ms) on its create path. Entries are named by
+// the binary's identity (path, size, mtime) and the flags, so an upgraded
+// runsc is probed again; the directory is on /run, cleared at boot.
+var probeCacheDir = filepath.Join(DefaultRoot, ".accepted-flags")
+
 func probe(bin, platform string, flags []string) error {
 	args := append([]string{"--platform=" + platform}, flags...)
 	key := bin + "\x00" + strings.Join(args, "\x00")
 	if v, ok := probes.Load(key); ok {
 		err, _ := v.(error)
 		return err
+	}
+	marker := acceptedMarker(bin, args)
+	if marker != "" {
+		if _, err := os.Stat(marker); err == nil {
+			probes.Store(key, nil)
+			return nil
+		}
 	}
 	root, err := os.MkdirTemp("", "runsc-probe-")
 	if err != nil {
@@ -293,9 +309,27 @@ func probe(bin, platform string, flags []string) error {
 		// The first line says what is wrong; usage text follows.
 		msg, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
 		err = errors.New(msg)
+	} else if marker != "" {
+		// Only acceptance is remembered: a refusal is rare and its message
+		// should come from runsc each time.
+		if mkErr := os.MkdirAll(filepath.Dir(marker), 0o700); mkErr == nil {
+			_ = os.WriteFile(marker, nil, 0o600) // a cache: losing it costs one probe
+		}
 	}
 	probes.Store(key, err)
 	return err
+}
+
+// acceptedMarker names the cache entry for bin and args, "" when the
+// binary cannot be identified.
+func acceptedMarker(bin string, args []string) string {
+	fi, err := os.Stat(bin)
+	if err != nil {
+		return ""
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00%d\x00%s", bin, fi.Size(), fi.ModTime().UnixNano(), strings.Join(args, "\x00"))
+	return filepath.Join(probeCacheDir, hex.EncodeToString(h.Sum(nil)))
 }
 
 // Create implements runtime.Backend.

@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
@@ -202,5 +204,47 @@ func TestRemoveRootKeepsLiveGroups(t *testing.T) {
 	removeRoot(root)
 	if _, err := os.Stat(root); !os.IsNotExist(err) {
 		t.Fatal("an empty root goes")
+	}
+}
+
+// A flag set runsc accepted is not probed again by the next shim process;
+// a refusal is, and a changed binary is probed afresh.
+func TestProbeCacheAcrossShims(t *testing.T) {
+	dir := t.TempDir()
+	probeCacheDir = filepath.Join(dir, "cache")
+	count := filepath.Join(dir, "count")
+	bin := filepath.Join(dir, "runsc")
+	script := "#!/bin/sh\necho x >> " + count + "\ncase \"$*\" in *--bad*) echo 'flag provided but not defined: -bad'; exit 2;; esac\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	runs := func() int {
+		data, _ := os.ReadFile(count)
+		return strings.Count(string(data), "x")
+	}
+	newShim := func() { probes = sync.Map{} } // a new shim process: empty memory cache
+	if err := probe(bin, "systrap", []string{"--network=none"}); err != nil || runs() != 1 {
+		t.Fatalf("first probe: %v, %d runs", err, runs())
+	}
+	newShim()
+	if err := probe(bin, "systrap", []string{"--network=none"}); err != nil || runs() != 1 {
+		t.Fatalf("second shim: %v, %d runs (want the cached acceptance)", err, runs())
+	}
+	for range 2 {
+		newShim()
+		if err := probe(bin, "systrap", []string{"--bad"}); err == nil || !strings.Contains(err.Error(), "-bad") {
+			t.Fatalf("refused flags: %v", err)
+		}
+	}
+	if runs() != 3 {
+		t.Fatalf("a refusal is probed by every shim: %d runs, want 3", runs())
+	}
+	newShim()
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(bin, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if err := probe(bin, "systrap", []string{"--network=none"}); err != nil || runs() != 4 {
+		t.Fatalf("changed binary: %v, %d runs (want a fresh probe)", err, runs())
 	}
 }
