@@ -40,7 +40,7 @@ func curlScrape(ca, url, user, password string) (int, string, error) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return 0, "", fmt.Errorf("curl %s: %v: %s", url, err, strings.TrimSpace(stderr.String()))
+		return 0, "", fmt.Errorf("curl %s: %w: %s", url, err, strings.TrimSpace(stderr.String()))
 	}
 	s := string(out)
 	i := strings.LastIndexByte(s, '\n')

@@ -80,7 +80,7 @@ func TestRaceExecStateDeleteAfterInitExit(t *testing.T) {
 					return
 				}
 				if err == nil || !(errdefs.IsFailedPrecondition(err) || errdefs.IsNotFound(err)) {
-					err = fmt.Errorf("exec after init exit: %v, want FailedPrecondition or NotFound", err)
+					err = fmt.Errorf("exec after init exit: %w, want FailedPrecondition or NotFound", err)
 				} else {
 					err = nil
 				}

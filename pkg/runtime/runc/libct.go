@@ -119,7 +119,7 @@ func (b *libBackend) libcontainerConfig(id string) (*configs.Config, error) {
 		Spec:             &spec,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v: %w", b.bundle.Spec(), err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("%s: %w: %w", b.bundle.Spec(), err, errdefs.ErrInvalidArgument)
 	}
 	for i, l := range config.Labels {
 		if len(l) >= 7 && l[:7] == "bundle=" {
@@ -587,7 +587,9 @@ func libError(err error) error {
 // init reports about the process (a missing executable, a bad cwd) is the
 // bundle's fault, as runc create says.
 func startError(err error) error {
-	if k := libError(err); k != err {
+	// An identity test, not errors.Is: libError returns err itself when
+	// it knows no kind for it.
+	if k := libError(err); k != err { //nolint:errorlint // see above
 		return k
 	}
 	var errno unix.Errno
@@ -637,7 +639,7 @@ func newProcess(p *specs.Process) (*libcontainer.Process, error) {
 	}
 	aff, err := configs.ConvertCPUAffinity(p.ExecCPUAffinity)
 	if err != nil {
-		return nil, fmt.Errorf("field \"process.execCPUAffinity\": %v: %w", err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("field \"process.execCPUAffinity\": %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	lp.CPUAffinity = aff
 	return lp, nil
@@ -805,7 +807,7 @@ func writePidFile(path string, pid int) error {
 func lookCriu() (string, error) {
 	p, err := exec.LookPath("criu")
 	if err != nil {
-		return "", fmt.Errorf("checkpoint and restore need criu: %v: %w", err, errdefs.ErrNotImplemented)
+		return "", fmt.Errorf("checkpoint and restore need criu: %w: %w", err, errdefs.ErrNotImplemented)
 	}
 	return p, nil
 }

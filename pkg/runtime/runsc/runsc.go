@@ -185,7 +185,7 @@ func New(cfg Config, c *runtime.Container) (runtime.Backend, error) {
 func newBackend(cfg Config, namespace string, bdl bundle.Bundle, spec *specs.Spec, group string) (*Backend, error) {
 	bin, err := exec.LookPath(cfg.BinaryName)
 	if err != nil {
-		return nil, fmt.Errorf("runsc backend: field \"runsc.binary_name\": runtime binary %q not found: %v: %w",
+		return nil, fmt.Errorf("runsc backend: field \"runsc.binary_name\": runtime binary %q not found: %w: %w",
 			cfg.BinaryName, err, errdefs.ErrFailedPrecondition)
 	}
 	b := &Backend{
@@ -268,7 +268,7 @@ func checkFlags(bin, platform string, flags []string) (string, []string, error) 
 		return "ptrace", flags, nil
 	}
 	if err != nil {
-		return "", nil, fmt.Errorf("runsc backend: fields \"runsc.platform\", \"runsc.network\", \"runsc.flags\": %s rejects %s: %v: %w",
+		return "", nil, fmt.Errorf("runsc backend: fields \"runsc.platform\", \"runsc.network\", \"runsc.flags\": %s rejects %s: %w: %w",
 			bin, strings.Join(append([]string{"--platform=" + platform}, flags...), " "), err, errdefs.ErrInvalidArgument)
 	}
 	return platform, flags, nil

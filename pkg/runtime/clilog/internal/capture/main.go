@@ -374,7 +374,7 @@ type result struct {
 func (d *driver) prepare(busybox string) error {
 	out, err := exec.Command(d.bin, "--version").CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s --version: %v: %s", d.bin, err, out)
+		return fmt.Errorf("%s --version: %w: %s", d.bin, err, out)
 	}
 	d.version, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
 	if bi, err := buildinfo.ReadFile(d.bin); err == nil && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
