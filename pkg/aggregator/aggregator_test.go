@@ -16,10 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
 func TestAggregatorSumsLiveShims(t *testing.T) {
@@ -354,7 +355,7 @@ func TestAggregatorServesOverUnixAndTCP(t *testing.T) {
 				var err error
 				var resp *http.Response
 				if listen == "unix" {
-					resp, body, err = unixGet(strings.TrimPrefix(addr, "unix://"), "/metrics")
+					resp, body, err = unixGet(strings.TrimPrefix(addr, "unix://"), "/metrics") //nolint:bodyclose // unixGet read and closed the body
 				} else {
 					resp, err = http.Get("http://" + addr + "/metrics")
 					if err == nil {

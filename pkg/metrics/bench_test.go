@@ -148,7 +148,7 @@ func BenchmarkScrapeRecorder100TasksSocket(b *testing.B) {
 	defer stop()
 	b.ReportAllocs()
 	for b.Loop() {
-		resp, _, err := unixGet(sock, "/metrics")
+		resp, _, err := unixGet(sock, "/metrics") //nolint:bodyclose // unixGet read and closed the body
 		if err != nil || resp.StatusCode != 200 {
 			b.Fatal(err)
 		}

@@ -61,17 +61,6 @@ func flatten(mfs []*dto.MetricFamily) map[string]float64 {
 	return out
 }
 
-// sumOf adds the samples of one flattened name (any labels).
-func sumOf(vals map[string]float64, name string) float64 {
-	var s float64
-	for k, v := range vals {
-		if strings.HasPrefix(k, name+"{") {
-			s += v
-		}
-	}
-	return s
-}
-
 func gatherFlat(t testing.TB, g prometheus.Gatherer) map[string]float64 {
 	t.Helper()
 	mfs, err := g.Gather()
@@ -81,7 +70,9 @@ func gatherFlat(t testing.TB, g prometheus.Gatherer) map[string]float64 {
 	return flatten(mfs)
 }
 
-// unixGet fetches http://x/path over the unix socket at sock.
+// unixGet fetches http://x/path over the unix socket at sock. It reads and
+// closes the body, returned as a string: callers use only the response's
+// status and header.
 func unixGet(sock, path string) (*http.Response, string, error) {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -31,7 +31,7 @@ func TestServeSocketAndPermissions(t *testing.T) {
 	if st, err := os.Lstat(sock); err != nil || st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
 		t.Errorf("socket: %v %v, want socket 0600", st.Mode(), err)
 	}
-	resp, body, err := unixGet(sock, "/metrics")
+	resp, body, err := unixGet(sock, "/metrics") //nolint:bodyclose // unixGet read and closed the body
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func TestServeSocketAndPermissions(t *testing.T) {
 	if !strings.Contains(body, `containerd_shim_custom_tasks_created_total{backend="runc",runtime_handler="custom-runc"} 1`) {
 		t.Errorf("body lacks the counter:\n%s", body)
 	}
-	if resp, _, err := unixGet(sock, "/other"); err != nil || resp.StatusCode != 404 {
+	if resp, _, err := unixGet(sock, "/other"); err != nil || resp.StatusCode != 404 { //nolint:bodyclose // unixGet read and closed the body
 		t.Errorf("/other: %v %v", resp, err)
 	}
 	if err := stop(); err != nil {
@@ -298,7 +298,7 @@ func TestServeStopKeepsSuccessorSocket(t *testing.T) {
 	if err := stop1(); err != nil {
 		t.Fatal(err)
 	}
-	resp, _, err := unixGet(sock, "/metrics")
+	resp, _, err := unixGet(sock, "/metrics") //nolint:bodyclose // unixGet read and closed the body
 	if err != nil || resp.Header.Get(InstanceHeader) != r2.Instance() {
 		t.Fatalf("successor's socket gone after the predecessor stopped: %v", err)
 	}

@@ -79,7 +79,8 @@ func TestRaceExecStateDeleteAfterInitExit(t *testing.T) {
 					errs <- nil
 					return
 				}
-				if err == nil || !(errdefs.IsFailedPrecondition(err) || errdefs.IsNotFound(err)) {
+				refused := errdefs.IsFailedPrecondition(err) || errdefs.IsNotFound(err)
+				if err == nil || !refused {
 					err = fmt.Errorf("exec after init exit: %w, want FailedPrecondition or NotFound", err)
 				} else {
 					err = nil

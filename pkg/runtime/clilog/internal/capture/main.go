@@ -68,11 +68,12 @@ func main() {
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	// A reader of the progress lines that goes away (| head) must not
 	// kill the capture before its cleanup.
 	signal.Ignore(syscall.SIGPIPE)
-	if err := run(ctx, *bin, *out, *platform, *busybox, *refusal); err != nil {
+	err := run(ctx, *bin, *out, *platform, *busybox, *refusal)
+	stop() // not deferred: os.Exit skips deferred calls
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "capture:", err)
 		os.Exit(1)
 	}
@@ -252,7 +253,7 @@ func cases(f clilog.Family) []kase {
 		{name: "unknown-namespace", spec: func(s *specs.Spec) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: "no-such-namespace"})
 		}},
-		{name: "missing-rootfs", spec: func(s *specs.Spec) { s.Root.Path = s.Root.Path + "-does-not-exist" }},
+		{name: "missing-rootfs", spec: func(s *specs.Spec) { s.Root.Path += "-does-not-exist" }},
 		{name: "missing-executable", spec: func(s *specs.Spec) { s.Process.Args = []string{"no-such-executable"} }},
 		{name: "relative-mount-destination", spec: func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "relative", Type: "tmpfs", Source: "tmpfs"})
