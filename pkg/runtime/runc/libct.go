@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/capabilities"
@@ -148,7 +149,9 @@ func (b *libBackend) Create(ctx context.Context, cc *runtime.CreateConfig) (_ in
 	}
 	defer func() {
 		if retErr != nil {
-			b.destroy(c)
+			if err := b.destroy(c); err != nil {
+				log.G(ctx).WithError(err).Warn("destroy container after failed create")
+			}
 		}
 	}()
 	proc, err := newProcess(b.spec.Process)
@@ -203,12 +206,12 @@ func (b *libBackend) attach(proc *libcontainer.Process, io *runtime.IO, console 
 		return nil, fmt.Errorf("connect to console socket %s: %w", console.Path, err)
 	}
 	f, err := conn.(*net.UnixConn).File()
-	conn.Close()
+	_ = conn.Close() // f is a duplicate of its descriptor, or there is nothing to keep
 	if err != nil {
 		return nil, fmt.Errorf("console socket: %w", err)
 	}
 	proc.ConsoleSocket = f
-	return func() { f.Close() }, nil
+	return func() { _ = f.Close() }, nil // runc init has its own copy by then
 }
 
 // Start implements runtime.Backend: runc start.
@@ -241,7 +244,9 @@ func (b *libBackend) Restore(ctx context.Context, cc *runtime.CreateConfig, r *r
 	}
 	defer func() {
 		if retErr != nil {
-			b.destroy(c)
+			if err := b.destroy(c); err != nil {
+				log.G(ctx).WithError(err).Warn("destroy container after failed create")
+			}
 		}
 	}()
 	proc, err := newProcess(b.spec.Process)
@@ -367,7 +372,11 @@ func (b *libBackend) Delete(ctx context.Context, id string, force bool) error {
 	if errdefs.IsNotFound(err) {
 		// An aborted create can leave a state directory without a state
 		// file, which Load does not see (runc delete does the same).
-		os.RemoveAll(filepath.Join(b.root, id))
+		// As runc delete, a leftover that will not go is reported, not
+		// returned: the container is gone either way.
+		if err := os.RemoveAll(filepath.Join(b.root, id)); err != nil {
+			log.G(ctx).WithError(err).Warn("remove container state directory")
+		}
 		return nil
 	}
 	if err != nil {
@@ -532,8 +541,8 @@ func (b *libBackend) Checkpoint(ctx context.Context, id string, cc *runtime.Chec
 	resume()
 	if err != nil {
 		// The work directory goes away; keep criu's log in the bundle.
-		if data, rerr := os.ReadFile(filepath.Join(work, "dump.log")); rerr == nil {
-			os.WriteFile(b.bundle.CriuDumpLog(), data, 0o600)
+		// The error names the copy only if there is one.
+		if data, rerr := os.ReadFile(filepath.Join(work, "dump.log")); rerr == nil && os.WriteFile(b.bundle.CriuDumpLog(), data, 0o600) == nil {
 			return fmt.Errorf("checkpoint container %s: %w (criu log: %s)", id, libError(err), b.bundle.CriuDumpLog())
 		}
 		return fmt.Errorf("checkpoint container %s: %w", id, libError(err))

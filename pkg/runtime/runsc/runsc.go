@@ -358,7 +358,7 @@ func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runti
 	// sandbox's overlay filestore, which runsc refuses to reuse.
 	stale, _ := filepath.Glob(filepath.Join(c.Bundle.Rootfs(), ".gvisor.filestore.*"))
 	for _, f := range stale {
-		os.Remove(f)
+		_ = os.Remove(f) // one that stays makes runsc refuse the restore, saying so
 	}
 	pid, err := b.Create(ctx, c)
 	if err != nil {
@@ -369,7 +369,9 @@ func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runti
 		cio = c.IO
 	}
 	if err := b.run(ctx, "restore", cio, nil, "restore", "--detach", "--image-path="+r.ImagePath, c.ID); err != nil {
-		b.Delete(context.WithoutCancel(ctx), c.ID, true)
+		if derr := b.Delete(context.WithoutCancel(ctx), c.ID, true); derr != nil {
+			log.G(ctx).WithError(derr).Warn("delete container after failed restore")
+		}
 		return 0, err
 	}
 	return pid, nil
@@ -385,7 +387,9 @@ func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (i
 	}
 	defer os.Remove(f.Name())
 	err = json.NewEncoder(f).Encode(e.Spec)
-	f.Close()
+	if cerr := f.Close(); err == nil {
+		err = cerr // runsc reads the file: a failed close may have lost it
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -471,9 +475,13 @@ func removeRoot(root string) {
 		}
 	}
 	nullNetns := filepath.Join(root, "null-netns")
-	unix.Unmount(nullNetns, unix.MNT_DETACH)
-	os.Remove(nullNetns)
-	os.Remove(root)
+	// The delete succeeded whatever happens here. The unmount fails if
+	// nothing is mounted; a mount that stays makes the remove fail (EBUSY).
+	_ = unix.Unmount(nullNetns, unix.MNT_DETACH)
+	if err := os.Remove(nullNetns); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.L.WithError(err).WithField("root", root).Warn("runsc: null-netns left: it pins a network namespace")
+	}
+	_ = os.Remove(root) // not empty: a container of the group came meanwhile, and it is theirs
 }
 
 // Pause implements runtime.Backend.

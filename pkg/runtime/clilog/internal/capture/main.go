@@ -121,7 +121,7 @@ func run(ctx context.Context, bin, out, platform, busybox, refusal string) (retE
 				retErr = err
 			}
 			if retErr != nil {
-				os.Remove(f.Name())
+				_ = os.Remove(f.Name()) // best effort: retErr is what to report
 			}
 		}()
 		w = f
@@ -645,7 +645,8 @@ func (d *driver) record(name, op, condition string, args []string, r result) rec
 func (d *driver) remove(c *container) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	exec.CommandContext(ctx, d.bin, append(d.globalFlags(c), "delete", "--force", c.id)...).Run()
+	// Best effort: cleanup reports what is left.
+	_ = exec.CommandContext(ctx, d.bin, append(d.globalFlags(c), "delete", "--force", c.id)...).Run()
 }
 
 // cleanup removes every container made, processes and cgroups they left
@@ -693,7 +694,8 @@ func removeCgroups(id string) []string {
 			top = filepath.Join(root, id)
 		}
 		var dirs []string
-		filepath.WalkDir(top, func(p string, e os.DirEntry, err error) error {
+		// Never fails: the callback skips what it cannot read.
+		_ = filepath.WalkDir(top, func(p string, e os.DirEntry, err error) error {
 			if err == nil && e.IsDir() {
 				dirs = append(dirs, p)
 			}
@@ -730,7 +732,7 @@ func mountsUnder(dir string) []string {
 func killLeftovers(dir string) []int {
 	pids := leftoverProcesses(dir)
 	for _, pid := range pids {
-		unix.Kill(pid, unix.SIGKILL)
+		_ = unix.Kill(pid, unix.SIGKILL) // it may be gone already; the wait below tells
 	}
 	for i := 0; i < 50 && len(pids) > 0 && len(leftoverProcesses(dir)) > 0; i++ {
 		time.Sleep(100 * time.Millisecond)
