@@ -101,7 +101,7 @@ func TestAggregatorFoldIn(t *testing.T) {
 					var n float64
 					verb, _, _ := strings.Cut(act, " ")
 					if f := strings.Fields(act); len(f) > 1 {
-						fmt.Sscan(f[len(f)-1], &n)
+						_, _ = fmt.Sscan(f[len(f)-1], &n) // "remove socket" has no number: n stays 0
 					}
 					switch verb {
 					case "":
@@ -250,8 +250,8 @@ containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler="y"} 2
 	l.Close()
 	// A corrupt final and things that are not finals.
 	writeFinalFile(t, a.state, "bad", "b", "garbage {{{\n")
-	os.WriteFile(filepath.Join(a.state, ".tmp-not-final.prom"), []byte("x"), 0o600)
-	os.Mkdir(filepath.Join(a.state, "dir.x.prom"), 0o700)
+	check(t, os.WriteFile(filepath.Join(a.state, ".tmp-not-final.prom"), []byte("x"), 0o600))
+	check(t, os.Mkdir(filepath.Join(a.state, "dir.x.prom"), 0o700))
 
 	start := time.Now()
 	v := a.scrape(t)
@@ -461,7 +461,7 @@ func TestAggregatorOutputIsValid(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer stop()
+		t.Cleanup(func() { check(t, stop()) })
 	}
 	g := a.gatherer()
 	mfs, err := g.Gather()

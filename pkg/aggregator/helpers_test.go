@@ -20,6 +20,14 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
+// check fails the test on a setup step's error.
+func check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // shortDir is a private temporary directory with a short path: unix
 // socket paths must fit in 108 bytes, and t.TempDir's embed the test name.
 func shortDir(t testing.TB) string {
@@ -141,9 +149,9 @@ func startFakeShim(t testing.TB, dir, name, instance, body string) *fakeShim {
 		if ct != "" {
 			w.Header().Set("Content-Type", ct)
 		}
-		io.WriteString(w, body)
+		_, _ = io.WriteString(w, body) // a scraper that gave up is what some tests want
 	})}
-	go f.srv.Serve(l)
+	go func() { _ = f.srv.Serve(l) }() // ErrServerClosed once stopped
 	t.Cleanup(f.stop)
 	return f
 }

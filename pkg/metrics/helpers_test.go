@@ -16,6 +16,14 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
+// check fails the test on a setup step's error.
+func check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // shortDir is a private temporary directory with a short path: unix
 // socket paths must fit in 108 bytes, and t.TempDir's embed the test name.
 func shortDir(t testing.TB) string {

@@ -96,7 +96,10 @@ func TestRaceExecStateDeleteAfterInitExit(t *testing.T) {
 			}()
 			go func() {
 				if i%2 == 0 {
-					h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: id})
+					if _, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: id}); err != nil {
+						errs <- fmt.Errorf("wait: %w", err)
+						return
+					}
 				}
 				_, err := h.svc.Delete(h.ctx, &taskAPI.DeleteRequest{ID: id})
 				errs <- err
@@ -119,7 +122,9 @@ func TestStateDoesNotWaitForRuntimeCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.exit(pid, 0)
-	h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"})
+	if _, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
 
 	release := make(chan struct{})
 	entered := make(chan struct{})
