@@ -206,12 +206,12 @@ func (b *libBackend) attach(proc *libcontainer.Process, io *runtime.IO, console 
 		return nil, fmt.Errorf("connect to console socket %s: %w", console.Path, err)
 	}
 	f, err := conn.(*net.UnixConn).File()
-	_ = conn.Close() // f is a duplicate of its descriptor, or there is nothing to keep
+	_ = conn.Close() // f, if any, is a duplicate of its descriptor
 	if err != nil {
 		return nil, fmt.Errorf("console socket: %w", err)
 	}
 	proc.ConsoleSocket = f
-	return func() { _ = f.Close() }, nil // runc init has its own copy by then
+	return func() { _ = f.Close() }, nil // only the shim's copy of the socket
 }
 
 // Start implements runtime.Backend: runc start.
@@ -245,7 +245,7 @@ func (b *libBackend) Restore(ctx context.Context, cc *runtime.CreateConfig, r *r
 	defer func() {
 		if retErr != nil {
 			if err := b.destroy(c); err != nil {
-				log.G(ctx).WithError(err).Warn("destroy container after failed create")
+				log.G(ctx).WithError(err).Warn("destroy container after failed restore")
 			}
 		}
 	}()
