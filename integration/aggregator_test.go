@@ -40,12 +40,14 @@ func curlScrape(ca, url, user, password string) (int, string, error) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return 0, "", fmt.Errorf("curl %s: %v: %s", url, err, strings.TrimSpace(stderr.String()))
+		return 0, "", fmt.Errorf("curl %s: %w: %s", url, err, strings.TrimSpace(stderr.String()))
 	}
 	s := string(out)
 	i := strings.LastIndexByte(s, '\n')
 	var code int
-	fmt.Sscan(s[i+1:], &code)
+	if _, err := fmt.Sscan(s[i+1:], &code); err != nil {
+		return 0, "", fmt.Errorf("curl %s: no status code after the body: %w", url, err)
+	}
 	return code, s[:i], nil
 }
 
@@ -119,8 +121,10 @@ func TestAggregatorSecure(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() {
-			agg.Process.Signal(syscall.SIGTERM)
-			agg.Wait()
+			// Best effort: it may be gone already, and its exit status says
+			// nothing the checks above did not.
+			_ = agg.Process.Signal(syscall.SIGTERM)
+			_ = agg.Wait()
 			if t.Failed() {
 				logsMu.Lock()
 				t.Logf("aggregator log:\n%s", logs.String())
@@ -239,7 +243,7 @@ func TestAggregatorSecure(t *testing.T) {
 				}
 			case 4: // fixed (tasks_deleted_total back, not reset), and applied by SIGHUP even before the watcher
 				writeFile(t, cfgFile, "const_labels:\n  node: node-c\n")
-				agg.Process.Signal(syscall.SIGHUP)
+				check(t, agg.Process.Signal(syscall.SIGHUP))
 				eventually(t, 20*time.Second, "reload to node-c", func() error {
 					if v := reloadOK(); v != 1 {
 						return fmt.Errorf("last_reload_successful %v", v)

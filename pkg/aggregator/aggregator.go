@@ -18,13 +18,14 @@ import (
 	"time"
 
 	"github.com/containerd/log"
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
 // Config configures the node aggregator. Zero fields take the defaults

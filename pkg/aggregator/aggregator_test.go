@@ -16,10 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
 func TestAggregatorSumsLiveShims(t *testing.T) {
@@ -100,7 +101,7 @@ func TestAggregatorFoldIn(t *testing.T) {
 					var n float64
 					verb, _, _ := strings.Cut(act, " ")
 					if f := strings.Fields(act); len(f) > 1 {
-						fmt.Sscan(f[len(f)-1], &n)
+						_, _ = fmt.Sscan(f[len(f)-1], &n) // "remove socket" has no number: n stays 0
 					}
 					switch verb {
 					case "":
@@ -249,8 +250,8 @@ containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler="y"} 2
 	l.Close()
 	// A corrupt final and things that are not finals.
 	writeFinalFile(t, a.state, "bad", "b", "garbage {{{\n")
-	os.WriteFile(filepath.Join(a.state, ".tmp-not-final.prom"), []byte("x"), 0o600)
-	os.Mkdir(filepath.Join(a.state, "dir.x.prom"), 0o700)
+	check(t, os.WriteFile(filepath.Join(a.state, ".tmp-not-final.prom"), []byte("x"), 0o600))
+	check(t, os.Mkdir(filepath.Join(a.state, "dir.x.prom"), 0o700))
 
 	start := time.Now()
 	v := a.scrape(t)
@@ -354,7 +355,7 @@ func TestAggregatorServesOverUnixAndTCP(t *testing.T) {
 				var err error
 				var resp *http.Response
 				if listen == "unix" {
-					resp, body, err = unixGet(strings.TrimPrefix(addr, "unix://"), "/metrics")
+					resp, body, err = unixGet(strings.TrimPrefix(addr, "unix://"), "/metrics") //nolint:bodyclose // unixGet read and closed the body
 				} else {
 					resp, err = http.Get("http://" + addr + "/metrics")
 					if err == nil {
@@ -460,7 +461,7 @@ func TestAggregatorOutputIsValid(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer stop()
+		t.Cleanup(func() { check(t, stop()) })
 	}
 	g := a.gatherer()
 	mfs, err := g.Gather()

@@ -46,7 +46,7 @@ func BenchmarkAggregator100Shims(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer stop()
+		b.Cleanup(func() { check(b, stop()) })
 	}
 	h := a.Handler()
 	var before, after runtime.MemStats

@@ -332,7 +332,7 @@ func yamlErrorLine(err error) int {
 	var line int
 	msg := err.Error()
 	if i := strings.Index(msg, "line "); i >= 0 {
-		fmt.Sscanf(msg[i:], "line %d", &line)
+		_, _ = fmt.Sscanf(msg[i:], "line %d", &line) // no number: line stays 0, unknown
 	}
 	if strings.Contains(msg, "did not find expected") {
 		line++ // and "line 0" is left out of the message

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"os"
@@ -15,10 +14,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
+
+// check fails the test on a setup step's error.
+func check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
 
 // shortDir is a private temporary directory with a short path: unix
 // socket paths must fit in 108 bytes, and t.TempDir's embed the test name.
@@ -85,7 +93,9 @@ func gatherFlat(t testing.TB, g prometheus.Gatherer) map[string]float64 {
 	return flatten(mfs)
 }
 
-// unixGet fetches http://x/path over the unix socket at sock.
+// unixGet fetches http://x/path over the unix socket at sock. It reads and
+// closes the body, returned as a string: callers use only the response's
+// status and header.
 func unixGet(sock, path string) (*http.Response, string, error) {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -139,9 +149,9 @@ func startFakeShim(t testing.TB, dir, name, instance, body string) *fakeShim {
 		if ct != "" {
 			w.Header().Set("Content-Type", ct)
 		}
-		io.WriteString(w, body)
+		_, _ = io.WriteString(w, body) // a scraper that gave up is what some tests want
 	})}
-	go f.srv.Serve(l)
+	go func() { _ = f.srv.Serve(l) }() // ErrServerClosed once stopped
 	t.Cleanup(f.stop)
 	return f
 }
@@ -235,7 +245,5 @@ func (a *testAggregator) scrape(t testing.TB) map[string]float64 {
 }
 
 const startedKey = `containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler=""}`
-
-func approx(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
 
 var runc = metrics.Labels{Backend: "runc", Handler: "custom-runc"}

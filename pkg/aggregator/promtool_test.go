@@ -43,7 +43,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer stop()
+		t.Cleanup(func() { check(t, stop()) })
 	}
 	if err := populated().WriteFinal(a.state, "gone"); err != nil {
 		t.Fatal(err)

@@ -216,7 +216,7 @@ func (a *Aggregator) run(ctx context.Context, hup <-chan os.Signal) error {
 	defer scancel()
 	for _, srv := range servers {
 		if err := srv.Shutdown(sctx); err != nil {
-			srv.Close()
+			_ = srv.Close() // forced after the timeout: nothing is left to do
 		}
 	}
 	return serveErr

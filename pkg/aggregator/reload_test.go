@@ -230,8 +230,8 @@ func TestWatchReloads(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	os.WriteFile(filepath.Join(dir, "..v1", "config.yml"), []byte("const_labels: {node: v1}\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "..v2", "config.yml"), []byte("const_labels: {node: v2}\n"), 0o644)
+	check(t, os.WriteFile(filepath.Join(dir, "..v1", "config.yml"), []byte("const_labels: {node: v1}\n"), 0o644))
+	check(t, os.WriteFile(filepath.Join(dir, "..v2", "config.yml"), []byte("const_labels: {node: v2}\n"), 0o644))
 	if err := os.Symlink("..v1", filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +304,7 @@ func TestWatchReloads(t *testing.T) {
 	if err := os.WriteFile(path+".tmp", []byte("const_labels:\n  node: ${AGG_TEST_NODE}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	os.Rename(path+".tmp", path)
+	check(t, os.Rename(path+".tmp", path))
 	waitFor("env label", "from-env")
 	t.Setenv("AGG_TEST_NODE", "after-hup")
 	hup <- os.Interrupt // any signal value: run delivers SIGHUP there

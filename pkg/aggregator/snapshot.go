@@ -10,12 +10,13 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
 // The aggregator's own view of exposition data: small, mergeable, with
@@ -106,8 +107,9 @@ func parseSnapshot(r io.Reader, format int, maxBytes int64, maxSeries int, gauge
 		name, typ := mf.GetName(), mf.GetType()
 		dup := seen[name] // protobuf sends each family once; a repeat is a lie
 		seen[name] = true
+		keptType := typ == dto.MetricType_COUNTER || typ == dto.MetricType_HISTOGRAM || (gauges && typ == dto.MetricType_GAUGE)
 		if dup || !model.LegacyValidation.IsValidMetricName(name) || !strings.HasPrefix(name, metrics.Prefix) || strings.HasPrefix(name, aggregatorPrefix) ||
-			!(typ == dto.MetricType_COUNTER || typ == dto.MetricType_HISTOGRAM || (gauges && typ == dto.MetricType_GAUGE)) {
+			!keptType {
 			dropped += len(mf.GetMetric())
 			return nil
 		}

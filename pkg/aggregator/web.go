@@ -123,7 +123,7 @@ func listen(addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
+		_ = l.Close() // best effort on the error path
 		return nil, fmt.Errorf("chmod %s: %w", path, err)
 	}
 	return l, nil
@@ -136,7 +136,7 @@ func (a *Aggregator) mux() *http.ServeMux {
 	path := a.cfg.TelemetryPath
 	mux.Handle("GET "+path, a.Handler())
 	if path != "/healthz" {
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	}
 	if path != "/" {
 		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
@@ -168,7 +168,7 @@ func (a *Aggregator) serve(ctx context.Context) (servers []*http.Server, errc <-
 	defer func() {
 		if err != nil {
 			for _, l := range listeners {
-				l.Close()
+				_ = l.Close() // best effort on the error path
 			}
 		}
 	}()

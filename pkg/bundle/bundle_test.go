@@ -24,7 +24,7 @@ func TestExitRoundTripAndOldFormat(t *testing.T) {
 	}
 	// Shims before the restructure wrote go-runc's Exit; "delete" of a task
 	// they left must still read it.
-	os.WriteFile(b.ExitFile(), []byte(`{"Timestamp":"2026-11-25T01:02:03Z","Pid":4,"Status":3}`), 0o600)
+	check(t, os.WriteFile(b.ExitFile(), []byte(`{"Timestamp":"2026-11-25T01:02:03Z","Pid":4,"Status":3}`), 0o600))
 	if e, err := b.ReadExit(); err != nil || e.Pid != 4 || e.Status != 3 {
 		t.Fatalf("old format: %+v %v", e, err)
 	}
@@ -38,16 +38,16 @@ func TestExitRoundTripAndOldFormat(t *testing.T) {
 
 func TestPidFilesAndExecs(t *testing.T) {
 	b := Bundle(t.TempDir())
-	os.WriteFile(b.InitPidFile(), []byte("123\n"), 0o600)
+	check(t, os.WriteFile(b.InitPidFile(), []byte("123\n"), 0o600))
 	if pid, err := ReadPidFile(b.InitPidFile()); err != nil || pid != 123 {
 		t.Fatalf("%d %v", pid, err)
 	}
-	os.WriteFile(b.ExecPidFile("x"), []byte("junk"), 0o600)
+	check(t, os.WriteFile(b.ExecPidFile("x"), []byte("junk"), 0o600))
 	if _, err := ReadPidFile(b.ExecPidFile("x")); err == nil || !strings.Contains(err.Error(), "exec-x.pid") {
 		t.Fatalf("junk pid file: %v", err)
 	}
 	for _, id := range []string{"e1", "e-2"} {
-		os.WriteFile(b.ExecInternalPidFile(id), []byte("1"), 0o600)
+		check(t, os.WriteFile(b.ExecInternalPidFile(id), []byte("1"), 0o600))
 	}
 	ids := b.ExecInternalPidFiles()
 	sort.Strings(ids)
@@ -56,5 +56,13 @@ func TestPidFilesAndExecs(t *testing.T) {
 	}
 	if filepath.Dir(b.Spec()) != b.Path() || filepath.Base(b.Rootfs()) != "rootfs" {
 		t.Fatal("layout")
+	}
+}
+
+// check fails the test on a setup step's error.
+func check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -189,6 +189,8 @@ func NewTTRPCSender(address string) *TTRPCSender {
 	return &TTRPCSender{address: address}
 }
 
+// Send implements Sender: it forwards env to containerd, dialling on first
+// use; a closed connection is dropped so that the next Send dials again.
 func (s *TTRPCSender) Send(ctx context.Context, env *types.Envelope) error {
 	c, err := s.connect(ctx)
 	if err != nil {
@@ -221,11 +223,12 @@ func (s *TTRPCSender) reset(c *ttrpc.Client) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.client != nil && (c == nil || s.client == c) {
-		s.client.Close()
+		_ = s.client.Close() // its connection failed already, or we are done with it
 		s.client = nil
 	}
 }
 
+// Close closes the connection, if any. A later Send dials again.
 func (s *TTRPCSender) Close() error {
 	s.reset(nil)
 	return nil

@@ -145,10 +145,10 @@ func BenchmarkScrapeRecorder100TasksSocket(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer stop()
+	defer func() { check(b, stop()) }()
 	b.ReportAllocs()
 	for b.Loop() {
-		resp, _, err := unixGet(sock, "/metrics")
+		resp, _, err := unixGet(sock, "/metrics") //nolint:bodyclose // unixGet read and closed the body
 		if err != nil || resp.StatusCode != 200 {
 			b.Fatal(err)
 		}

@@ -16,6 +16,14 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
+// check fails the test on a setup step's error.
+func check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // shortDir is a private temporary directory with a short path: unix
 // socket paths must fit in 108 bytes, and t.TempDir's embed the test name.
 func shortDir(t testing.TB) string {
@@ -61,17 +69,6 @@ func flatten(mfs []*dto.MetricFamily) map[string]float64 {
 	return out
 }
 
-// sumOf adds the samples of one flattened name (any labels).
-func sumOf(vals map[string]float64, name string) float64 {
-	var s float64
-	for k, v := range vals {
-		if strings.HasPrefix(k, name+"{") {
-			s += v
-		}
-	}
-	return s
-}
-
 func gatherFlat(t testing.TB, g prometheus.Gatherer) map[string]float64 {
 	t.Helper()
 	mfs, err := g.Gather()
@@ -81,7 +78,9 @@ func gatherFlat(t testing.TB, g prometheus.Gatherer) map[string]float64 {
 	return flatten(mfs)
 }
 
-// unixGet fetches http://x/path over the unix socket at sock.
+// unixGet fetches http://x/path over the unix socket at sock. It reads and
+// closes the body, returned as a string: callers use only the response's
+// status and header.
 func unixGet(sock, path string) (*http.Response, string, error) {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -31,7 +31,7 @@ func TestServeSocketAndPermissions(t *testing.T) {
 	if st, err := os.Lstat(sock); err != nil || st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
 		t.Errorf("socket: %v %v, want socket 0600", st.Mode(), err)
 	}
-	resp, body, err := unixGet(sock, "/metrics")
+	resp, body, err := unixGet(sock, "/metrics") //nolint:bodyclose // unixGet read and closed the body
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func TestServeSocketAndPermissions(t *testing.T) {
 	if !strings.Contains(body, `containerd_shim_custom_tasks_created_total{backend="runc",runtime_handler="custom-runc"} 1`) {
 		t.Errorf("body lacks the counter:\n%s", body)
 	}
-	if resp, _, err := unixGet(sock, "/other"); err != nil || resp.StatusCode != 404 {
+	if resp, _, err := unixGet(sock, "/other"); err != nil || resp.StatusCode != 404 { //nolint:bodyclose // unixGet read and closed the body
 		t.Errorf("/other: %v %v", resp, err)
 	}
 	if err := stop(); err != nil {
@@ -88,24 +88,24 @@ func TestServeStaleAndForeignPaths(t *testing.T) {
 	if err != nil {
 		t.Fatalf("stale socket: %v", err)
 	}
-	stop()
+	check(t, stop())
 	// Anything else is not ours to delete.
 	file := SocketPath(dir, "file")
-	os.WriteFile(file, []byte("keep"), 0o600)
+	check(t, os.WriteFile(file, []byte("keep"), 0o600))
 	if _, err := Serve(context.Background(), file, New(Options{})); err == nil {
 		t.Fatal("Serve replaced a regular file")
 	}
 	// Shared directories are refused, not taken private.
 	shared := filepath.Join(dir, "shared")
-	os.Mkdir(shared, 0o777)
-	os.Chmod(shared, 0o777|os.ModeSticky)
+	check(t, os.Mkdir(shared, 0o777))
+	check(t, os.Chmod(shared, 0o777|os.ModeSticky))
 	if _, err := Serve(context.Background(), SocketPath(shared, "x"), New(Options{})); err == nil {
 		t.Error("Serve took a sticky directory")
 	}
 	other := filepath.Join(dir, "other")
-	os.Mkdir(other, 0o755)
-	os.Chmod(other, 0o755)
-	os.WriteFile(filepath.Join(other, "unrelated.conf"), nil, 0o644)
+	check(t, os.Mkdir(other, 0o755))
+	check(t, os.Chmod(other, 0o755))
+	check(t, os.WriteFile(filepath.Join(other, "unrelated.conf"), nil, 0o644))
 	if _, err := Serve(context.Background(), SocketPath(other, "x"), New(Options{})); err == nil {
 		t.Error("Serve took a directory holding other files")
 	}
@@ -117,14 +117,14 @@ func TestServeStaleAndForeignPaths(t *testing.T) {
 	}
 	// A group-writable directory of ours is tightened.
 	loose := filepath.Join(dir, "loose")
-	os.Mkdir(loose, 0o750)
-	os.Chmod(loose, 0o750)
-	os.WriteFile(filepath.Join(loose, "old.sock"), nil, 0o600)
+	check(t, os.Mkdir(loose, 0o750))
+	check(t, os.Chmod(loose, 0o750))
+	check(t, os.WriteFile(filepath.Join(loose, "old.sock"), nil, 0o600))
 	stop, err = Serve(context.Background(), SocketPath(loose, "x"), New(Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop()
+	check(t, stop())
 	if st, _ := os.Stat(loose); st.Mode().Perm() != 0o700 {
 		t.Errorf("loose dir mode %v", st.Mode().Perm())
 	}
@@ -195,7 +195,9 @@ func TestHelperScrape(t *testing.T) {
 		fmt.Printf("RESULT dial-error %v\n", err)
 		os.Exit(0)
 	}
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	fmt.Fprintf(c, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
 	line, err := bufio.NewReader(c).ReadString('\n')
 	switch {
@@ -228,7 +230,7 @@ func TestPeerCheckOtherUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(pub)
-	os.Chmod(pub, 0o755)
+	check(t, os.Chmod(pub, 0o755))
 	helper := filepath.Join(pub, "metrics.test")
 	data, err := os.ReadFile(bin)
 	if err != nil {
@@ -262,7 +264,7 @@ func TestPeerCheckOtherUser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stop()
+	defer func() { check(t, stop()) }()
 
 	if got := run(sock, 0); !strings.HasPrefix(got, "response HTTP/1.0 200") {
 		t.Errorf("root: %s", got)
@@ -270,8 +272,8 @@ func TestPeerCheckOtherUser(t *testing.T) {
 	if got := run(sock, 65534); !strings.HasPrefix(got, "dial-error") || !strings.Contains(got, "permission denied") {
 		t.Errorf("uid 65534 through a 0700 directory: %s", got)
 	}
-	os.Chmod(dir, 0o755)
-	os.Chmod(sock, 0o666)
+	check(t, os.Chmod(dir, 0o755))
+	check(t, os.Chmod(sock, 0o666))
 	if got := run(sock, 65534); got != "closed" {
 		t.Errorf("uid 65534 past open modes: %s, want the connection closed", got)
 	}
@@ -294,11 +296,11 @@ func TestServeStopKeepsSuccessorSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stop2()
+	defer func() { check(t, stop2()) }()
 	if err := stop1(); err != nil {
 		t.Fatal(err)
 	}
-	resp, _, err := unixGet(sock, "/metrics")
+	resp, _, err := unixGet(sock, "/metrics") //nolint:bodyclose // unixGet read and closed the body
 	if err != nil || resp.Header.Get(InstanceHeader) != r2.Instance() {
 		t.Fatalf("successor's socket gone after the predecessor stopped: %v", err)
 	}
@@ -311,7 +313,7 @@ func TestCleanupSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stop()
+	defer func() { check(t, stop()) }()
 	dead := SocketPath(dir, "dead")
 	l, err := net.Listen("unix", dead)
 	if err != nil {

@@ -29,7 +29,7 @@ func TestRegistryWiresBackendsIntoTheSchema(t *testing.T) {
 	if cfg.Section().(*runsc.Config).Platform != "ptrace" || cfg.Sections["runc"].(*runc.Config).BinaryName != "crun" {
 		t.Fatalf("%+v", cfg.Sections)
 	}
-	if _, err := reg.Schema().ParseConfig([]byte("[runsc]\nplatfrom = \"ptrace\"\n"), "h.toml"); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "runsc.platfrom") || !strings.Contains(err.Error(), "line 2") {
+	if _, err := reg.Schema().ParseConfig([]byte("[runsc]\nplatfrom = \"ptrace\"\n"), "h.toml"); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "runsc.platfrom") || !strings.Contains(err.Error(), "line 2") { //nolint:misspell // deliberate typo: the test feeds an unknown key
 		t.Fatalf("unknown key in a backend's table: %v", err)
 	}
 	cfg.Backend = "kata"

@@ -54,32 +54,32 @@ func TestDeleteMode(t *testing.T) {
 	at := time.Unix(1700000000, 0).UTC()
 	cases := []struct {
 		name        string
-		prepare     func(b bundle.Bundle)
+		prepare     func(t *testing.T, b bundle.Bundle)
 		wantPid     uint32
 		wantStatus  uint32
 		wantDeleted bool
 	}{
-		{"recorded exit", func(b bundle.Bundle) {
-			oci.WriteConfigFile(b, reg.Schema().DefaultConfig())
-			b.WriteExit(bundle.Exit{Pid: 42, Status: 3, Timestamp: at})
+		{"recorded exit", func(t *testing.T, b bundle.Bundle) {
+			check(t, oci.WriteConfigFile(b, reg.Schema().DefaultConfig()))
+			check(t, b.WriteExit(bundle.Exit{Pid: 42, Status: 3, Timestamp: at}))
 		}, 42, 3, true},
-		{"no recorded exit", func(b bundle.Bundle) {
-			oci.WriteConfigFile(b, reg.Schema().DefaultConfig())
-			os.WriteFile(b.InitPidFile(), []byte("77"), 0o600)
+		{"no recorded exit", func(t *testing.T, b bundle.Bundle) {
+			check(t, oci.WriteConfigFile(b, reg.Schema().DefaultConfig()))
+			check(t, os.WriteFile(b.InitPidFile(), []byte("77"), 0o600))
 		}, 77, 137, true},
-		{"create never reached the backend", func(b bundle.Bundle) {}, 0, 137, false},
-		{"unreadable shim config falls back to defaults", func(b bundle.Bundle) {
-			os.WriteFile(b.ShimConfig(), []byte("{"), 0o600)
+		{"create never reached the backend", func(t *testing.T, b bundle.Bundle) {}, 0, 137, false},
+		{"unreadable shim config falls back to defaults", func(t *testing.T, b bundle.Bundle) {
+			check(t, os.WriteFile(b.ShimConfig(), []byte("{"), 0o600))
 		}, 0, 137, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			rec.deleted = nil
 			b := bundle.Bundle(t.TempDir())
-			os.Mkdir(b.Rootfs(), 0o755)
-			os.WriteFile(b.Spec(), []byte(`{"process":{"args":["sh"]},"root":{"path":"rootfs"}}`), 0o600)
-			os.WriteFile(b.BootstrapFile(), []byte(`{"address":"unix://`+filepath.Join(t.TempDir(), "dead.sock")+`"}`), 0o600)
-			tc.prepare(b)
+			check(t, os.Mkdir(b.Rootfs(), 0o755))
+			check(t, os.WriteFile(b.Spec(), []byte(`{"process":{"args":["sh"]},"root":{"path":"rootfs"}}`), 0o600))
+			check(t, os.WriteFile(b.BootstrapFile(), []byte(`{"address":"unix://`+filepath.Join(t.TempDir(), "dead.sock")+`"}`), 0o600))
+			tc.prepare(t, b)
 			var out bytes.Buffer
 			if err := runDelete(context.Background(), &flags{namespace: "ns", id: "c1", bundle: b.Path()}, reg, &out); err != nil {
 				t.Fatal(err)
@@ -98,5 +98,13 @@ func TestDeleteMode(t *testing.T) {
 				t.Fatalf("force deletes %v, want one of c1: %v", rec.deleted, tc.wantDeleted)
 			}
 		})
+	}
+}
+
+// check fails the test on a setup step's error.
+func check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

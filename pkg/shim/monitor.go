@@ -19,7 +19,7 @@ type releasingMonitor struct {
 func (m releasingMonitor) Wait(c *exec.Cmd, ec chan gorunc.Exit) (int, error) {
 	status, err := m.Monitor.Wait(c, ec)
 	if c.Process != nil {
-		c.Process.Release()
+		_ = c.Process.Release() // never fails on unix
 	}
 	return status, err
 }

@@ -111,7 +111,7 @@ func runServe(ctx context.Context, f *flags) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	if err := server.Shutdown(sctx); err != nil {
-		server.Close()
+		_ = server.Close() // forced after the timeout; the shim exits next
 	}
 	cancel()
 	if f.socket != "" {

@@ -161,8 +161,9 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 	}
 	defer func() {
 		if retErr != nil {
-			listener.Close()
-			cshim.RemoveSocket(address)
+			// Best effort: the error being returned is the one to report.
+			_ = listener.Close()
+			_ = cshim.RemoveSocket(address)
 		}
 	}()
 	sock, err := listener.File()
@@ -192,13 +193,19 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 	if err != nil {
 		return fmt.Errorf("start shim server: %w", err)
 	}
+	// The server outlives us; reap it if it dies first. Only this goroutine
+	// waits: a second cmd.Wait (the cleanup's) raced with it.
+	reaped := make(chan struct{})
+	go func() {
+		_ = cmd.Wait() // its exit status is nobody's business here
+		close(reaped)
+	}()
 	defer func() {
 		if retErr != nil {
-			cmd.Process.Kill()
-			cmd.Wait()
+			_ = cmd.Process.Kill() // fails only if it is gone already
+			<-reaped
 		}
 	}()
-	go cmd.Wait() // the server outlives us; reap it if it dies first
 
 	if err := joinShimCgroup(cmd.Process.Pid, b.options); err != nil {
 		return err

@@ -188,7 +188,7 @@ func (c *container) createInit(ctx context.Context, r *taskAPI.CreateTaskRequest
 	if err != nil {
 		return fmt.Errorf("stdio: %w", err)
 	}
-	u.add(func() { pio.Close() })
+	u.add(func() { _ = pio.Close() }) // its error is of no use (procio.IO.Close)
 	c.init.setIO(pio)
 
 	c.create = &runtime.CreateConfig{
@@ -330,7 +330,7 @@ func (c *container) startExec(ctx context.Context, p *process) (int, error) {
 	pid, err := c.runExec(ctx, p)
 	if err != nil {
 		if pio := p.getIO(); pio != nil {
-			pio.Close()
+			_ = pio.Close() // its error is of no use (procio.IO.Close)
 		}
 		p.setExited(255, time.Now())
 		c.h.exits.execDone(c)
@@ -362,7 +362,9 @@ func (c *container) runExec(ctx context.Context, p *process) (int, error) {
 	p.pid.Store(int64(pid))
 	pio.CloseAfterStart()
 	if err := pio.Start(ctx, c.h.platform); err != nil {
-		c.backend.Signal(ctx, c.id, runtime.ExecProcess{ID: p.id, Pid: pid}, syscall.SIGKILL)
+		if kerr := c.backend.Signal(ctx, c.id, runtime.ExecProcess{ID: p.id, Pid: pid}, syscall.SIGKILL); kerr != nil {
+			log.G(ctx).WithError(kerr).Warn("kill exec whose stdio failed")
+		}
 		return 0, err
 	}
 	if err := p.transition(opStart); err != nil {
@@ -391,9 +393,11 @@ func (c *container) deleteExec(p *process) (*taskAPI.DeleteResponse, error) {
 		if err := pio.Wait(ioDrainTimeout); err != nil {
 			log.G(c.h.ctx).WithError(err).Warn("delete exec")
 		}
-		pio.Close()
+		_ = pio.Close() // its error is of no use (procio.IO.Close)
 	}
-	os.Remove(c.bundle.ExecPidFile(p.id))
+	// An exec that never started has no pid file; the bundle's removal
+	// takes one that stays.
+	_ = os.Remove(c.bundle.ExecPidFile(p.id))
 	c.removeExec(p.id)
 	return resp, nil
 }
@@ -427,7 +431,7 @@ func (c *container) deleteInit(ctx context.Context) (*taskAPI.DeleteResponse, er
 		return nil, fmt.Errorf("delete task %s: %w", c.id, err)
 	}
 	if pio != nil {
-		pio.Close()
+		_ = pio.Close() // its error is of no use (procio.IO.Close)
 	}
 	if c.rootfs != "" {
 		if err := mount.UnmountRecursive(c.rootfs, 0); err != nil {
@@ -436,7 +440,7 @@ func (c *container) deleteInit(ctx context.Context) (*taskAPI.DeleteResponse, er
 	}
 	for _, e := range c.execList() {
 		if eio := e.getIO(); eio != nil {
-			eio.Close()
+			_ = eio.Close() // its error is of no use (procio.IO.Close)
 		}
 	}
 	c.h.oom.Remove(c.id)

@@ -79,8 +79,9 @@ func TestRaceExecStateDeleteAfterInitExit(t *testing.T) {
 					errs <- nil
 					return
 				}
-				if err == nil || !(errdefs.IsFailedPrecondition(err) || errdefs.IsNotFound(err)) {
-					err = fmt.Errorf("exec after init exit: %v, want FailedPrecondition or NotFound", err)
+				refused := errdefs.IsFailedPrecondition(err) || errdefs.IsNotFound(err)
+				if err == nil || !refused {
+					err = fmt.Errorf("exec after init exit: %w, want FailedPrecondition or NotFound", err)
 				} else {
 					err = nil
 				}
@@ -95,7 +96,10 @@ func TestRaceExecStateDeleteAfterInitExit(t *testing.T) {
 			}()
 			go func() {
 				if i%2 == 0 {
-					h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: id})
+					if _, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: id}); err != nil {
+						errs <- fmt.Errorf("wait: %w", err)
+						return
+					}
 				}
 				_, err := h.svc.Delete(h.ctx, &taskAPI.DeleteRequest{ID: id})
 				errs <- err
@@ -118,7 +122,9 @@ func TestStateDoesNotWaitForRuntimeCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.exit(pid, 0)
-	h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"})
+	if _, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
 
 	release := make(chan struct{})
 	entered := make(chan struct{})

@@ -307,7 +307,7 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 	}
 	var spec specs.Process
 	if err := json.Unmarshal(r.Spec.GetValue(), &spec); err != nil {
-		return nil, fmt.Errorf("exec %s of task %s: process spec: %v: %w", r.ExecID, r.ID, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("exec %s of task %s: process spec: %w: %w", r.ExecID, r.ID, err, errdefs.ErrInvalidArgument)
 	}
 	if len(spec.Args) == 0 {
 		return nil, fmt.Errorf("exec %s of task %s: process spec: field \"args\": must not be empty: %w", r.ExecID, r.ID, errdefs.ErrInvalidArgument)
@@ -452,7 +452,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	var opts options.CheckpointOptions
 	if r.Options != nil && len(r.Options.GetValue()) > 0 {
 		if err := r.Options.UnmarshalTo(&opts); err != nil {
-			return nil, fmt.Errorf("checkpoint task %s: options %s: %v: %w", c.id, r.Options.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("checkpoint task %s: options %s: %w: %w", c.id, r.Options.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 		}
 	}
 	path := r.Path
@@ -482,7 +482,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	}
 	var res specs.LinuxResources
 	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
-		return nil, fmt.Errorf("update task %s: resources: %v: %w", c.id, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("update task %s: resources: %w: %w", c.id, err, errdefs.ErrInvalidArgument)
 	}
 	return empty, c.update(ctx, &res)
 }

@@ -269,7 +269,9 @@ func TestExitDuringStartComesAfterTaskStart(t *testing.T) {
 func TestExecExitDuringStartComesAfterExecStarted(t *testing.T) {
 	h := newHarness(t)
 	h.create("c1")
-	h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1"})
+	if _, err := h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
 	h.backend.onExec = func(pid int) { h.exit(pid, 3) }
 	if _, err := h.svc.Exec(h.ctx, &taskAPI.ExecProcessRequest{ID: "c1", ExecID: "e1", Spec: execSpec(t)}); err != nil {
 		t.Fatal(err)
@@ -289,8 +291,12 @@ func TestExecExitDuringStartComesAfterExecStarted(t *testing.T) {
 func TestInitExitWaitsForExecExits(t *testing.T) {
 	h := newHarness(t)
 	initPid := h.create("c1")
-	h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1"})
-	h.svc.Exec(h.ctx, &taskAPI.ExecProcessRequest{ID: "c1", ExecID: "e1", Spec: execSpec(t)})
+	if _, err := h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.Exec(h.ctx, &taskAPI.ExecProcessRequest{ID: "c1", ExecID: "e1", Spec: execSpec(t)}); err != nil {
+		t.Fatal(err)
+	}
 	st, err := h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1", ExecID: "e1"})
 	if err != nil {
 		t.Fatal(err)
@@ -316,9 +322,13 @@ func TestSharedPidNamespaceKillsAllOnInitExit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1"})
+	if _, err := h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
 	h.exit(int(resp.Pid), 0)
-	h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"})
+	if _, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
 	if len(h.backend.killed) != 1 || h.backend.killed[0] != "c1/9/true" {
 		t.Fatalf("want a kill --all SIGKILL, got %v", h.backend.killed)
 	}
@@ -365,7 +375,9 @@ func TestStateErrors(t *testing.T) {
 			return err
 		}, errdefs.IsFailedPrecondition},
 		{"duplicate exec id", func() error {
-			h.svc.Exec(h.ctx, &taskAPI.ExecProcessRequest{ID: "c1", ExecID: "dup", Spec: execSpec(t)})
+			if _, err := h.svc.Exec(h.ctx, &taskAPI.ExecProcessRequest{ID: "c1", ExecID: "dup", Spec: execSpec(t)}); err != nil {
+				t.Fatalf("first exec: %v", err)
+			}
 			_, err := h.svc.Exec(h.ctx, &taskAPI.ExecProcessRequest{ID: "c1", ExecID: "dup", Spec: execSpec(t)})
 			return err
 		}, errdefs.IsAlreadyExists},
@@ -412,9 +424,13 @@ func TestShutdownWaitsForLastTask(t *testing.T) {
 	if shutdowns != 0 {
 		t.Fatal("shut down with a task left")
 	}
-	h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1"})
+	if _, err := h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
 	h.exit(pid, 0)
-	h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"})
+	if _, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
 	h.svc.Delete(h.ctx, &taskAPI.DeleteRequest{ID: "c1"})
 	h.svc.Shutdown(h.ctx, &taskAPI.ShutdownRequest{})
 	h.svc.Shutdown(h.ctx, &taskAPI.ShutdownRequest{})
@@ -432,9 +448,13 @@ func TestEventsSurviveSendFailuresInOrder(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		id := fmt.Sprintf("c%d", i)
 		pid := h.create(id)
-		h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: id})
+		if _, err := h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: id}); err != nil {
+			t.Fatal(err)
+		}
 		h.exit(pid, i)
-		h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: id})
+		if _, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: id}); err != nil {
+			t.Fatal(err)
+		}
 		h.svc.Delete(h.ctx, &taskAPI.DeleteRequest{ID: id})
 	}
 	got := h.flushed()

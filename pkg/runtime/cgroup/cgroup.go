@@ -55,13 +55,13 @@ func Load(pid int) (Cgroup, error) {
 	if Unified() {
 		path, err := cgroup2.PidGroupPath(pid)
 		if err != nil {
-			return nil, fmt.Errorf("cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
+			return nil, fmt.Errorf("cgroup of pid %d: %w: %w", pid, err, errdefs.ErrNotFound)
 		}
 		return LoadV2(path)
 	}
 	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
 	if err != nil {
-		return nil, fmt.Errorf("load cgroup of pid %d: %v: %w", pid, err, errdefs.ErrNotFound)
+		return nil, fmt.Errorf("load cgroup of pid %d: %w: %w", pid, err, errdefs.ErrNotFound)
 	}
 	return &v1{cg: cg, path: fmt.Sprintf("v1 cgroup of pid %d", pid)}, nil
 }
@@ -71,7 +71,7 @@ func Load(pid int) (Cgroup, error) {
 func LoadV2(group string, opts ...cgroup2.InitOpts) (Cgroup, error) {
 	m, err := cgroup2.Load(group, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("load cgroup %s: %v: %w", group, err, errdefs.ErrNotFound)
+		return nil, fmt.Errorf("load cgroup %s: %w: %w", group, err, errdefs.ErrNotFound)
 	}
 	return &v2{m: m, path: group}, nil
 }

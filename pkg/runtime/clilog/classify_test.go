@@ -58,9 +58,9 @@ func contract(op, condition string) error {
 	return fmt.Errorf("no contract for condition %q", condition)
 }
 
-// noKind marks a captured failure whose words name no condition the
+// errNoKind marks a captured failure whose words name no condition the
 // contract covers; the backend passes the runtime's message on.
-var noKind = errors.New("no kind")
+var errNoKind = errors.New("no kind")
 
 // exceptions are the captured failures whose words cannot follow the
 // contract, keyed by "<testdata file> <case>": the kind they get instead,
@@ -74,31 +74,31 @@ func exceptions() map[string]error {
 		// An SELinux label on a host without SELinux: crun reports the
 		// EINVAL of a /proc write (runc ignores the label, runsc says
 		// "not supported").
-		"crun-1.8.1 create/spec-selinux-label": noKind,
+		"crun-1.8.1 create/spec-selinux-label": errNoKind,
 		// crun's time namespace on this kernel: "write to sync socket:
 		// Broken pipe" or nothing at all, run to run.
-		"crun-1.8.1 create/spec-time-namespace": noKind,
+		"crun-1.8.1 create/spec-time-namespace": errNoKind,
 		// runc 1.1 predates time namespaces and words it like a bogus
 		// namespace type: "namespace {"time" ""} does not exist".
 		"runc-1.1.5 create/spec-time-namespace": errdefs.ErrInvalidArgument,
 		// runsc update on a stopped container dies of a nil pointer.
-		"runsc-20260905 update/stopped": noKind,
+		"runsc-20260905 update/stopped": errNoKind,
 		// runsc events --stats says nothing once the sandbox is gone: its
 		// warning goes to the debug log only. The runsc backend falls back
 		// to the host cgroup's figures.
-		"runsc-20260905 events/stopped": noKind,
+		"runsc-20260905 events/stopped": errNoKind,
 		// Debian 12's 2022 runsc has no update command: it prints its
 		// top-level usage.
 		"runsc-20221219-debian update/missing":           errdefs.ErrNotImplemented,
 		"runsc-20221219-debian update/stopped":           errdefs.ErrNotImplemented,
 		"runsc-20221219-debian update/invalid-resources": errdefs.ErrNotImplemented,
-		"runsc-20221219-debian events/stopped":           noKind, // as today's runsc
+		"runsc-20221219-debian events/stopped":           errNoKind, // as today's runsc
 		// Its bugs: events on a created container divides by zero,
 		// checkpoint of one fails inside the sandbox, and a missing rootfs
 		// kills the sandbox before it reports.
-		"runsc-20221219-debian events/created":             noKind,
-		"runsc-20221219-debian checkpoint/created":         noKind,
-		"runsc-20221219-debian create/spec-missing-rootfs": noKind,
+		"runsc-20221219-debian events/created":             errNoKind,
+		"runsc-20221219-debian checkpoint/created":         errNoKind,
+		"runsc-20221219-debian create/spec-missing-rootfs": errNoKind,
 	}
 }
 
@@ -144,7 +144,7 @@ func TestClassifyCaptured(t *testing.T) {
 				}
 				t.Run(capture+"/"+r.Case+"/"+m.from, func(t *testing.T) {
 					got := Classify(family, r.Op, m.msg)
-					if want == noKind {
+					if errors.Is(want, errNoKind) {
 						if got != nil {
 							t.Errorf("Classify(%s, %q, %q) = %v, want no kind", family, r.Op, short(m.msg), got)
 						}

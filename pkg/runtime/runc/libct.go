@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/capabilities"
@@ -67,8 +68,6 @@ type libBackend struct {
 
 	mu        sync.Mutex
 	container *libcontainer.Container // guarded by mu; nil before Create and after Delete
-	// resources are the container's resources as the last Update left them.
-	resources *specs.LinuxResources // guarded by mu
 }
 
 var _ runtime.Backend = (*libBackend)(nil)
@@ -121,7 +120,7 @@ func (b *libBackend) libcontainerConfig(id string) (*configs.Config, error) {
 		Spec:             &spec,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v: %w", b.bundle.Spec(), err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("%s: %w: %w", b.bundle.Spec(), err, errdefs.ErrInvalidArgument)
 	}
 	for i, l := range config.Labels {
 		if len(l) >= 7 && l[:7] == "bundle=" {
@@ -150,7 +149,9 @@ func (b *libBackend) Create(ctx context.Context, cc *runtime.CreateConfig) (_ in
 	}
 	defer func() {
 		if retErr != nil {
-			b.destroy(c)
+			if err := b.destroy(c); err != nil {
+				log.G(ctx).WithError(err).Warn("destroy container after failed create")
+			}
 		}
 	}()
 	proc, err := newProcess(b.spec.Process)
@@ -205,12 +206,12 @@ func (b *libBackend) attach(proc *libcontainer.Process, io *runtime.IO, console 
 		return nil, fmt.Errorf("connect to console socket %s: %w", console.Path, err)
 	}
 	f, err := conn.(*net.UnixConn).File()
-	conn.Close()
+	_ = conn.Close() // f, if any, is a duplicate of its descriptor
 	if err != nil {
 		return nil, fmt.Errorf("console socket: %w", err)
 	}
 	proc.ConsoleSocket = f
-	return func() { f.Close() }, nil
+	return func() { _ = f.Close() }, nil // only the shim's copy of the socket
 }
 
 // Start implements runtime.Backend: runc start.
@@ -243,7 +244,9 @@ func (b *libBackend) Restore(ctx context.Context, cc *runtime.CreateConfig, r *r
 	}
 	defer func() {
 		if retErr != nil {
-			b.destroy(c)
+			if err := b.destroy(c); err != nil {
+				log.G(ctx).WithError(err).Warn("destroy container after failed restore")
+			}
 		}
 	}()
 	proc, err := newProcess(b.spec.Process)
@@ -369,7 +372,11 @@ func (b *libBackend) Delete(ctx context.Context, id string, force bool) error {
 	if errdefs.IsNotFound(err) {
 		// An aborted create can leave a state directory without a state
 		// file, which Load does not see (runc delete does the same).
-		os.RemoveAll(filepath.Join(b.root, id))
+		// As runc delete, a leftover that will not go is reported, not
+		// returned: the container is gone either way.
+		if err := os.RemoveAll(filepath.Join(b.root, id)); err != nil {
+			log.G(ctx).WithError(err).Warn("remove container state directory")
+		}
 		return nil
 	}
 	if err != nil {
@@ -402,7 +409,7 @@ func (b *libBackend) Delete(ctx context.Context, id string, force bool) error {
 func (b *libBackend) kill(ctx context.Context, c *libcontainer.Container) error {
 	_ = c.Signal(unix.SIGKILL)
 	for range 100 {
-		if err := c.Signal(unix.Signal(0)); err != nil {
+		if !initRunning(c) {
 			return nil
 		}
 		select {
@@ -412,6 +419,14 @@ func (b *libBackend) kill(ctx context.Context, c *libcontainer.Container) error 
 		}
 	}
 	return fmt.Errorf("container %s: init still running after SIGKILL", c.ID())
+}
+
+// initRunning reports whether c's init still runs. Signal 0 fails once init
+// is gone (libcontainer.ErrNotRunning, or ESRCH if it went between
+// libcontainer's check and the signal): that failure is the answer kill
+// polls for, not an error to report, so any failure counts as gone.
+func initRunning(c *libcontainer.Container) bool {
+	return c.Signal(unix.Signal(0)) == nil
 }
 
 // destroy removes the container's cgroup and state and runs its poststop
@@ -526,8 +541,8 @@ func (b *libBackend) Checkpoint(ctx context.Context, id string, cc *runtime.Chec
 	resume()
 	if err != nil {
 		// The work directory goes away; keep criu's log in the bundle.
-		if data, rerr := os.ReadFile(filepath.Join(work, "dump.log")); rerr == nil {
-			os.WriteFile(b.bundle.CriuDumpLog(), data, 0o600)
+		// The error names the copy only if there is one.
+		if data, rerr := os.ReadFile(filepath.Join(work, "dump.log")); rerr == nil && os.WriteFile(b.bundle.CriuDumpLog(), data, 0o600) == nil {
 			return fmt.Errorf("checkpoint container %s: %w (criu log: %s)", id, libError(err), b.bundle.CriuDumpLog())
 		}
 		return fmt.Errorf("checkpoint container %s: %w", id, libError(err))
@@ -581,7 +596,9 @@ func libError(err error) error {
 // init reports about the process (a missing executable, a bad cwd) is the
 // bundle's fault, as runc create says.
 func startError(err error) error {
-	if k := libError(err); k != err {
+	// An identity test, not errors.Is: libError returns err itself when
+	// it knows no kind for it.
+	if k := libError(err); k != err { //nolint:errorlint // see above
 		return k
 	}
 	var errno unix.Errno
@@ -631,7 +648,7 @@ func newProcess(p *specs.Process) (*libcontainer.Process, error) {
 	}
 	aff, err := configs.ConvertCPUAffinity(p.ExecCPUAffinity)
 	if err != nil {
-		return nil, fmt.Errorf("field \"process.execCPUAffinity\": %v: %w", err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("field \"process.execCPUAffinity\": %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	lp.CPUAffinity = aff
 	return lp, nil
@@ -799,7 +816,7 @@ func writePidFile(path string, pid int) error {
 func lookCriu() (string, error) {
 	p, err := exec.LookPath("criu")
 	if err != nil {
-		return "", fmt.Errorf("checkpoint and restore need criu: %v: %w", err, errdefs.ErrNotImplemented)
+		return "", fmt.Errorf("checkpoint and restore need criu: %w: %w", err, errdefs.ErrNotImplemented)
 	}
 	return p, nil
 }

@@ -66,10 +66,14 @@ func testBundle(t *testing.T, busybox string, args ...string) (bundle.Bundle, *s
 		t.Fatal(err)
 	}
 	for _, l := range []string{"sh", "true", "sleep", "cat", "echo"} {
-		os.Symlink("busybox", filepath.Join(bin, l))
+		if err := os.Symlink("busybox", filepath.Join(bin, l)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, d := range []string{"proc", "dev", "sys", "tmp"} {
-		os.MkdirAll(filepath.Join(b.Rootfs(), d), 0o755)
+		if err := os.MkdirAll(filepath.Join(b.Rootfs(), d), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	spec := &specs.Spec{
 		Version: specs.Version,
@@ -253,7 +257,7 @@ func TestLibcontainerLeavesShimDescriptorsUsable(t *testing.T) {
 	go func() {
 		c, err := net.Dial("unix", l.Addr().String())
 		if err == nil {
-			c.Write([]byte("x"))
+			_, _ = c.Write([]byte("x")) // only the connection matters
 			c.Close()
 		}
 	}()

@@ -157,7 +157,7 @@ var _ runtime.Backend = (*Backend)(nil)
 func New(cfg Config, namespace string, b bundle.Bundle) (*Backend, error) {
 	bin, err := exec.LookPath(cfg.BinaryName)
 	if err != nil {
-		return nil, fmt.Errorf("runc backend: field \"runc.binary_name\": runtime binary %q not found: %v: %w",
+		return nil, fmt.Errorf("runc backend: field \"runc.binary_name\": runtime binary %q not found: %w: %w",
 			cfg.BinaryName, err, errdefs.ErrFailedPrecondition)
 	}
 	return &Backend{
@@ -241,7 +241,7 @@ func (b *Backend) Start(ctx context.Context, id string, _ *runtime.IO) error {
 // Restore implements runtime.Backend.
 func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runtime.RestoreConfig) (int, error) {
 	if _, err := exec.LookPath(b.criu()); err != nil {
-		return 0, fmt.Errorf("restore needs criu (%s): %v: %w", b.criu(), err, errdefs.ErrNotImplemented)
+		return 0, fmt.Errorf("restore needs criu (%s): %w: %w", b.criu(), err, errdefs.ErrNotImplemented)
 	}
 	work := r.WorkDir
 	if work == "" {
@@ -373,7 +373,7 @@ func (b *Backend) Stats(ctx context.Context, id string, cg cgroup.Cgroup) (*cgro
 // Checkpoint implements runtime.Backend.
 func (b *Backend) Checkpoint(ctx context.Context, id string, c *runtime.CheckpointConfig) error {
 	if _, err := exec.LookPath(b.criu()); err != nil {
-		return fmt.Errorf("checkpoint needs criu (%s): %v: %w", b.criu(), err, errdefs.ErrNotImplemented)
+		return fmt.Errorf("checkpoint needs criu (%s): %w: %w", b.criu(), err, errdefs.ErrNotImplemented)
 	}
 	var actions []gorunc.CheckpointAction
 	if !c.Exit {
@@ -399,8 +399,8 @@ func (b *Backend) Checkpoint(ctx context.Context, id string, c *runtime.Checkpoi
 	if err != nil {
 		// The work directory goes away; keep criu's log in the bundle.
 		dumpLog := b.bundle.CriuDumpLog()
-		if data, rerr := os.ReadFile(filepath.Join(work, "dump.log")); rerr == nil {
-			os.WriteFile(dumpLog, data, 0o600)
+		// The error names the copy only if there is one.
+		if data, rerr := os.ReadFile(filepath.Join(work, "dump.log")); rerr == nil && os.WriteFile(dumpLog, data, 0o600) == nil {
 			return fmt.Errorf("%w (criu log: %s)", err, dumpLog)
 		}
 		return err

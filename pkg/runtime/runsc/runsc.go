@@ -187,7 +187,7 @@ func New(cfg Config, c *runtime.Container) (runtime.Backend, error) {
 func newBackend(cfg Config, namespace string, bdl bundle.Bundle, spec *specs.Spec, group string) (*Backend, error) {
 	bin, err := exec.LookPath(cfg.BinaryName)
 	if err != nil {
-		return nil, fmt.Errorf("runsc backend: field \"runsc.binary_name\": runtime binary %q not found: %v: %w",
+		return nil, fmt.Errorf("runsc backend: field \"runsc.binary_name\": runtime binary %q not found: %w: %w",
 			cfg.BinaryName, err, errdefs.ErrFailedPrecondition)
 	}
 	b := &Backend{
@@ -270,7 +270,7 @@ func checkFlags(bin, platform string, flags []string) (string, []string, error) 
 		return "ptrace", flags, nil
 	}
 	if err != nil {
-		return "", nil, fmt.Errorf("runsc backend: fields \"runsc.platform\", \"runsc.network\", \"runsc.flags\": %s rejects %s: %v: %w",
+		return "", nil, fmt.Errorf("runsc backend: fields \"runsc.platform\", \"runsc.network\", \"runsc.flags\": %s rejects %s: %w: %w",
 			bin, strings.Join(append([]string{"--platform=" + platform}, flags...), " "), err, errdefs.ErrInvalidArgument)
 	}
 	return platform, flags, nil
@@ -392,7 +392,7 @@ func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runti
 	// sandbox's overlay filestore, which runsc refuses to reuse.
 	stale, _ := filepath.Glob(filepath.Join(c.Bundle.Rootfs(), ".gvisor.filestore.*"))
 	for _, f := range stale {
-		os.Remove(f)
+		_ = os.Remove(f) // one that stays makes runsc refuse the restore, saying so
 	}
 	pid, err := b.Create(ctx, c)
 	if err != nil {
@@ -403,7 +403,9 @@ func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runti
 		cio = c.IO
 	}
 	if err := b.run(ctx, "restore", cio, nil, "restore", "--detach", "--image-path="+r.ImagePath, c.ID); err != nil {
-		b.Delete(context.WithoutCancel(ctx), c.ID, true)
+		if derr := b.Delete(context.WithoutCancel(ctx), c.ID, true); derr != nil {
+			log.G(ctx).WithError(derr).Warn("delete container after failed restore")
+		}
 		return 0, err
 	}
 	return pid, nil
@@ -419,7 +421,9 @@ func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (i
 	}
 	defer os.Remove(f.Name())
 	err = json.NewEncoder(f).Encode(e.Spec)
-	f.Close()
+	if cerr := f.Close(); err == nil {
+		err = cerr // runsc reads the file: a failed close may have lost it
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -505,9 +509,13 @@ func removeRoot(root string) {
 		}
 	}
 	nullNetns := filepath.Join(root, "null-netns")
-	unix.Unmount(nullNetns, unix.MNT_DETACH)
-	os.Remove(nullNetns)
-	os.Remove(root)
+	// The delete succeeded whatever happens here. The unmount fails if
+	// nothing is mounted; a mount that stays makes the remove fail (EBUSY).
+	_ = unix.Unmount(nullNetns, unix.MNT_DETACH)
+	if err := os.Remove(nullNetns); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.L.WithError(err).WithField("root", root).Warn("runsc: null-netns left: it pins a network namespace")
+	}
+	_ = os.Remove(root) // not empty: a container of the group came meanwhile, and it is theirs
 }
 
 // Pause implements runtime.Backend.

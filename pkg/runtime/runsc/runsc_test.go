@@ -93,9 +93,9 @@ func TestSandboxNetwork(t *testing.T) {
 func TestCheckExecutable(t *testing.T) {
 	b := bundle.Bundle(t.TempDir())
 	rootfs := b.Rootfs()
-	os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755)
-	os.WriteFile(filepath.Join(rootfs, "bin", "sh"), []byte("#!"), 0o755)
-	os.WriteFile(filepath.Join(rootfs, "bin", "data"), []byte("x"), 0o644)
+	check(t, os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755))
+	check(t, os.WriteFile(filepath.Join(rootfs, "bin", "sh"), []byte("#!"), 0o755))
+	check(t, os.WriteFile(filepath.Join(rootfs, "bin", "data"), []byte("x"), 0o644))
 	spec := func(args ...string) *specs.Spec {
 		return &specs.Spec{
 			Root:    &specs.Root{Path: "rootfs"},
@@ -128,7 +128,7 @@ func TestCheckExecutable(t *testing.T) {
 func TestShareHostnameKeepsUnknownFields(t *testing.T) {
 	b := bundle.Bundle(t.TempDir())
 	raw := `{"ociVersion":"1.2.0","hostname":"","linux":{"namespaces":[{"type":"mount"}]},"x-future":{"a":1}}`
-	os.WriteFile(b.Spec(), []byte(raw), 0o644)
+	check(t, os.WriteFile(b.Spec(), []byte(raw), 0o644))
 	s := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.MountNamespace}}}}
 	if err := shareHostname(b, s); err != nil {
 		t.Fatal(err)
@@ -136,7 +136,9 @@ func TestShareHostnameKeepsUnknownFields(t *testing.T) {
 	host, _ := os.Hostname()
 	data, _ := os.ReadFile(b.Spec())
 	var got map[string]any
-	json.Unmarshal(data, &got)
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatalf("config.json after: %v\n%s", err, data)
+	}
 	if got["hostname"] != host || got["x-future"] == nil || s.Hostname != host {
 		t.Fatalf("config.json after: %s", data)
 	}
@@ -149,10 +151,10 @@ func TestShareHostnameKeepsUnknownFields(t *testing.T) {
 
 func TestHostPids(t *testing.T) {
 	b := bundle.Bundle(t.TempDir())
-	os.WriteFile(b.InitPidFile(), []byte("5000"), 0o600)
-	os.WriteFile(b.ExecPidFile("e1"), []byte("5100"), 0o600)
-	os.WriteFile(b.ExecInternalPidFile("e1"), []byte("7"), 0o600)
-	os.WriteFile(b.ExecPidFile("e2"), []byte("5200"), 0o600) // no internal pid: not mapped
+	check(t, os.WriteFile(b.InitPidFile(), []byte("5000"), 0o600))
+	check(t, os.WriteFile(b.ExecPidFile("e1"), []byte("5100"), 0o600))
+	check(t, os.WriteFile(b.ExecInternalPidFile("e1"), []byte("7"), 0o600))
+	check(t, os.WriteFile(b.ExecPidFile("e2"), []byte("5200"), 0o600)) // no internal pid: not mapped
 	got := (&Backend{bundle: b}).hostPids([]int{1, 4, 7})
 	want := []int{5000, 4, 5100}
 	for i := range want {
@@ -195,7 +197,7 @@ func TestWithoutUserNamespaces(t *testing.T) {
 
 func TestRemoveRootKeepsLiveGroups(t *testing.T) {
 	root := t.TempDir()
-	os.Mkdir(filepath.Join(root, "c1"), 0o700)
+	check(t, os.Mkdir(filepath.Join(root, "c1"), 0o700))
 	removeRoot(root)
 	if _, err := os.Stat(root); err != nil {
 		t.Fatal("a root with a container left must stay")
@@ -246,5 +248,13 @@ func TestProbeCacheAcrossShims(t *testing.T) {
 	}
 	if err := probe(bin, "systrap", []string{"--network=none"}); err != nil || runs() != 4 {
 		t.Fatalf("changed binary: %v, %d runs (want a fresh probe)", err, runs())
+	}
+}
+
+// check fails the test on a setup step's error.
+func check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	securejoin "github.com/cyphar/filepath-securejoin"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -90,6 +91,9 @@ func shareHostname(b bundle.Bundle, s *specs.Spec) error {
 	}
 	name, err := os.Hostname()
 	if err != nil {
+		// The sandbox then keeps gVisor's default hostname: a name the pod
+		// shows is no reason to fail its create.
+		log.L.WithError(err).Debug("runsc: hostname not shared with the sandbox")
 		return nil
 	}
 	path := b.Spec()

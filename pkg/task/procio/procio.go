@@ -90,11 +90,13 @@ func New(ctx context.Context, id string, ioUID, ioGID int, s stdio.Stdio) (_ *IO
 		if err := os.MkdirAll(filepath.Dir(u.Path), 0o755); err != nil {
 			return nil, fmt.Errorf("create log directory for %s: %w", u.Path, err)
 		}
-		f, err := os.OpenFile(u.Path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err != nil {
-			return nil, fmt.Errorf("open log file %s: %w", u.Path, err)
+		// Not `f, err :=`: that err would shadow the one NewPipeIO sets
+		// below, which the check after the switch must see.
+		f, oerr := os.OpenFile(u.Path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if oerr != nil {
+			return nil, fmt.Errorf("open log file %s: %w", u.Path, oerr)
 		}
-		f.Close()
+		_ = f.Close() // opened only to create it: nothing written, nothing to lose
 		p.stdio.Stdout = u.Path
 		p.stdio.Stderr = u.Path
 		p.copy = true
@@ -164,7 +166,7 @@ func (p *IO) Start(ctx context.Context, platform stdio.Platform) error {
 		}
 		cons, err := platform.CopyConsole(ctx, master, p.id, p.stdio.Stdin, p.stdio.Stdout, p.stdio.Stderr, &p.wg)
 		if err != nil {
-			master.Close()
+			_ = master.Close() // best effort on the error path
 			return fmt.Errorf("copy console: %w", err)
 		}
 		p.mu.Lock()
@@ -237,11 +239,16 @@ func (p *IO) Wait(timeout time.Duration) error {
 	}
 }
 
-// Close releases everything: pipes, the console socket, stdin.
+// Close releases everything: pipes, the console socket, stdin. Its error
+// is of no use to callers: pipes report the write ends CloseAfterStart
+// already closed, and a binary logging driver that had to be killed is
+// logged by containerd's code.
 func (p *IO) Close() error {
-	p.CloseStdin()
+	_ = p.CloseStdin() // closing our write end of a fifo loses nothing
 	if p.socket != nil {
-		p.socket.Close()
+		if err := p.socket.Close(); err != nil {
+			log.L.WithError(err).Debug("close console socket")
+		}
 	}
 	if p.rio != nil {
 		return p.rio.Close()
@@ -255,7 +262,7 @@ func (p *IO) Close() error {
 func (p *IO) CloseAfterStart() {
 	p.closeOnce.Do(func() {
 		if c, ok := p.rio.(runc.StartCloser); ok {
-			c.CloseAfterStart()
+			_ = c.CloseAfterStart() // closes only the shim's copies of the process's ends
 		}
 	})
 }
@@ -285,7 +292,7 @@ func copyPipes(ctx context.Context, rio runc.IO, stdin, stdout, stderr string, w
 			// Hold a read end too, so a reader that goes away (containerd
 			// restarting) does not make our writes fail with EPIPE.
 			if r, err = fifo.OpenFifo(ctx, o.name, syscall.O_RDONLY, 0); err != nil {
-				w.Close()
+				_ = w.Close() // best effort on the error path
 				return fmt.Errorf("open fifo %s for reading: %w", o.name, err)
 			}
 		case sameFile != nil:
@@ -311,9 +318,11 @@ func copyPipes(ctx context.Context, rio runc.IO, stdin, stdout, stderr string, w
 			if _, err := io.CopyBuffer(w, src, *b); err != nil {
 				log.G(ctx).WithError(err).Debug("copy process output")
 			}
-			w.Close()
+			if err := w.Close(); err != nil {
+				log.G(ctx).WithError(err).Debug("close process output")
+			}
 			if r != nil {
-				r.Close()
+				_ = r.Close() // a read end held only to keep the fifo open
 			}
 		}(o.src, w, r)
 	}
@@ -327,9 +336,13 @@ func copyPipes(ctx context.Context, rio runc.IO, stdin, stdout, stderr string, w
 	go func() {
 		b := bufPool.Get().(*[]byte)
 		defer bufPool.Put(b)
-		io.CopyBuffer(rio.Stdin(), f, *b)
-		rio.Stdin().Close()
-		f.Close()
+		if _, err := io.CopyBuffer(rio.Stdin(), f, *b); err != nil {
+			log.G(ctx).WithError(err).Debug("copy process input")
+		}
+		// Closing the process's stdin is how it sees EOF; neither close
+		// has anything to flush.
+		_ = rio.Stdin().Close()
+		_ = f.Close()
 	}()
 	return nil
 }

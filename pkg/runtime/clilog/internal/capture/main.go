@@ -68,11 +68,12 @@ func main() {
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	// A reader of the progress lines that goes away (| head) must not
 	// kill the capture before its cleanup.
 	signal.Ignore(syscall.SIGPIPE)
-	if err := run(ctx, *bin, *out, *platform, *busybox, *refusal); err != nil {
+	err := run(ctx, *bin, *out, *platform, *busybox, *refusal)
+	stop() // not deferred: os.Exit skips deferred calls
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "capture:", err)
 		os.Exit(1)
 	}
@@ -120,7 +121,7 @@ func run(ctx context.Context, bin, out, platform, busybox, refusal string) (retE
 				retErr = err
 			}
 			if retErr != nil {
-				os.Remove(f.Name())
+				_ = os.Remove(f.Name()) // best effort: retErr is what to report
 			}
 		}()
 		w = f
@@ -252,7 +253,7 @@ func cases(f clilog.Family) []kase {
 		{name: "unknown-namespace", spec: func(s *specs.Spec) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: "no-such-namespace"})
 		}},
-		{name: "missing-rootfs", spec: func(s *specs.Spec) { s.Root.Path = s.Root.Path + "-does-not-exist" }},
+		{name: "missing-rootfs", spec: func(s *specs.Spec) { s.Root.Path += "-does-not-exist" }},
 		{name: "missing-executable", spec: func(s *specs.Spec) { s.Process.Args = []string{"no-such-executable"} }},
 		{name: "relative-mount-destination", spec: func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "relative", Type: "tmpfs", Source: "tmpfs"})
@@ -374,7 +375,7 @@ type result struct {
 func (d *driver) prepare(busybox string) error {
 	out, err := exec.Command(d.bin, "--version").CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s --version: %v: %s", d.bin, err, out)
+		return fmt.Errorf("%s --version: %w: %s", d.bin, err, out)
 	}
 	d.version, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
 	if bi, err := buildinfo.ReadFile(d.bin); err == nil && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
@@ -644,7 +645,8 @@ func (d *driver) record(name, op, condition string, args []string, r result) rec
 func (d *driver) remove(c *container) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	exec.CommandContext(ctx, d.bin, append(d.globalFlags(c), "delete", "--force", c.id)...).Run()
+	// Best effort: cleanup reports what is left.
+	_ = exec.CommandContext(ctx, d.bin, append(d.globalFlags(c), "delete", "--force", c.id)...).Run()
 }
 
 // cleanup removes every container made, processes and cgroups they left
@@ -692,7 +694,8 @@ func removeCgroups(id string) []string {
 			top = filepath.Join(root, id)
 		}
 		var dirs []string
-		filepath.WalkDir(top, func(p string, e os.DirEntry, err error) error {
+		// Never fails: the callback skips what it cannot read.
+		_ = filepath.WalkDir(top, func(p string, e os.DirEntry, err error) error {
 			if err == nil && e.IsDir() {
 				dirs = append(dirs, p)
 			}
@@ -729,7 +732,7 @@ func mountsUnder(dir string) []string {
 func killLeftovers(dir string) []int {
 	pids := leftoverProcesses(dir)
 	for _, pid := range pids {
-		unix.Kill(pid, unix.SIGKILL)
+		_ = unix.Kill(pid, unix.SIGKILL) // it may be gone already; the wait below tells
 	}
 	for i := 0; i < 50 && len(pids) > 0 && len(leftoverProcesses(dir)) > 0; i++ {
 		time.Sleep(100 * time.Millisecond)
