@@ -73,6 +73,23 @@ func (b Bundle) CriuDumpLog() string { return b.join("criu-dump.log") }
 // ShimConfig is the task's resolved shim configuration, for "delete".
 func (b Bundle) ShimConfig() string { return b.join("custom-shim.json") }
 
+// RuntimeOptions keeps the runtime options "start" received for a pod
+// sandbox (the sandbox's bundle has no config.json), for the server.
+func (b Bundle) RuntimeOptions() string { return b.join("custom-shim-options.pb") }
+
+// SandboxFile is where containerd records, in a container's bundle, the
+// pod sandbox whose shim runs it (CRI with sandboxer = "shim").
+func (b Bundle) SandboxFile() string { return b.join("sandbox") }
+
+// PodContainers lists, in a pod sandbox's bundle, the bundles of the pod's
+// containers, for "delete" to clean the whole pod after its shim died
+// (containerd 2.2 runs "delete" only for the sandbox).
+func (b Bundle) PodContainers() string { return b.join("custom-shim-containers") }
+
+// PodConfig keeps, in a pod sandbox's bundle, what "delete" needs to undo
+// after the shim died (cgroup parent, backend).
+func (b Bundle) PodConfig() string { return b.join("custom-shim-pod.json") }
+
 // ExitFile records the init's exit, for "delete" after the shim is gone.
 func (b Bundle) ExitFile() string { return b.join("custom-shim-exit.json") }
 

@@ -231,6 +231,11 @@ type Recorder struct {
 	commandDuration                          *prometheus.HistogramVec
 	commandFailures                          *prometheus.CounterVec
 
+	// Pod sandboxes (containerd's Sandbox API): a handful per shim, so
+	// their children are resolved per call.
+	sandboxesCreated, sandboxesStarted, sandboxesExited, sandboxesShutdown *prometheus.CounterVec
+	sandboxStartLatency                                                    *prometheus.HistogramVec
+
 	sets cache[Labels, *labelSet]
 	rpcs cache[rpcKey, *rpcSeries]
 	cmds cache[commandKey, *commandSeries]
@@ -310,6 +315,11 @@ func New(opts Options) *Recorder {
 	r.rpcDuration = histogram("task_rpc_duration_seconds", "Time to serve a Task API request, by method (Wait, which lasts as long as the process, is not timed).", rpcBuckets, []string{labelMethod})
 	r.commandDuration = histogram("backend_command_duration_seconds", "Time a backend command (runc create, runsc wait…) took, failed or not.", commandBuckets, append(append([]string{}, base...), labelCommand))
 	r.commandFailures = counter("backend_command_failures_total", "Backend commands that failed.", labelCommand)
+	r.sandboxesCreated = counter("sandboxes_created_total", "Pod sandboxes created through containerd's Sandbox API (CRI sandboxer = \"shim\").")
+	r.sandboxesStarted = counter("sandboxes_started_total", "Pod sandboxes started (ready for containers).")
+	r.sandboxesExited = counter("sandboxes_exited_total", "Pod sandboxes whose process ended, by reason: stopped (StopSandbox) or died (anything else).", labelReason)
+	r.sandboxesShutdown = counter("sandboxes_shutdown_total", "Pod sandboxes shut down (ShutdownSandbox: the pod is gone).")
+	r.sandboxStartLatency = histogram("sandbox_start_latency_seconds", "Time from a StartSandbox request to the pod's sandbox being ready.", startLatencyBuckets, base)
 
 	build := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "build_info",
 		Help:        "Shim build; the value is the number of shim processes of that build (1 per shim, summed by the aggregator).",
@@ -318,7 +328,8 @@ func New(opts Options) *Recorder {
 
 	r.reg.MustRegister(r.tasksCreated, r.tasksStarted, r.tasksExited, r.tasksDeleted, r.oomEvents,
 		r.execsStarted, r.execsExited, r.startLatency, r.runDuration, r.rpcRequests, r.rpcDuration,
-		r.commandDuration, r.commandFailures, build, newTaskCollector(r))
+		r.commandDuration, r.commandFailures, r.sandboxesCreated, r.sandboxesStarted, r.sandboxesExited,
+		r.sandboxesShutdown, r.sandboxStartLatency, build, newTaskCollector(r))
 	if opts.ProcessMetrics {
 		r.reg.MustRegister(newProcessCollector())
 	} else {
@@ -427,6 +438,44 @@ func (r *Recorder) setState(t Task, state State) {
 		e.state = state
 	}
 	r.tasksMu.Unlock()
+}
+
+// SandboxCreated records a pod sandbox created.
+func (r *Recorder) SandboxCreated(l Labels) {
+	if r == nil {
+		return
+	}
+	r.sandboxesCreated.WithLabelValues(l.Backend, l.Handler).Inc()
+}
+
+// SandboxStarted records a pod sandbox ready after d.
+func (r *Recorder) SandboxStarted(l Labels, d time.Duration) {
+	if r == nil {
+		return
+	}
+	r.sandboxesStarted.WithLabelValues(l.Backend, l.Handler).Inc()
+	r.sandboxStartLatency.WithLabelValues(l.Backend, l.Handler).Observe(d.Seconds())
+}
+
+// SandboxExited records the end of a pod sandbox's process; stopped says
+// whether StopSandbox ended it.
+func (r *Recorder) SandboxExited(l Labels, stopped bool) {
+	if r == nil {
+		return
+	}
+	reason := "died"
+	if stopped {
+		reason = "stopped"
+	}
+	r.sandboxesExited.WithLabelValues(l.Backend, l.Handler, reason).Inc()
+}
+
+// SandboxShutdown records a pod sandbox shut down.
+func (r *Recorder) SandboxShutdown(l Labels) {
+	if r == nil {
+		return
+	}
+	r.sandboxesShutdown.WithLabelValues(l.Backend, l.Handler).Inc()
 }
 
 // OOM records an OOM kill in a task's cgroup.

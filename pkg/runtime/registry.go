@@ -24,6 +24,9 @@ type Registration struct {
 	// Features describes what the runtime supports, for containerd's
 	// "-info" call (2.2+). nil: the backend has nothing to say.
 	Features func(ctx context.Context, s oci.Section) (*features.Features, error)
+	// NewPod returns the backend's sandbox for a pod (containerd's Sandbox
+	// API). nil: the backend has no pod sandboxes.
+	NewPod func(s oci.Section, p *Pod) (PodSandbox, error)
 }
 
 // Registry is the set of backends built into the shim.
@@ -79,4 +82,19 @@ func (r *Registry) Features(ctx context.Context, cfg *oci.Config) (*features.Fea
 		return nil, nil
 	}
 	return reg.Features(ctx, cfg.Section())
+}
+
+// NewPod builds the pod sandbox cfg's backend provides.
+func (r *Registry) NewPod(cfg *oci.Config, p *Pod) (PodSandbox, error) {
+	reg, ok := r.regs[cfg.Backend]
+	if !ok {
+		return nil, fmt.Errorf("%s: backend %q is not available in this shim: %w", cfg.Source, cfg.Backend, errdefs.ErrNotImplemented)
+	}
+	if reg.NewPod == nil {
+		return nil, fmt.Errorf("backend %q has no pod sandboxes: %w", cfg.Backend, errdefs.ErrNotImplemented)
+	}
+	if p.Reaper == nil {
+		p.Reaper = r.reaper
+	}
+	return reg.NewPod(cfg.Section(), p)
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/sandbox"
 )
 
 // runDelete is the "delete" action: containerd runs it when a shim died (or
@@ -41,6 +42,14 @@ func runDelete(ctx context.Context, f *flags, reg *runtime.Registry, stdout io.W
 	// Logs go to stderr, which containerd logs as warnings.
 	log.L.Logger.SetOutput(os.Stderr)
 
+	// A pod sandbox's bundle: the whole pod goes (containerd 2.2 runs no
+	// "delete" for the pod's containers).
+	sandbox.CleanupDead(ctx, reg, f.namespace, b, func(id string, cb bundle.Bundle) {
+		cleanupBackend(ctx, reg, f.namespace, id, cb)
+		if err := mount.UnmountRecursive(cb.Rootfs(), 0); err != nil {
+			log.G(ctx).WithError(err).Warn("unmount a pod container's rootfs")
+		}
+	})
 	cleanupBackend(ctx, reg, f.namespace, f.id, b)
 	if err := mount.UnmountRecursive(b.Rootfs(), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmount rootfs")

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
 	"syscall"
 
@@ -20,6 +21,8 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/aggregator"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/nsholder"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/runsc"
 )
 
 // Name is the runtime name containerd uses for this shim.
@@ -98,6 +101,10 @@ func Run(ctx context.Context, args []string) int {
 		return 0
 	}
 	switch f.action {
+	case nsholder.Mode:
+		return nsholder.Main(f.args)
+	case runsc.PauseMode:
+		return runPause()
 	case "check":
 		return runCheck(os.Stdout)
 	case "metrics-server":
@@ -150,4 +157,13 @@ func startLog() io.Writer {
 // trimUnix turns a unix:// address into a path.
 func trimUnix(address string) string {
 	return strings.TrimPrefix(address, "unix://")
+}
+
+// runPause is a gVisor pod sandbox's first process: it holds the sandbox
+// until it is told to end, as the pause image's does.
+func runPause() int {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+	<-c
+	return 0
 }

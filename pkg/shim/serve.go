@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	sandboxapi "github.com/containerd/containerd/api/runtime/sandbox/v1"
 	runcshim "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"github.com/containerd/fifo"
@@ -25,6 +26,7 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/events"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/sandbox"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/task"
 )
 
@@ -69,17 +71,32 @@ func runServe(ctx context.Context, f *flags) error {
 
 	shutdown := make(chan struct{})
 	var once sync.Once
-	svc := task.NewService(ctx, task.Config{
+	reg := backends().WithReaper(gate)
+	// The task service asks the sandbox service before it lets the shim
+	// go, and the sandbox service asks the task service after a pod's
+	// ShutdownSandbox; svc is set before either can be called.
+	var svc *task.Service
+	sandboxes := sandbox.NewService(ctx, sandbox.Config{
+		Backends: reg,
+		Reaper:   gate,
+		Metrics:  rec,
+		Shutdown: func() { svc.ShutdownIfIdle() },
+	})
+	svc = task.NewService(ctx, task.Config{
 		Namespace: f.namespace,
 		Events:    events.NewTTRPCSender(os.Getenv("TTRPC_ADDRESS")),
 		Platform:  platform,
-		Backends:  backends().WithReaper(gate),
+		Backends:  reg,
 		Metrics:   rec,
 		Shutdown:  func() { once.Do(func() { close(shutdown) }) },
+		Hold:      sandboxes.Holds,
+		Created:   sandboxes.ContainerCreated,
 	})
 	go func() {
 		for e := range exits {
-			svc.HandleExit(runtime.Exit{Pid: e.Pid, Status: e.Status, Timestamp: e.Timestamp})
+			x := runtime.Exit{Pid: e.Pid, Status: e.Status, Timestamp: e.Timestamp}
+			svc.HandleExit(x)
+			sandboxes.HandleExit(x)
 		}
 	}()
 
@@ -91,6 +108,7 @@ func runServe(ctx context.Context, f *flags) error {
 		return fmt.Errorf("create ttrpc server: %w", err)
 	}
 	Register(server, svc)
+	sandboxapi.RegisterTTRPCSandboxService(server, sandboxes)
 	l, err := net.FileListener(os.NewFile(3, "socket"))
 	if err != nil {
 		return fmt.Errorf("inherit listening socket: %w", err)

@@ -25,6 +25,7 @@ import (
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/v2/defaults"
 	cshim "github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -123,11 +124,10 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 	if err != nil {
 		return err
 	}
-	spec, err := oci.ReadSpec(bundle.Bundle(wd))
+	group, err := groupOf(f.id, bundle.Bundle(wd), b.options)
 	if err != nil {
 		return err
 	}
-	group := oci.GroupID(f.id, spec.Annotations)
 
 	socketDir := b.socketDir
 	if socketDir == "" {
@@ -224,6 +224,30 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 		return err
 	}
 	return reply(stdout, b.kind, address)
+}
+
+// groupOf names the shim group a start is for: a container's grouping
+// annotations; for a pod sandbox (containerd's Sandbox API: the bundle has
+// no config.json), the sandbox itself, whose runtime options are kept in
+// the bundle for the server (CreateSandbox does not carry them).
+func groupOf(id string, b bundle.Bundle, opts *anypb.Any) (string, error) {
+	spec, err := oci.ReadSpec(b)
+	if err == nil {
+		return oci.GroupID(id, spec.Annotations), nil
+	}
+	if !errdefs.IsNotFound(err) {
+		return "", err
+	}
+	if opts != nil {
+		data, err := proto.Marshal(opts)
+		if err != nil {
+			return "", err
+		}
+		if err := bundle.WriteFileAtomic(b.RuntimeOptions(), data, 0o600); err != nil {
+			return "", fmt.Errorf("keep the sandbox's runtime options: %w", err)
+		}
+	}
+	return id, nil
 }
 
 // writeAddressFile leaves the address in the bundle (the working directory)

@@ -44,6 +44,12 @@ type Service struct {
 	backends *runtime.Registry
 	// requestShutdown asks the server to flush events and exit.
 	requestShutdown func()
+	// hold reports whether something else (a pod sandbox) still needs the
+	// shim when its last task goes.
+	hold func() bool
+	// created tells the shim about each task created (pod sandboxes record
+	// their containers).
+	created func(id string, b bundle.Bundle)
 
 	mu           sync.Mutex
 	containers   map[string]*container // guarded by mu; nil value: being created
@@ -61,6 +67,11 @@ type Config struct {
 	// Shutdown is called once, when containerd shuts the service down with
 	// no task left.
 	Shutdown func()
+	// Hold, if set, keeps the shim up while it returns true even with no
+	// task left (a pod sandbox the shim hosts).
+	Hold func() bool
+	// Created, if set, is told of every task created.
+	Created func(id string, b bundle.Bundle)
 }
 
 // NewService returns a task service. Exits of the shim's children must be
@@ -70,6 +81,8 @@ func NewService(ctx context.Context, cfg Config) *Service {
 		events:          events.NewQueue(cfg.Namespace, cfg.Events),
 		backends:        cfg.Backends,
 		requestShutdown: cfg.Shutdown,
+		hold:            cfg.Hold,
+		created:         cfg.Created,
 		containers:      make(map[string]*container),
 	}
 	s.host = host{
@@ -220,6 +233,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		Pid:         uint32(pid),
 	})
 	handleStarted(c, c.init)
+	if s.created != nil {
+		s.created(r.ID, c.bundle)
+	}
 	log.G(ctx).WithFields(log.Fields{"id": r.ID, "backend": c.cfg.Backend, "pid": pid}).Debug("task created")
 	return &taskAPI.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
@@ -528,20 +544,29 @@ func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: uint32(pid)}, nil
 }
 
-// Shutdown ends the shim once it hosts no task; containerd calls it after
-// every task delete, so with tasks left it does nothing.
+// Shutdown ends the shim once it hosts no task (and no pod sandbox);
+// containerd calls it after every task delete, so with tasks left it does
+// nothing.
 func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	s.ShutdownIfIdle()
+	return empty, nil
+}
+
+// ShutdownIfIdle ends the shim if it hosts no task and nothing holds it.
+func (s *Service) ShutdownIfIdle() {
+	if s.hold != nil && s.hold() {
+		return
+	}
 	s.mu.Lock()
 	if len(s.containers) > 0 || s.shuttingDown {
 		s.mu.Unlock()
-		return empty, nil
+		return
 	}
 	s.shuttingDown = true
 	s.mu.Unlock()
 	if s.requestShutdown != nil {
 		s.requestShutdown()
 	}
-	return empty, nil
 }
 
 func timestamp(t time.Time) *timestamppb.Timestamp { return protobuf.ToTimestamp(t) }

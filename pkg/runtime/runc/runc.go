@@ -26,6 +26,7 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/clilog"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/nsholder"
 )
 
 // Name of this backend.
@@ -124,6 +125,9 @@ func Registration() runtime.Registration {
 				return newLibBackend(cfg, c), nil
 			}
 			return New(cfg, c.Namespace, c.Bundle)
+		},
+		NewPod: func(_ oci.Section, p *runtime.Pod) (runtime.PodSandbox, error) {
+			return nsholder.New(p), nil
 		},
 		Features: func(ctx context.Context, s oci.Section) (*features.Features, error) {
 			if s.(*Config).InProcess() {

@@ -119,6 +119,9 @@ func Registration() runtime.Registration {
 		New: func(s oci.Section, c *runtime.Container) (runtime.Backend, error) {
 			return New(*s.(*Config), c)
 		},
+		NewPod: func(s oci.Section, p *runtime.Pod) (runtime.PodSandbox, error) {
+			return NewPod(*s.(*Config), p), nil
+		},
 		Features: func(ctx context.Context, s oci.Section) (*features.Features, error) {
 			f, err := runcbackend.CLIFeatures(ctx, s.Binary())
 			if err != nil {

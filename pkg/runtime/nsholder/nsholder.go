@@ -1,0 +1,449 @@
+// Package nsholder is the runc backend's pod sandbox: a small process, the
+// shim binary re-executed as "sandbox-holder", that holds a pod's
+// namespaces for its containers to join (CRI puts /proc/<pid>/ns/{net,ipc,
+// uts,pid} in every container's spec), as a pause container does, without
+// an image, a runc container or a runtime command.
+//
+// The holder is started in CRI's network namespace (forked from a thread
+// that joined it) with new UTS and IPC namespaces and, for pods that share
+// one PID namespace, a new PID namespace whose init it is and whose orphans
+// it reaps. It sets the pod's hostname and sysctls from inside those
+// namespaces, tells the shim it is ready, and then waits for a signal. It
+// lives in a cgroup of its own under the pod's cgroup, as pause does, and
+// is SIGKILLed when the pod stops: it never holds the pod up.
+package nsholder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	goruntime "runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+)
+
+// Mode is the binary's argument that runs Main.
+const Mode = "sandbox-holder"
+
+// oomScoreAdj is what pause gets from CRI; where lowering is refused (no
+// CAP_SYS_RESOURCE, CRI's restrict_oom_score_adj) the holder keeps its own.
+const oomScoreAdj = -998
+
+// Holder is one pod's holder process.
+type Holder struct {
+	pod *runtime.Pod
+
+	mu     sync.Mutex
+	pid    int    // guarded by mu; 0 until started
+	cgroup string // guarded by mu; the cgroup it was put in
+}
+
+var _ runtime.PodSandbox = (*Holder)(nil)
+
+// New returns the holder for pod; Start starts it.
+func New(p *runtime.Pod) *Holder { return &Holder{pod: p} }
+
+// CgroupPath implements runtime.PodSandbox.
+func (h *Holder) CgroupPath() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cgroup
+}
+
+// Start implements runtime.PodSandbox.
+func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
+	p := h.pod
+	ready, readyW, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	defer ready.Close()
+	args := []string{Mode}
+	var flags uintptr
+	if p.NetNS != "" {
+		// A pod network of its own has a hostname of its own; a
+		// hostNetwork pod keeps the host's UTS namespace, as pause does.
+		flags |= unix.CLONE_NEWUTS
+		if p.Hostname != "" {
+			args = append(args, "--hostname", p.Hostname)
+		}
+	}
+	if !p.HostIPC {
+		flags |= unix.CLONE_NEWIPC
+	}
+	if p.SharedPID && !p.HostPID {
+		flags |= unix.CLONE_NEWPID
+		args = append(args, "--pid1")
+	}
+	keys := make([]string, 0, len(p.Sysctls))
+	for k := range p.Sysctls {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		args = append(args, "--sysctl", k+"="+p.Sysctls[k])
+	}
+	// /proc/self/exe: the binary that is running, even if the file on
+	// disk was replaced by an upgrade.
+	cmd := exec.Command("/proc/self/exe", args...)
+	cmd.Args[0] = "containerd-shim-custom-v2"
+	cmd.Dir = "/"
+	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Setpgid: true}
+	err = h.startIn(p.NetNS, cmd)
+	_ = readyW.Close() // the holder has its copy; ours must go for EOF to come
+	if err != nil {
+		return 0, fmt.Errorf("start sandbox holder: %w", err)
+	}
+	pid := cmd.Process.Pid
+	// The reaper collects its exit; the handle is not needed (a pidfd).
+	_ = cmd.Process.Release()
+	defer func() {
+		if retErr != nil {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	}()
+	cg, err := joinCgroup(p.CgroupParent, p.ID, pid)
+	if err != nil {
+		return 0, err
+	}
+	h.mu.Lock()
+	h.pid, h.cgroup = pid, cg
+	h.mu.Unlock()
+	adjustOOMScore(ctx, pid)
+	if err := waitReady(ctx, ready); err != nil {
+		return 0, err
+	}
+	if err := writePid(p.Bundle, pid); err != nil {
+		return 0, err
+	}
+	return pid, nil
+}
+
+// startIn starts cmd in the network namespace at netns ("": this one). The
+// new process inherits the namespaces of the thread that forks it, so the
+// fork happens on a locked thread that joined the namespace for the time
+// of the call.
+func (h *Holder) startIn(netns string, cmd *exec.Cmd) error {
+	if netns == "" {
+		return cmd.Start()
+	}
+	target, err := os.Open(netns)
+	if err != nil {
+		return fmt.Errorf("open pod network namespace: %w", err)
+	}
+	defer target.Close()
+	goruntime.LockOSThread()
+	orig, err := os.Open(fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid()))
+	if err != nil {
+		goruntime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		goruntime.UnlockOSThread()
+		return fmt.Errorf("join pod network namespace %s: %w", netns, err)
+	}
+	startErr := cmd.Start()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Leave the thread locked: Go ends a locked thread with its
+		// goroutine, so it cannot serve anything else in the pod's
+		// namespace.
+		log.L.WithError(err).Error("could not return a thread to the shim's network namespace; it is discarded")
+		return startErr
+	}
+	goruntime.UnlockOSThread()
+	return startErr
+}
+
+// joinCgroup puts the holder in a cgroup of its own under the pod's
+// cgroup, named as CRI names pause's (cgroupfs: <parent>/<id>; systemd
+// slices: cri-containerd-<id>.scope). No parent: it stays where it is.
+func joinCgroup(parent, id string, pid int) (string, error) {
+	if parent == "" {
+		return "", nil
+	}
+	if strings.HasSuffix(parent, ".slice") {
+		if cgroups.Mode() != cgroups.Unified {
+			log.L.WithField("parent", parent).Warn("systemd cgroup parent on cgroup v1: the sandbox holder stays in the shim's cgroup")
+			return "", nil
+		}
+		unit := "cri-containerd-" + id + ".scope"
+		if _, err := cgroup2.NewSystemd(parent, unit, pid, &cgroup2.Resources{}); err != nil {
+			return "", fmt.Errorf("sandbox cgroup %s/%s: %w", parent, unit, err)
+		}
+		return parent + ":cri-containerd:" + id, nil
+	}
+	path := strings.TrimSuffix(parent, "/") + "/" + id
+	if cgroups.Mode() == cgroups.Unified {
+		m, err := cgroup2.NewManager("/sys/fs/cgroup", path, &cgroup2.Resources{})
+		if err != nil {
+			return "", fmt.Errorf("sandbox cgroup %s: %w", path, err)
+		}
+		if err := m.AddProc(uint64(pid)); err != nil {
+			return "", fmt.Errorf("join sandbox cgroup %s: %w", path, err)
+		}
+		return path, nil
+	}
+	cg, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{})
+	if err != nil {
+		return "", fmt.Errorf("sandbox cgroup %s: %w", path, err)
+	}
+	if err := cg.Add(cgroup1.Process{Pid: pid}); err != nil {
+		return "", fmt.Errorf("join sandbox cgroup %s: %w", path, err)
+	}
+	return path, nil
+}
+
+// deleteCgroup removes the holder's cgroup once it is empty.
+func deleteCgroup(path string) error {
+	if path == "" || strings.Contains(path, ":") {
+		return nil // none, or a systemd scope: it goes with its last process
+	}
+	if cgroups.Mode() == cgroups.Unified {
+		m, err := cgroup2.Load(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // already gone
+		}
+		if err != nil {
+			return err
+		}
+		return m.Delete()
+	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	if err != nil {
+		if errors.Is(err, cgroup1.ErrCgroupDeleted) || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	return cg.Delete()
+}
+
+func adjustOOMScore(ctx context.Context, pid int) {
+	err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(oomScoreAdj)), 0)
+	if err != nil {
+		log.G(ctx).WithError(err).Debug("sandbox holder keeps its OOM score (lowering it is not allowed here)")
+	}
+}
+
+// waitReady reads the holder's verdict: "ok", or what went wrong in its
+// namespaces (a refused sysctl, a hostname).
+func waitReady(ctx context.Context, r *os.File) error {
+	done := make(chan error, 1)
+	go func() {
+		msg, err := io.ReadAll(io.LimitReader(r, 4096))
+		switch {
+		case err != nil:
+			done <- fmt.Errorf("sandbox holder: %w", err)
+		case string(msg) == "ok":
+			done <- nil
+		case len(msg) == 0:
+			done <- errors.New("sandbox holder exited before it was ready")
+		default:
+			done <- fmt.Errorf("sandbox holder: %s: %w", msg, errdefs.ErrInvalidArgument)
+		}
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(30 * time.Second):
+		return errors.New("sandbox holder not ready after 30s")
+	}
+}
+
+// holderPidFile records the holder's pid for "delete" after a shim died.
+func holderPidFile(b bundle.Bundle) string { return b.InitPidFile() }
+
+func writePid(b bundle.Bundle, pid int) error {
+	start, err := startTime(pid)
+	if err != nil {
+		return err
+	}
+	// The start time tells a recorded pid from a reused one.
+	return bundle.WriteFileAtomic(holderPidFile(b), []byte(fmt.Sprintf("%d %d", pid, start)), 0o600)
+}
+
+// Stop implements runtime.PodSandbox. A holder this process did not start
+// (the "delete" action after a shim died) is found through its pid file;
+// the recorded start time guards against a reused pid.
+func (h *Holder) Stop(ctx context.Context) error {
+	h.mu.Lock()
+	pid := h.pid
+	h.mu.Unlock()
+	if pid == 0 {
+		pid = h.recordedPid()
+		if pid == 0 {
+			return nil // never started, or gone (its pid may be someone else's now)
+		}
+	}
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("stop sandbox holder %d: %w", pid, err)
+	}
+	return nil
+}
+
+// recordedPid is the holder's pid from its pid file if that process still
+// is the holder (same start time), else 0.
+func (h *Holder) recordedPid() int {
+	data, err := os.ReadFile(holderPidFile(h.pod.Bundle))
+	if err != nil {
+		return 0
+	}
+	var (
+		pid   int
+		start uint64
+	)
+	if n, _ := fmt.Sscanf(string(data), "%d %d", &pid, &start); n != 2 || pid <= 0 {
+		return 0
+	}
+	if now, err := startTime(pid); err != nil || now != start {
+		return 0
+	}
+	return pid
+}
+
+// Delete implements runtime.PodSandbox: the holder's cgroup goes once its
+// process has (a SIGKILLed process leaves its cgroup a moment later).
+func (h *Holder) Delete(ctx context.Context) error {
+	h.mu.Lock()
+	cg := h.cgroup
+	h.mu.Unlock()
+	if cg == "" && h.pod.CgroupParent != "" && !strings.HasSuffix(h.pod.CgroupParent, ".slice") {
+		cg = strings.TrimSuffix(h.pod.CgroupParent, "/") + "/" + h.pod.ID
+	}
+	var err error
+	for range 50 {
+		if err = deleteCgroup(cg); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("remove sandbox cgroup %s: %w", cg, err)
+	}
+	_ = os.Remove(holderPidFile(h.pod.Bundle)) // gone with the bundle anyway
+	return nil
+}
+
+// startTime is the process's start time in clock ticks since boot
+// (/proc/<pid>/stat field 22).
+func startTime(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may contain spaces; fields start after its ")".
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// Main is the holder process: the binary re-executed in the pod's new
+// namespaces. It returns only on failure or a signal to end.
+func Main(args []string) int {
+	var (
+		hostname string
+		sysctls  []string
+		pid1     bool
+	)
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "--hostname":
+			i++
+			if i < len(args) {
+				hostname = args[i]
+			}
+		case "--sysctl":
+			i++
+			if i < len(args) {
+				sysctls = append(sysctls, args[i])
+			}
+		case "--pid1":
+			pid1 = true
+		}
+	}
+	ready := os.NewFile(3, "ready")
+	fail := func(err error) int {
+		fmt.Fprint(ready, err.Error())
+		_ = ready.Close() // the shim reads until EOF
+		return 1
+	}
+	if hostname != "" {
+		if err := unix.Sethostname([]byte(hostname)); err != nil {
+			return fail(fmt.Errorf("set hostname %q: %w", hostname, err))
+		}
+	}
+	for _, kv := range sysctls {
+		k, v, _ := strings.Cut(kv, "=")
+		path := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
+		if err := os.WriteFile(path, []byte(v), 0); err != nil {
+			return fail(fmt.Errorf("sysctl %s=%s: %w", k, v, err))
+		}
+	}
+	signals := make(chan os.Signal, 16)
+	notify(signals, pid1)
+	fmt.Fprint(ready, "ok")
+	_ = ready.Close() // the shim reads until EOF
+	for s := range signals {
+		switch s {
+		case unix.SIGCHLD:
+			reapAll()
+		case unix.SIGTERM, unix.SIGINT:
+			return 0
+		}
+	}
+	return 0
+}
+
+// reapAll collects the exits of orphans in the pod's PID namespace, whose
+// init the holder is.
+func reapAll() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if err != nil || pid <= 0 {
+			return
+		}
+	}
+}
+
+func notify(c chan os.Signal, pid1 bool) {
+	sigs := []os.Signal{unix.SIGTERM, unix.SIGINT}
+	if pid1 {
+		sigs = append(sigs, unix.SIGCHLD)
+	}
+	signal.Notify(c, sigs...)
+}

@@ -1,0 +1,149 @@
+package nsholder
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+)
+
+// The test binary is the holder when re-executed, as the shim binary is.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == Mode {
+		os.Exit(Main(os.Args[2:]))
+	}
+}
+
+func nsInode(t *testing.T, path string) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// inNS runs fn on a thread that joined the namespace at path.
+func inNS(t *testing.T, path string, kind int, fn func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		goruntime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		f, err := os.Open(path)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), kind); err != nil {
+			t.Error(err)
+			return
+		}
+		fn()
+	}()
+	<-done
+}
+
+// A holder holds the pod's namespaces: CRI's network namespace, a UTS
+// namespace with the pod's hostname, an IPC namespace, a PID namespace it
+// is the init of, with the pod's sysctls applied inside them.
+func TestHolderHoldsThePodsNamespaces(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	name := fmt.Sprintf("nsholder-test-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Skipf("ip netns add: %v: %s", err, out)
+	}
+	defer func() { _ = exec.Command("ip", "netns", "del", name).Run() }()
+	netns := filepath.Join("/var/run/netns", name)
+
+	parent := fmt.Sprintf("nsholder-test-%d", os.Getpid())
+	h := New(&runtime.Pod{
+		ID: "sb1", Bundle: bundle.Bundle(t.TempDir()), NetNS: netns, Hostname: "web-0", SharedPID: true,
+		Sysctls:      map[string]string{"net.ipv4.ping_group_range": "0 2147483647", "kernel.shm_rmid_forced": "1"},
+		CgroupParent: parent,
+	})
+	ctx := context.Background()
+	pid, err := h.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = h.Stop(ctx)
+		var ws unix.WaitStatus
+		_, _ = unix.Wait4(pid, &ws, 0, nil)
+		if err := h.Delete(ctx); err != nil {
+			t.Error(err)
+		}
+	}()
+	proc := func(ns string) string { return fmt.Sprintf("/proc/%d/ns/%s", pid, ns) }
+	if nsInode(t, proc("net")) != nsInode(t, netns) {
+		t.Fatal("the holder is not in CRI's network namespace")
+	}
+	for _, ns := range []string{"uts", "ipc", "pid"} {
+		if nsInode(t, proc(ns)) == nsInode(t, "/proc/self/ns/"+ns) {
+			t.Fatalf("the holder shares the shim's %s namespace", ns)
+		}
+	}
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if !strings.Contains(string(status), fmt.Sprintf("NSpid:\t%d\t1\n", pid)) {
+		t.Fatalf("the holder is not PID 1 of the pod's PID namespace:\n%s", status)
+	}
+	inNS(t, proc("uts"), unix.CLONE_NEWUTS, func() {
+		var u unix.Utsname
+		_ = unix.Uname(&u)
+		if got := unix.ByteSliceToString(u.Nodename[:]); got != "web-0" {
+			t.Errorf("hostname %q", got)
+		}
+	})
+	inNS(t, proc("net"), unix.CLONE_NEWNET, func() {
+		data, _ := os.ReadFile("/proc/sys/net/ipv4/ping_group_range")
+		if got := strings.Join(strings.Fields(string(data)), " "); got != "0 2147483647" {
+			t.Errorf("ping_group_range in the pod's network namespace: %q", got)
+		}
+	})
+	inNS(t, proc("ipc"), unix.CLONE_NEWIPC, func() {
+		data, _ := os.ReadFile("/proc/sys/kernel/shm_rmid_forced")
+		if strings.TrimSpace(string(data)) != "1" {
+			t.Errorf("shm_rmid_forced in the pod's IPC namespace: %q", data)
+		}
+	})
+	if h.CgroupPath() != parent+"/sb1" {
+		t.Fatalf("cgroup %q", h.CgroupPath())
+	}
+	cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if !strings.Contains(string(cg), parent+"/sb1") {
+		t.Fatalf("the holder is not in the pod's cgroup:\n%s", cg)
+	}
+}
+
+// A refused sysctl fails the start with the holder's own words, and
+// leaves no process behind.
+func TestHolderRefusedSysctl(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	h := New(&runtime.Pod{ID: "sb2", Bundle: bundle.Bundle(t.TempDir()), Sysctls: map[string]string{"kernel.shm_no_such_key": "1"}})
+	_, err := h.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "kernel.shm_no_such_key") {
+		t.Fatalf("got %v", err)
+	}
+	h.mu.Lock()
+	pid := h.pid
+	h.mu.Unlock()
+	if pid != 0 {
+		var ws unix.WaitStatus
+		_, _ = unix.Wait4(pid, &ws, 0, nil)
+	}
+}

@@ -1,0 +1,146 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// podConfig is what the shim takes from CRI's PodSandboxConfig.
+type podConfig struct {
+	hostname     string
+	dns          *criapi.DNSConfig
+	sysctls      map[string]string
+	cgroupParent string
+	hostNetwork  bool
+	hostIPC      bool
+	sharedPID    bool // shareProcessNamespace (or a bare crictl config)
+	hostPID      bool
+	annotations  map[string]string
+	labels       map[string]string
+	name, uid    string
+	namespace    string
+}
+
+// CRI's defaults for every pod with a network of its own (its
+// enable_unprivileged_ports and enable_unprivileged_icmp, on by default in
+// containerd 2.x), unless the pod sets them.
+var defaultSysctls = map[string]string{
+	"net.ipv4.ip_unprivileged_port_start": "0",
+	"net.ipv4.ping_group_range":           "0 2147483647",
+}
+
+// decodePodConfig reads CreateSandboxRequest.options: containerd's CRI
+// sends the pod's runtime.v1.PodSandboxConfig.
+func decodePodConfig(opts *anypb.Any, netnsPath string) (*podConfig, error) {
+	if opts == nil || opts.GetTypeUrl() == "" {
+		return nil, fmt.Errorf("sandbox options: no PodSandboxConfig (is this shim's handler configured with sandboxer = \"shim\" under CRI?): %w", errdefs.ErrInvalidArgument)
+	}
+	if !strings.HasSuffix(opts.GetTypeUrl(), "runtime.v1.PodSandboxConfig") {
+		return nil, fmt.Errorf("sandbox options: type %q, want runtime.v1.PodSandboxConfig: %w", opts.GetTypeUrl(), errdefs.ErrInvalidArgument)
+	}
+	var pc criapi.PodSandboxConfig
+	if err := proto.Unmarshal(opts.GetValue(), &pc); err != nil {
+		return nil, fmt.Errorf("sandbox options: decode PodSandboxConfig: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	c := &podConfig{
+		hostname:     pc.GetHostname(),
+		dns:          pc.GetDnsConfig(),
+		cgroupParent: pc.GetLinux().GetCgroupParent(),
+		annotations:  pc.GetAnnotations(),
+		labels:       pc.GetLabels(),
+		name:         pc.GetMetadata().GetName(),
+		uid:          pc.GetMetadata().GetUid(),
+		namespace:    pc.GetMetadata().GetNamespace(),
+		sysctls:      map[string]string{},
+	}
+	ns := pc.GetLinux().GetSecurityContext().GetNamespaceOptions()
+	c.hostNetwork = ns.GetNetwork() == criapi.NamespaceMode_NODE
+	c.hostIPC = ns.GetIpc() == criapi.NamespaceMode_NODE
+	switch ns.GetPid() {
+	case criapi.NamespaceMode_POD:
+		c.sharedPID = true
+	case criapi.NamespaceMode_NODE:
+		c.hostPID = true
+	case criapi.NamespaceMode_TARGET:
+		return nil, fmt.Errorf("PodSandboxConfig: field \"linux.security_context.namespace_options.pid\": TARGET applies to containers, not pods: %w", errdefs.ErrInvalidArgument)
+	}
+	// No userns options is the host's user namespace (POD is the zero value).
+	if u := ns.GetUsernsOptions(); u != nil && u.GetMode() == criapi.NamespaceMode_POD {
+		return nil, fmt.Errorf("PodSandboxConfig: user namespaces (hostUsers: false) are not supported by this shim's sandboxes: %w", errdefs.ErrNotImplemented)
+	}
+	if c.hostNetwork {
+		if netnsPath != "" {
+			return nil, fmt.Errorf("sandbox %q: a netns_path for a host-network pod: %w", c.name, errdefs.ErrInvalidArgument)
+		}
+	} else if netnsPath == "" {
+		return nil, fmt.Errorf("sandbox %q: field \"netns_path\": CRI gave no network namespace for a pod network: %w", c.name, errdefs.ErrInvalidArgument)
+	}
+	if c.hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("node hostname: %w", err)
+		}
+		c.hostname = h
+	}
+	if !c.hostNetwork {
+		for k, v := range defaultSysctls {
+			c.sysctls[k] = v
+		}
+	}
+	for k, v := range pc.GetLinux().GetSysctls() {
+		if err := c.checkSysctl(k); err != nil {
+			return nil, err
+		}
+		c.sysctls[k] = v
+	}
+	return c, nil
+}
+
+// checkSysctl refuses what the pod's namespaces cannot scope: a sysctl of
+// the node, or a namespace the pod shares with the node.
+func (c *podConfig) checkSysctl(k string) error {
+	field := fmt.Sprintf("PodSandboxConfig: field \"linux.sysctls\": %q", k)
+	switch {
+	case strings.HasPrefix(k, "net."):
+		if c.hostNetwork {
+			return fmt.Errorf("%s: a network sysctl for a host-network pod: %w", field, errdefs.ErrInvalidArgument)
+		}
+	case k == "kernel.shmmax", k == "kernel.shmmni", k == "kernel.shmall", k == "kernel.shm_rmid_forced",
+		k == "kernel.msgmax", k == "kernel.msgmni", k == "kernel.msgmnb", k == "kernel.sem",
+		strings.HasPrefix(k, "fs.mqueue."):
+		if c.hostIPC {
+			return fmt.Errorf("%s: an IPC sysctl for a host-IPC pod: %w", field, errdefs.ErrInvalidArgument)
+		}
+	default:
+		return fmt.Errorf("%s: not a namespaced sysctl: %w", field, errdefs.ErrInvalidArgument)
+	}
+	if strings.ContainsAny(k, "/\x00") || strings.Contains(k, "..") {
+		return fmt.Errorf("%s: invalid name: %w", field, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// resolvConf renders the pod's DNS configuration as CRI's podsandbox
+// controller does; "" means a copy of the node's.
+func resolvConf(dns *criapi.DNSConfig) string {
+	if dns == nil {
+		return ""
+	}
+	var b strings.Builder
+	if len(dns.GetSearches()) > 0 {
+		b.WriteString("search " + strings.Join(dns.GetSearches(), " ") + "\n")
+	}
+	for _, s := range dns.GetServers() {
+		b.WriteString("nameserver " + s + "\n")
+	}
+	if len(dns.GetOptions()) > 0 {
+		b.WriteString("options " + strings.Join(dns.GetOptions(), " ") + "\n")
+	}
+	return b.String()
+}

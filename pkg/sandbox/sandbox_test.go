@@ -1,0 +1,187 @@
+package sandbox
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"github.com/moby/sys/mountinfo"
+	"google.golang.org/protobuf/types/known/anypb"
+	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
+)
+
+func podOpts(t *testing.T, pc *criapi.PodSandboxConfig) *anypb.Any {
+	t.Helper()
+	a, err := typeurl.MarshalAnyToProto(pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func nsOpts(network, ipc, pid criapi.NamespaceMode) *criapi.LinuxPodSandboxConfig {
+	return &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
+		NamespaceOptions: &criapi.NamespaceOption{Network: network, Ipc: ipc, Pid: pid},
+	}}
+}
+
+// What CRI sends as CreateSandboxRequest.options, and what is refused.
+func TestDecodePodConfig(t *testing.T) {
+	if u := podOpts(t, &criapi.PodSandboxConfig{}).GetTypeUrl(); u != "runtime.v1.PodSandboxConfig" {
+		t.Fatalf("containerd's type URL for the pod config is %q", u)
+	}
+	cases := []struct {
+		name   string
+		pc     *criapi.PodSandboxConfig
+		netns  string
+		check  func(*podConfig) bool
+		errIs  func(error) bool
+		errHas string
+	}{
+		{"pod network, private PID", &criapi.PodSandboxConfig{Hostname: "web-0", Linux: nsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_POD, criapi.NamespaceMode_CONTAINER)},
+			"/var/run/netns/cni-1", func(c *podConfig) bool {
+				return c.hostname == "web-0" && !c.hostNetwork && !c.sharedPID && c.sysctls["net.ipv4.ip_unprivileged_port_start"] == "0"
+			}, nil, ""},
+		{"shared PID (shareProcessNamespace)", &criapi.PodSandboxConfig{Linux: nsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_POD, criapi.NamespaceMode_POD)},
+			"/n", func(c *podConfig) bool { return c.sharedPID && c.hostname != "" }, nil, ""},
+		{"host network: no CRI sysctls", &criapi.PodSandboxConfig{Linux: nsOpts(criapi.NamespaceMode_NODE, criapi.NamespaceMode_NODE, criapi.NamespaceMode_NODE)},
+			"", func(c *podConfig) bool { return c.hostNetwork && c.hostIPC && c.hostPID && len(c.sysctls) == 0 }, nil, ""},
+		{"pod sysctls", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{Sysctls: map[string]string{"kernel.shm_rmid_forced": "1", "net.ipv4.ip_unprivileged_port_start": "1024"}}},
+			"/n", func(c *podConfig) bool {
+				return c.sysctls["kernel.shm_rmid_forced"] == "1" && c.sysctls["net.ipv4.ip_unprivileged_port_start"] == "1024"
+			}, nil, ""},
+		{"node sysctl refused", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{Sysctls: map[string]string{"vm.swappiness": "1"}}},
+			"/n", nil, errdefs.IsInvalidArgument, `"vm.swappiness": not a namespaced sysctl`},
+		{"net sysctl on host network refused", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{
+			Sysctls: map[string]string{"net.core.somaxconn": "1"}, SecurityContext: nsOpts(criapi.NamespaceMode_NODE, 0, 0).SecurityContext}},
+			"", nil, errdefs.IsInvalidArgument, "host-network"},
+		{"pod network without a netns", &criapi.PodSandboxConfig{}, "", nil, errdefs.IsInvalidArgument, "netns_path"},
+		{"TARGET pid", &criapi.PodSandboxConfig{Linux: nsOpts(0, 0, criapi.NamespaceMode_TARGET)}, "/n", nil, errdefs.IsInvalidArgument, "TARGET"},
+		{"user namespace", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &criapi.NamespaceOption{UsernsOptions: &criapi.UserNamespace{Mode: criapi.NamespaceMode_POD}}}}},
+			"/n", nil, errdefs.IsNotImplemented, "user namespaces"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := decodePodConfig(podOpts(t, tc.pc), tc.netns)
+			if tc.errIs != nil {
+				if err == nil || !tc.errIs(err) || !strings.Contains(err.Error(), tc.errHas) {
+					t.Fatalf("got %v, want an error with %q of the right kind", err, tc.errHas)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.check(c) {
+				t.Fatalf("unexpected %+v", c)
+			}
+		})
+	}
+	if _, err := decodePodConfig(nil, "/n"); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("no options: %v", err)
+	}
+	if _, err := decodePodConfig(&anypb.Any{TypeUrl: "runtime.v1.PodSandboxConfig", Value: []byte{0xff}}, "/n"); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("garbage: %v", err)
+	}
+}
+
+func TestResolvConf(t *testing.T) {
+	got := resolvConf(&criapi.DNSConfig{Servers: []string{"10.0.0.10"}, Searches: []string{"ns.svc.cluster.local", "svc.cluster.local"}, Options: []string{"ndots:5"}})
+	want := "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+	if got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+	if resolvConf(nil) != "" {
+		t.Fatal("no DNS config: the node's file")
+	}
+}
+
+// The pod's files land where CRI looks for them, and come back after
+// containerd (restarting) removed them.
+func TestPodFilesSurviveTheirRemoval(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mounts the pod's /dev/shm)")
+	}
+	top := t.TempDir()
+	state, root := filepath.Join(top, "run"), filepath.Join(top, "lib")
+	b := bundle.Bundle(filepath.Join(state, "io.containerd.sandbox.controller.v1.shim", "k8s.io", "sb1"))
+	work := filepath.Join(root, "io.containerd.sandbox.controller.v1.shim", "k8s.io", "sb1")
+	for _, d := range []string{b.Path(), work} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(work, filepath.Join(b.Path(), "work")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := criDirs(b, "sb1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(root, "io.containerd.grpc.v1.cri", "sandboxes", "sb1"); f.rootDir != want {
+		t.Fatalf("CRI root dir %s, want %s", f.rootDir, want)
+	}
+	if want := filepath.Join(state, "io.containerd.grpc.v1.cri", "sandboxes", "sb1", "shm"); f.shmPath() != want {
+		t.Fatalf("shm %s, want %s", f.shmPath(), want)
+	}
+	defer func() { _ = f.remove() }()
+	if err := f.create("web-0", "nameserver 10.0.0.10\n"); err != nil {
+		t.Fatal(err)
+	}
+	assertFiles := func() {
+		t.Helper()
+		if data, _ := os.ReadFile(filepath.Join(f.rootDir, "hostname")); string(data) != "web-0\n" {
+			t.Fatalf("hostname %q", data)
+		}
+		if data, _ := os.ReadFile(filepath.Join(f.rootDir, "resolv.conf")); string(data) != "nameserver 10.0.0.10\n" {
+			t.Fatalf("resolv.conf %q", data)
+		}
+		if _, err := os.Stat(filepath.Join(f.rootDir, "hosts")); err != nil {
+			t.Fatal(err)
+		}
+		if m, _ := mountinfo.Mounted(f.shmPath()); !m {
+			t.Fatal("the pod's /dev/shm is not mounted at CRI's path")
+		}
+	}
+	assertFiles()
+	// A file written to the pod's shm is seen through the CRI path.
+	if err := os.WriteFile(filepath.Join(f.shmKeep, "x"), []byte("1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// What containerd's restart does to directories it cannot tie to a
+	// pause container.
+	if err := unmountAll(f.shmPath()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(f.rootDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(f.stateDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.lay(); err != nil {
+		t.Fatal(err)
+	}
+	assertFiles()
+	if _, err := os.Stat(filepath.Join(f.shmPath(), "x")); err != nil {
+		t.Fatalf("the pod's shm content after laying it out again: %v", err)
+	}
+	if err := f.remove(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{f.rootDir, f.stateDir, f.keepDir} {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Fatalf("%s left: %v", d, err)
+		}
+	}
+}
+
+func unmountAll(p string) error {
+	return (&podFiles{stateDir: filepath.Dir(p), shmKeep: filepath.Join(os.TempDir(), "none-such")}).unmount()
+}

@@ -1,0 +1,613 @@
+// Package sandbox is containerd's Sandbox API (containerd.runtime.sandbox.v1)
+// for pods whose CRI runtime handler has sandboxer = "shim": containerd
+// starts this shim for the pod, asks it for the pod's sandbox, and runs the
+// pod's containers as tasks on the same shim, with no pause container.
+//
+// A sandbox is a backend's runtime.PodSandbox (runc: a namespace holder;
+// gVisor: the runsc sandbox the containers join) plus what CRI's podsandbox
+// controller would have given a pause pod: hostname, hosts and resolv.conf
+// files and /dev/shm at CRI's paths (files.go).
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	goruntime "runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	sandboxapi "github.com/containerd/containerd/api/runtime/sandbox/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/cgroups/systemd"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+)
+
+// The states SandboxStatus reports, exactly as CRI (and its restart
+// recovery) reads them: anything else is NotReady to the kubelet.
+var (
+	stateReady    = criapi.PodSandboxState_SANDBOX_READY.String()
+	stateNotReady = criapi.PodSandboxState_SANDBOX_NOTREADY.String()
+)
+
+// specTypeURL is how containerd names an OCI spec in an Any.
+const specTypeURL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+
+// Service serves containerd's Sandbox API.
+type Service struct {
+	ctx      context.Context
+	backends *runtime.Registry
+	reaper   runtime.ReaperGate
+	metrics  *metrics.Recorder
+	// shutdown asks the shim to exit once it hosts no task either.
+	shutdown func()
+
+	mu        sync.Mutex
+	sandboxes map[string]*sandbox // guarded by mu
+	// unmatched keeps recent exits no sandbox claimed yet: a sandbox
+	// process that exits before StartSandbox learned its pid; guarded by mu.
+	unmatched []runtime.Exit
+}
+
+const maxUnmatched = 64
+
+// Config wires a Service.
+type Config struct {
+	Backends *runtime.Registry
+	Reaper   runtime.ReaperGate
+	Metrics  *metrics.Recorder
+	// Shutdown is called after a ShutdownSandbox: the shim exits if no
+	// task remains.
+	Shutdown func()
+}
+
+// NewService returns a Sandbox service. Exits of the shim's children must
+// be fed to HandleExit.
+func NewService(ctx context.Context, cfg Config) *Service {
+	return &Service{
+		ctx:       ctx,
+		backends:  cfg.Backends,
+		reaper:    cfg.Reaper,
+		metrics:   cfg.Metrics,
+		shutdown:  cfg.Shutdown,
+		sandboxes: make(map[string]*sandbox),
+	}
+}
+
+var _ sandboxapi.TTRPCSandboxService = (*Service)(nil)
+
+// sandbox is one pod's sandbox.
+//
+// Locks: op serialises Start, Stop and Shutdown and may be held across the
+// backend's commands; mu guards the fields below it and is a leaf. Status,
+// Wait, Platform and exit handling never take op.
+type sandbox struct {
+	id        string
+	bundle    bundle.Bundle
+	cfg       *oci.Config
+	pod       *podConfig
+	netns     string
+	files     *podFiles
+	ps        runtime.PodSandbox
+	labels    metrics.Labels
+	createdAt time.Time
+
+	op sync.Mutex
+
+	mu       sync.Mutex
+	state    string // stateNotReady until started, stateReady while it runs
+	started  bool
+	stopping bool // StopSandbox ended it (metrics: stopped, not died)
+	pid      int
+	status   uint32
+	exitedAt time.Time
+	exited   chan struct{} // closed when the sandbox process is gone (or never started and shut down)
+	shutDown bool
+}
+
+func (s *Service) get(id string) (*sandbox, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sb := s.sandboxes[id]
+	if sb == nil {
+		return nil, fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound)
+	}
+	return sb, nil
+}
+
+// Holds reports whether a sandbox still needs the shim: the shim must not
+// exit on the last task's Shutdown while its pod lives (containerd 2.4
+// sends Task Shutdown after every task delete).
+func (s *Service) Holds() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sb := range s.sandboxes {
+		sb.mu.Lock()
+		gone := sb.shutDown
+		sb.mu.Unlock()
+		if !gone {
+			return true
+		}
+	}
+	return false
+}
+
+// ContainerCreated records a task the shim created in the pod sandbox it
+// belongs to (containerd writes the sandbox's ID into the container's
+// bundle), for "delete" to find after a shim death.
+func (s *Service) ContainerCreated(id string, b bundle.Bundle) {
+	data, err := os.ReadFile(b.SandboxFile())
+	if err != nil {
+		return
+	}
+	sb, err := s.get(strings.TrimSpace(string(data)))
+	if err != nil {
+		return
+	}
+	RecordContainer(sb.bundle, id, b.Path())
+}
+
+// CreateSandbox prepares a pod's sandbox: its configuration, its backend
+// and CRI's files; nothing runs yet. A failure leaves nothing behind.
+func (s *Service) CreateSandbox(ctx context.Context, r *sandboxapi.CreateSandboxRequest) (_ *sandboxapi.CreateSandboxResponse, retErr error) {
+	if r.GetSandboxID() == "" || r.GetBundlePath() == "" {
+		return nil, fmt.Errorf("create sandbox: sandbox_id and bundle_path are required: %w", errdefs.ErrInvalidArgument)
+	}
+	pod, err := decodePodConfig(r.GetOptions(), r.GetNetnsPath())
+	if err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", r.GetSandboxID(), err)
+	}
+	b := bundle.Bundle(r.GetBundlePath())
+	cfg, err := s.shimConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", r.GetSandboxID(), err)
+	}
+	files, err := criDirs(b, r.GetSandboxID(), pod.hostIPC)
+	if err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", r.GetSandboxID(), err)
+	}
+	sb := &sandbox{
+		id:     r.GetSandboxID(),
+		bundle: b,
+		cfg:    cfg,
+		pod:    pod,
+		netns:  r.GetNetnsPath(),
+		files:  files,
+		labels: metrics.Labels{Backend: cfg.Backend, Handler: cfg.RuntimeHandler},
+		state:  stateNotReady,
+		exited: make(chan struct{}),
+	}
+	s.mu.Lock()
+	if _, ok := s.sandboxes[sb.id]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("sandbox %s: %w", sb.id, errdefs.ErrAlreadyExists)
+	}
+	s.sandboxes[sb.id] = sb
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			_ = files.remove() // undo what create laid out; the error is the one to report
+			s.mu.Lock()
+			delete(s.sandboxes, sb.id)
+			s.mu.Unlock()
+		}
+	}()
+	ps, err := s.backends.NewPod(cfg, &runtime.Pod{
+		ID:           sb.id,
+		Namespace:    namespaceOf(ctx),
+		Bundle:       b,
+		NetNS:        sb.netns,
+		Hostname:     pod.hostname,
+		HostIPC:      pod.hostIPC,
+		SharedPID:    pod.sharedPID,
+		HostPID:      pod.hostPID,
+		Sysctls:      pod.sysctls,
+		CgroupParent: pod.cgroupParent,
+		Annotations:  podAnnotations(sb.id, pod),
+		Reaper:       s.reaper,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", sb.id, err)
+	}
+	sb.ps = ps
+	if err := files.create(pod.hostname, resolvConf(pod.dns)); err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", sb.id, err)
+	}
+	if err := writePodRecord(b, cfg, pod); err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", sb.id, err)
+	}
+	sb.createdAt = time.Now()
+	s.metrics.SandboxCreated(sb.labels)
+	log.G(ctx).WithFields(log.Fields{"sandbox": sb.id, "backend": cfg.Backend, "pod": pod.namespace + "/" + pod.name}).Debug("sandbox created")
+	return &sandboxapi.CreateSandboxResponse{}, nil
+}
+
+// shimConfig resolves the sandbox's shim configuration from the runtime
+// options "start" kept in the bundle (containerd 2.3+ sends the handler's
+// options; 2.2 sends none, then the default configuration applies).
+func (s *Service) shimConfig(b bundle.Bundle) (*oci.Config, error) {
+	var opts *anypb.Any
+	if data, err := os.ReadFile(b.RuntimeOptions()); err == nil {
+		opts = &anypb.Any{}
+		if err := proto.Unmarshal(data, opts); err != nil {
+			return nil, fmt.Errorf("runtime options in %s: %w", b.RuntimeOptions(), err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	cfg, err := s.backends.Schema().ConfigFromOptions(opts)
+	if err != nil {
+		return nil, fmt.Errorf("runtime options: %w", err)
+	}
+	return cfg, nil
+}
+
+// podAnnotations are what a backend's sandbox needs to know the pod by: the
+// pod's own annotations (gVisor mount hints among them) and CRI's.
+func podAnnotations(id string, pod *podConfig) map[string]string {
+	a := make(map[string]string, len(pod.annotations)+5)
+	for k, v := range pod.annotations {
+		a[k] = v
+	}
+	a[oci.AnnotationCRIType] = oci.CRITypeSandbox
+	a[oci.AnnotationSandboxID] = id
+	a[oci.AnnotationPodName] = pod.name
+	a[oci.AnnotationPodNS] = pod.namespace
+	a["io.kubernetes.cri.sandbox-uid"] = pod.uid
+	return a
+}
+
+// StartSandbox starts the sandbox's process; the pod's containers join its
+// namespaces from then on.
+func (s *Service) StartSandbox(ctx context.Context, r *sandboxapi.StartSandboxRequest) (*sandboxapi.StartSandboxResponse, error) {
+	sb, err := s.get(r.GetSandboxID())
+	if err != nil {
+		return nil, err
+	}
+	sb.op.Lock()
+	defer sb.op.Unlock()
+	sb.mu.Lock()
+	started, shut := sb.started, sb.shutDown
+	sb.mu.Unlock()
+	switch {
+	case shut:
+		return nil, fmt.Errorf("start sandbox %s: it was shut down: %w", sb.id, errdefs.ErrFailedPrecondition)
+	case started:
+		return nil, fmt.Errorf("start sandbox %s: already started: %w", sb.id, errdefs.ErrFailedPrecondition)
+	}
+	begin := time.Now()
+	pid, err := sb.ps.Start(ctx)
+	if err != nil {
+		_ = sb.ps.Delete(context.WithoutCancel(ctx)) // the start's error is the one to report
+		return nil, fmt.Errorf("start sandbox %s: %w", sb.id, err)
+	}
+	sb.mu.Lock()
+	sb.started, sb.pid, sb.state = true, pid, stateReady
+	sb.mu.Unlock()
+	s.metrics.SandboxStarted(sb.labels, time.Since(begin))
+	if e, ok := s.takeUnmatched(pid); ok {
+		s.exited(sb, e) // it died before we knew its pid
+	}
+	resp := &sandboxapi.StartSandboxResponse{Pid: uint32(pid), CreatedAt: protobuf.ToTimestamp(sb.createdAt)}
+	if spec, err := sb.spec(pid); err != nil {
+		log.G(ctx).WithError(err).Warn("sandbox spec for NRI")
+	} else {
+		resp.Spec = spec
+	}
+	return resp, nil
+}
+
+// spec describes the running sandbox as an OCI spec for containerd 2.3+,
+// which hands it to NRI plugins: the pod's namespaces, cgroup, hostname
+// and sysctls.
+func (sb *sandbox) spec(pid int) (*anypb.Any, error) {
+	ns := func(t specs.LinuxNamespaceType, name string) specs.LinuxNamespace {
+		return specs.LinuxNamespace{Type: t, Path: fmt.Sprintf("/proc/%d/ns/%s", pid, name)}
+	}
+	s := &specs.Spec{
+		Version:     specs.Version,
+		Hostname:    sb.pod.hostname,
+		Annotations: podAnnotations(sb.id, sb.pod),
+		Linux: &specs.Linux{
+			CgroupsPath: sb.ps.CgroupPath(),
+			Sysctl:      sb.pod.sysctls,
+			Namespaces:  []specs.LinuxNamespace{ns(specs.NetworkNamespace, "net"), ns(specs.IPCNamespace, "ipc"), ns(specs.UTSNamespace, "uts")},
+		},
+	}
+	if sb.pod.sharedPID {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, ns(specs.PIDNamespace, "pid"))
+	}
+	data, err := json.Marshal(s)
+	if err != nil {
+		return nil, err
+	}
+	return &anypb.Any{TypeUrl: specTypeURL, Value: data}, nil
+}
+
+// Platform reports the sandbox's platform; CRI builds container specs
+// from it. CRI asks before it creates a container, so it is also where the
+// pod's files are laid out again if a containerd restart removed them.
+func (s *Service) Platform(ctx context.Context, r *sandboxapi.PlatformRequest) (*sandboxapi.PlatformResponse, error) {
+	sb, err := s.get(r.GetSandboxID())
+	if err != nil {
+		return nil, err
+	}
+	sb.relay(ctx)
+	return &sandboxapi.PlatformResponse{Platform: &types.Platform{OS: "linux", Architecture: goruntime.GOARCH}}, nil
+}
+
+// relay lays the pod's files out again where CRI looks for them, while the
+// sandbox runs.
+func (sb *sandbox) relay(ctx context.Context) {
+	sb.mu.Lock()
+	ready := sb.state == stateReady
+	sb.mu.Unlock()
+	if !ready {
+		return
+	}
+	if err := sb.files.lay(); err != nil {
+		log.G(ctx).WithError(err).WithField("sandbox", sb.id).Warn("lay out the pod's files for CRI")
+	}
+}
+
+// StopSandbox ends the sandbox's process and releases WaitSandbox before it
+// replies: CRI shows the pod NotReady only once WaitSandbox has returned.
+// Stopping a stopped sandbox succeeds.
+func (s *Service) StopSandbox(ctx context.Context, r *sandboxapi.StopSandboxRequest) (*sandboxapi.StopSandboxResponse, error) {
+	sb, err := s.get(r.GetSandboxID())
+	if err != nil {
+		return nil, err
+	}
+	if err := sb.stop(ctx); err != nil {
+		return nil, err
+	}
+	return &sandboxapi.StopSandboxResponse{}, nil
+}
+
+func (sb *sandbox) stop(ctx context.Context) error {
+	sb.op.Lock()
+	defer sb.op.Unlock()
+	sb.mu.Lock()
+	started := sb.started
+	done := isClosed(sb.exited)
+	if started && !done {
+		sb.stopping = true
+	}
+	sb.mu.Unlock()
+	if started && !done {
+		if err := sb.ps.Stop(ctx); err != nil {
+			return fmt.Errorf("stop sandbox %s: %w", sb.id, err)
+		}
+		select {
+		case <-sb.exited:
+		case <-ctx.Done():
+			return fmt.Errorf("stop sandbox %s: %w", sb.id, ctx.Err())
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("stop sandbox %s: its process did not exit: %w", sb.id, errdefs.ErrUnavailable)
+		}
+	}
+	if err := sb.ps.Delete(ctx); err != nil {
+		return fmt.Errorf("stop sandbox %s: %w", sb.id, err)
+	}
+	if err := sb.files.unmount(); err != nil {
+		return fmt.Errorf("stop sandbox %s: %w", sb.id, err)
+	}
+	return nil
+}
+
+// WaitSandbox blocks until the sandbox's process is gone. CRI keeps one
+// call open for the pod's life (one more after each containerd restart).
+func (s *Service) WaitSandbox(ctx context.Context, r *sandboxapi.WaitSandboxRequest) (*sandboxapi.WaitSandboxResponse, error) {
+	sb, err := s.get(r.GetSandboxID())
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-sb.exited:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return &sandboxapi.WaitSandboxResponse{ExitStatus: sb.status, ExitedAt: protobuf.ToTimestamp(sb.exitedAt)}, nil
+}
+
+// SandboxStatus reports the sandbox; CRI reads sandbox_id, pid and state.
+func (s *Service) SandboxStatus(ctx context.Context, r *sandboxapi.SandboxStatusRequest) (*sandboxapi.SandboxStatusResponse, error) {
+	sb, err := s.get(r.GetSandboxID())
+	if err != nil {
+		return nil, err
+	}
+	sb.relay(ctx)
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	resp := &sandboxapi.SandboxStatusResponse{
+		SandboxID: sb.id,
+		Pid:       uint32(sb.pid),
+		State:     sb.state,
+		CreatedAt: protobuf.ToTimestamp(sb.createdAt),
+	}
+	if sb.state != stateReady {
+		resp.Pid = 0
+	}
+	if !sb.exitedAt.IsZero() {
+		resp.ExitedAt = protobuf.ToTimestamp(sb.exitedAt)
+	}
+	return resp, nil
+}
+
+// PingSandbox answers for a sandbox this shim hosts.
+func (s *Service) PingSandbox(ctx context.Context, r *sandboxapi.PingRequest) (*sandboxapi.PingResponse, error) {
+	if _, err := s.get(r.GetSandboxID()); err != nil {
+		return nil, err
+	}
+	return &sandboxapi.PingResponse{}, nil
+}
+
+// ShutdownSandbox is the end of the pod: whatever still runs is stopped,
+// CRI's files go, and the shim exits once it hosts no task.
+func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxapi.ShutdownSandboxRequest) (*sandboxapi.ShutdownSandboxResponse, error) {
+	sb, err := s.get(r.GetSandboxID())
+	if err != nil {
+		return nil, err
+	}
+	if err := sb.stop(ctx); err != nil {
+		return nil, err
+	}
+	sb.op.Lock()
+	defer sb.op.Unlock()
+	if err := sb.files.remove(); err != nil {
+		return nil, fmt.Errorf("shut down sandbox %s: %w", sb.id, err)
+	}
+	sb.mu.Lock()
+	first := !sb.shutDown
+	sb.shutDown = true
+	if !isClosed(sb.exited) {
+		close(sb.exited) // never started: release waiters
+		sb.exitedAt = time.Now()
+	}
+	sb.mu.Unlock()
+	if first {
+		s.metrics.SandboxShutdown(sb.labels)
+	}
+	if s.shutdown != nil {
+		s.shutdown()
+	}
+	return &sandboxapi.ShutdownSandboxResponse{}, nil
+}
+
+// SandboxMetrics returns the pod cgroup's metrics, as containerd's
+// podsandbox controller does for a pause pod (containerd 2.4 asks every
+// second).
+func (s *Service) SandboxMetrics(ctx context.Context, r *sandboxapi.SandboxMetricsRequest) (*sandboxapi.SandboxMetricsResponse, error) {
+	sb, err := s.get(r.GetSandboxID())
+	if err != nil {
+		return nil, err
+	}
+	st, err := podCgroupStats(sb.pod.cgroupParent)
+	if err != nil {
+		return nil, fmt.Errorf("metrics of sandbox %s: %w", sb.id, err)
+	}
+	data, err := typeurl.MarshalAnyToProto(st)
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxapi.SandboxMetricsResponse{Metrics: &types.Metric{
+		Timestamp: protobuf.ToTimestamp(time.Now()),
+		ID:        sb.id,
+		Data:      data,
+	}}, nil
+}
+
+// podCgroupStats reads the pod's cgroup (the kubelet's cgroup parent).
+func podCgroupStats(parent string) (proto.Message, error) {
+	if parent == "" {
+		return nil, fmt.Errorf("the pod has no cgroup parent: %w", errdefs.ErrNotFound)
+	}
+	path := parent
+	if strings.HasSuffix(parent, ".slice") {
+		p, err := systemd.ExpandSlice(parent)
+		if err != nil {
+			return nil, fmt.Errorf("cgroup parent %s: %w", parent, err)
+		}
+		path = p
+	}
+	if cgroups.Mode() == cgroups.Unified {
+		m, err := cgroup2.Load(path)
+		if err != nil {
+			return nil, fmt.Errorf("pod cgroup %s: %w: %w", path, err, errdefs.ErrNotFound)
+		}
+		return m.Stat()
+	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	if err != nil {
+		return nil, fmt.Errorf("pod cgroup %s: %w: %w", path, err, errdefs.ErrNotFound)
+	}
+	return cg.Stat(cgroup1.IgnoreNotExist)
+}
+
+// UpdateSandbox (in-place pod resize, containerd 2.4) is not supported:
+// containerd tolerates NotImplemented.
+func (s *Service) UpdateSandbox(ctx context.Context, r *sandboxapi.UpdateSandboxRequest) (*sandboxapi.UpdateSandboxResponse, error) {
+	return nil, fmt.Errorf("update sandbox %s: %w", r.GetSandboxID(), errdefs.ErrNotImplemented)
+}
+
+// HandleExit is fed every exit the reaper reports; a sandbox's process is
+// the shim's child.
+func (s *Service) HandleExit(e runtime.Exit) {
+	s.mu.Lock()
+	var sb *sandbox
+	for _, c := range s.sandboxes {
+		c.mu.Lock()
+		if c.pid == e.Pid && c.started {
+			sb = c
+		}
+		c.mu.Unlock()
+	}
+	if sb == nil {
+		s.unmatched = append(s.unmatched, e)
+		if len(s.unmatched) > maxUnmatched {
+			s.unmatched = s.unmatched[1:]
+		}
+	}
+	s.mu.Unlock()
+	if sb != nil {
+		s.exited(sb, e)
+	}
+}
+
+func (s *Service) takeUnmatched(pid int) (runtime.Exit, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, e := range s.unmatched {
+		if e.Pid == pid {
+			s.unmatched = append(s.unmatched[:i], s.unmatched[i+1:]...)
+			return e, true
+		}
+	}
+	return runtime.Exit{}, false
+}
+
+// exited records the end of a sandbox's process and releases its waiters.
+func (s *Service) exited(sb *sandbox, e runtime.Exit) {
+	sb.mu.Lock()
+	if isClosed(sb.exited) {
+		sb.mu.Unlock()
+		return
+	}
+	sb.state = stateNotReady
+	sb.status = uint32(e.Status)
+	sb.exitedAt = e.Timestamp
+	stopped := sb.stopping
+	close(sb.exited)
+	sb.mu.Unlock()
+	s.metrics.SandboxExited(sb.labels, stopped)
+	log.G(s.ctx).WithFields(log.Fields{"sandbox": sb.id, "status": e.Status, "stopped": stopped}).Debug("sandbox process exited")
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
