@@ -194,6 +194,17 @@ func TestConfigFromOptions(t *testing.T) {
 			t.Fatalf("%+v %v", c, err)
 		}
 	})
+	t.Run("runc options without a binary keep the defaults file's backend", func(t *testing.T) {
+		t.Setenv(ConfigEnv, good) // backend = "runsc"
+		c, err := testSchema().ConfigFromOptions(anyOf(t, &runcoptions.Options{ShimCgroup: "/s"}))
+		if err != nil || c.Backend != "runsc" || c.ShimCgroup != "/s" {
+			t.Fatalf("%+v %v", c, err)
+		}
+		c, err = testSchema().ConfigFromOptions(anyOf(t, &runcoptions.Options{BinaryName: "runc"}))
+		if err != nil || c.Backend != "runc" {
+			t.Fatalf("a BinaryName picks the backend: %+v %v", c, err)
+		}
+	})
 	t.Run("runc options naming runsc", func(t *testing.T) {
 		c, err := testSchema().ConfigFromOptions(anyOf(t, &runcoptions.Options{BinaryName: "/usr/local/bin/runsc"}))
 		if err != nil || c.Backend != "runsc" || runscOf(c).BinaryName != "/usr/local/bin/runsc" {

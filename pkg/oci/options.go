@@ -80,8 +80,12 @@ func (s *Schema) configFromRuncOptions(ro *runcoptions.Options) (*Config, error)
 		return nil, err
 	}
 	c.Source = "runc options (containerd.runc.v1.Options)"
-	c.Backend = s.defaultBackend()
+	// A BinaryName picks the backend that claims it (runsc), else the
+	// default one. Without one (options that only carry a shim cgroup, an
+	// I/O owner, or containerd 2.2's task API address for a pod sandbox's
+	// containers) the defaults file's backend stands.
 	if ro.BinaryName != "" {
+		c.Backend = s.defaultBackend()
 		for _, n := range s.names {
 			if c.Sections[n].ClaimsBinary(filepath.Base(ro.BinaryName)) {
 				c.Backend = n

@@ -69,6 +69,9 @@ type Service struct {
 
 const maxUnmatched = 64
 
+// shutdownGrace is how long the shim stays after ShutdownSandbox replied.
+const shutdownGrace = 500 * time.Millisecond
+
 // Config wires a Service.
 type Config struct {
 	Backends *runtime.Registry
@@ -489,7 +492,14 @@ func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxapi.ShutdownSan
 		s.metrics.SandboxShutdown(sb.labels)
 	}
 	if s.shutdown != nil {
-		s.shutdown()
+		// The shim may exit now, but this reply must reach containerd first
+		// (it fails RemovePodSandbox on a closed connection): ttrpc's
+		// graceful shutdown can close a connection whose response is still
+		// queued, so the exit waits a moment after the reply.
+		go func() {
+			time.Sleep(shutdownGrace)
+			s.shutdown()
+		}()
 	}
 	return &sandboxapi.ShutdownSandboxResponse{}, nil
 }

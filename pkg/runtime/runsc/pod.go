@@ -114,7 +114,17 @@ func (s *pod) Start(ctx context.Context) (_ int, retErr error) {
 	if err != nil {
 		return 0, err
 	}
-	pid, err := be.Create(ctx, &runtime.CreateConfig{ID: s.p.ID, Bundle: b, PidFile: b.InitPidFile()})
+	// The sandbox's processes inherit runsc create's stdio and keep it: a
+	// pipe (what a command's captured stderr is) would never see EOF and
+	// the create would never be waited for. /dev/null it is; runsc's errors
+	// are in its log.
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer devnull.Close()
+	stdio := &runtime.IO{Stdin: devnull, Stdout: devnull, Stderr: devnull}
+	pid, err := be.Create(ctx, &runtime.CreateConfig{ID: s.p.ID, Bundle: b, IO: stdio, PidFile: b.InitPidFile()})
 	if err != nil {
 		_ = be.Delete(context.WithoutCancel(ctx), s.p.ID, true) // the create's error is the one to report
 		return 0, fmt.Errorf("boot gVisor sandbox: %w", err)
@@ -159,6 +169,10 @@ func (s *pod) mountPause() error {
 func (s *pod) unmountPause() error {
 	if err := unix.Unmount(s.pause(), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmount the sandbox's /pause: %w", err)
+	}
+	// containerd removes the bundle's rootfs directory, which must be empty.
+	if err := os.Remove(s.pause()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove the sandbox's /pause: %w", err)
 	}
 	return nil
 }

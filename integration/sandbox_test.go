@@ -1,0 +1,241 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
+)
+
+const sbHandler = "custom-sb"
+
+// sandboxCRIConfig registers this shim as a CRI runtime handler with
+// sandboxer = "shim" (containerd's Sandbox API: no pause container), and a
+// point-to-point CNI network (Debian's ptp and host-local plugins: a veth
+// per pod, no shared bridge to clean up) so pods get a network namespace
+// of their own, as on a node. containerd 2.2 fails every StartContainer of a
+// sandboxed handler that has an options table (it can only pass the
+// sandbox's address in runc options), so there the backend comes from the
+// daemon's default config ($CONTAINERD_SHIM_CUSTOM_CONFIG) instead.
+func sandboxCRIConfig(t *testing.T, version, backend string) string {
+	cniDir := t.TempDir()
+	conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "sb-ptp", "plugins": [
+  {"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.231.%d.0/24"}]], "dataDir": %q}},
+  {"type": "loopback"}]}`, os.Getpid()%250, filepath.Join(cniDir, "ipam"))
+	if err := os.WriteFile(filepath.Join(cniDir, "10-lo.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	options := fmt.Sprintf(`    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.%s.options]
+      ConfigPath = %q
+`, sbHandler, filepath.Join(cfgDir, backend+".toml"))
+	extra := "    disable_pause_image_pull = true\n"
+	if strings.HasPrefix(version, "2.2.") {
+		options, extra = "", ""
+	}
+	return fmt.Sprintf(`[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = %q
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.%s]
+    runtime_type = "io.containerd.custom.v2"
+    sandboxer = "shim"
+%s%s`, cniDir, sbHandler, extra, options)
+}
+
+func sandboxDaemon(t *testing.T, like *env) (*env, func() runtimeapi.RuntimeServiceClient) {
+	t.Helper()
+	if harness.MajorVersion(like.version) == 1 {
+		t.Skip("containerd 1.7: the shim sandboxer needs ENABLE_CRI_SANDBOXES, which moves every pod to 1.7's experimental CRI server and loses sandbox exits across restarts (README)")
+	}
+	e := ownDaemon(t, like, func(c *harness.Config) {
+		c.EnableCRI = true
+		c.ExtraConfig = sandboxCRIConfig(t, like.version, like.backend)
+	})
+	harness.ImportBusybox(t, e.client, criNamespace)
+	// No pause image is imported: a sandboxed pod must not need one.
+	connect := func() runtimeapi.RuntimeServiceClient {
+		conn, err := grpc.NewClient("unix://"+e.d.Address(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		return runtimeapi.NewRuntimeServiceClient(conn)
+	}
+	return e, connect
+}
+
+func sandboxPodConfig(t *testing.T, logDir string) *runtimeapi.PodSandboxConfig {
+	return &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "sb", Uid: containerID(t, "uid"), Namespace: "test"},
+		Hostname:     "sb-pod",
+		LogDirectory: logDir,
+		DnsConfig:    &runtimeapi.DNSConfig{Servers: []string{"10.9.8.7"}, Searches: []string{"test.svc.example"}},
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			CgroupParent: "/custom-sb-test-" + runID,
+			Sysctls:      map[string]string{"kernel.shm_rmid_forced": "1"},
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_POD},
+			},
+		},
+	}
+}
+
+// TestSandboxedPod: a pod on a handler with sandboxer = "shim" runs with no
+// pause container and no pause image; its containers share the sandbox's
+// namespaces and get what a pause pod gives them (hostname, DNS file,
+// /dev/shm, sysctls, one PID namespace); stop and remove leave nothing.
+func TestSandboxedPod(t *testing.T) {
+	forEachOwnDaemon(t, func(t *testing.T, like *env) {
+		e, connect := sandboxDaemon(t, like)
+		rc := connect()
+		ctx := testContext(t)
+		logDir := t.TempDir()
+		podCfg := sandboxPodConfig(t, logDir)
+		pod, err := rc.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg, RuntimeHandler: sbHandler})
+		if err != nil {
+			t.Fatalf("RunPodSandbox: %v", err)
+		}
+		podID := pod.PodSandboxId
+		t.Cleanup(func() {
+			ctx := context.Background()
+			rc := connect()
+			_, _ = rc.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: podID})
+			_, _ = rc.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID})
+		})
+		st, err := rc.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: podID})
+		if err != nil || st.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {
+			t.Fatalf("pod status: %v %v", st, err)
+		}
+		criCtx := namespaces.WithNamespace(ctx, criNamespace)
+		if cs, err := e.client.Containers(criCtx); err != nil || len(cs) != 0 {
+			t.Fatalf("containerd's store holds %d containers for a sandboxed pod with none (a pause container?): %v", len(cs), err)
+		}
+
+		start := func(name string, cmd ...string) string {
+			t.Helper()
+			cc, err := rc.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+				PodSandboxId: podID,
+				Config: &runtimeapi.ContainerConfig{
+					Metadata: &runtimeapi.ContainerMetadata{Name: name},
+					Image:    &runtimeapi.ImageSpec{Image: criImage},
+					Command:  cmd,
+					LogPath:  name + ".log",
+				},
+				SandboxConfig: podCfg,
+			})
+			if err != nil {
+				t.Fatalf("CreateContainer %s: %v", name, err)
+			}
+			if _, err := rc.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: cc.ContainerId}); err != nil {
+				t.Fatalf("StartContainer %s: %v", name, err)
+			}
+			return cc.ContainerId
+		}
+		a := start("a", "sh", "-c", "echo shared > /dev/shm/from-a; exec sleep 1000")
+		b := start("b", "sleep", "1000")
+		exec := func(id string, cmd ...string) string {
+			t.Helper()
+			r, err := rc.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 20})
+			if err != nil || r.ExitCode != 0 {
+				t.Fatalf("exec %v in %s: %v %v %s", cmd, id, r, err, r.GetStderr())
+			}
+			return strings.TrimSpace(string(r.Stdout))
+		}
+		if got := exec(b, "hostname"); got != "sb-pod" {
+			t.Errorf("hostname %q, want sb-pod", got)
+		}
+		if got := exec(b, "cat", "/etc/resolv.conf"); !strings.Contains(got, "nameserver 10.9.8.7") || !strings.Contains(got, "search test.svc.example") {
+			t.Errorf("resolv.conf %q", got)
+		}
+		if got := exec(b, "cat", "/etc/hosts"); !strings.Contains(got, "localhost") {
+			t.Errorf("/etc/hosts %q", got)
+		}
+		eventually(t, 10*time.Second, "container a's /dev/shm file seen from b", func() error {
+			r, err := rc.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: b, Cmd: []string{"cat", "/dev/shm/from-a"}, Timeout: 10})
+			if err != nil || strings.TrimSpace(string(r.GetStdout())) != "shared" {
+				return fmt.Errorf("%v %q %q", err, r.GetStdout(), r.GetStderr())
+			}
+			return nil
+		})
+		if like.backend == "runc" {
+			if got := exec(b, "cat", "/proc/sys/kernel/shm_rmid_forced"); got != "1" {
+				t.Errorf("pod sysctl kernel.shm_rmid_forced = %q in the container", got)
+			}
+			// One PID namespace for the pod, whose init is the holder.
+			if got := exec(b, "sh", "-c", "ps -o pid,comm | grep -c sleep"); got != "2" {
+				t.Errorf("containers a and b do not share a PID namespace: %q sleep processes seen from b", got)
+			}
+		}
+		if _, err := rc.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: a}); err != nil {
+			t.Errorf("ContainerStats: %v", err)
+		}
+		if strings.HasPrefix(like.version, "2.4.") {
+			if s, err := rc.PodSandboxStats(ctx, &runtimeapi.PodSandboxStatsRequest{PodSandboxId: podID}); err != nil || s.GetStats().GetLinux().GetCpu() == nil {
+				t.Errorf("PodSandboxStats: %v %v", s, err)
+			}
+		}
+		shims, _ := harness.ProcessesMatching(shimName + " -namespace " + criNamespace + " -id " + podID)
+		if len(shims) != 1 {
+			t.Errorf("want one shim for the pod, got %+v", shims)
+		}
+
+		if _, err := rc.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: podID}); err != nil {
+			t.Fatalf("StopPodSandbox with running containers: %v", err)
+		}
+		eventually(t, 30*time.Second, "the pod is NotReady after StopPodSandbox", func() error {
+			st, err := rc.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: podID})
+			if err != nil {
+				return err
+			}
+			if st.Status.State != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+				return fmt.Errorf("state %v", st.Status.State)
+			}
+			return nil
+		})
+		if _, err := rc.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID}); err != nil {
+			t.Fatalf("RemovePodSandbox: %v", err)
+		}
+		assertPodGone(t, e, podID)
+		report(t, fmt.Sprintf("sandboxed-pod %s: no pause container; hostname, resolv.conf, hosts, shared /dev/shm%s; stop with running containers; nothing left",
+			like.name(), map[bool]string{true: ", sysctl, one PID namespace", false: ""}[like.backend == "runc"]))
+	})
+}
+
+// assertPodGone checks that nothing of a sandboxed pod is left: its shim,
+// its sandbox process, CRI's files and mounts for it.
+func assertPodGone(t *testing.T, e *env, podID string) {
+	t.Helper()
+	eventually(t, 30*time.Second, "the pod's shim and sandbox process exit", func() error {
+		for _, pat := range []string{shimName + " -namespace " + criNamespace + " -id " + podID, "containerd-shim-custom-v2 sandbox-holder"} {
+			if ps, _ := harness.ProcessesMatching(pat); len(ps) > 0 {
+				return fmt.Errorf("%q still running: %+v", pat, ps)
+			}
+		}
+		return nil
+	})
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mounts), "\n") {
+		if strings.Contains(l, podID) {
+			t.Errorf("mount left: %s", l)
+		}
+	}
+	for _, d := range []string{
+		filepath.Join(e.d.RootDir(), "io.containerd.grpc.v1.cri", "sandboxes", podID),
+		filepath.Join(e.d.StateDir(), "io.containerd.grpc.v1.cri", "sandboxes", podID),
+	} {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("%s left", d)
+		}
+	}
+}
