@@ -205,7 +205,7 @@ func shimsFor(id string) []harness.Proc {
 }
 
 // assertNothingLeft checks that a deleted container left no shim, no
-// mounts, no runc state and no processes behind.
+// mounts, no runc state, no cgroup and no processes behind.
 func assertNothingLeft(t *testing.T, e *env, id string) {
 	t.Helper()
 	eventually(t, 30*time.Second, "no shim left for "+id, func() error {
@@ -226,4 +226,12 @@ func assertNothingLeft(t *testing.T, e *env, id string) {
 	if _, err := os.Stat(filepath.Join(e.stateRoot(), namespace, id)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s state left behind for %s: %v", e.backend, id, err)
 	}
+	// The backend removes a container's cgroup at delete; the shim may still
+	// be on its way out.
+	eventually(t, 30*time.Second, "no cgroup left for "+id, func() error {
+		if left := cgroupsLeft(id); len(left) > 0 {
+			return fmt.Errorf("%s left behind: %v", cgroupMode(), left)
+		}
+		return nil
+	})
 }

@@ -88,8 +88,10 @@ func TestChurn(t *testing.T) {
 		want := strings.Join([]string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}, " ")
 		complete := 0
 		for _, id := range all {
-			if strings.Join(rec.Topics(id), " ") == want {
+			if got := strings.Join(rec.Topics(id), " "); got == want {
 				complete++
+			} else {
+				t.Logf("%s: events %q, want %q", id, got, want)
 			}
 		}
 		// Leaks, by kind.
