@@ -8,10 +8,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/cgroups/v3"
 	cgroup1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
 	cgroup2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/oci"
 )
 
 // The suite runs on cgroup v1 (this machine, `make test`) and on a pure
@@ -102,13 +105,55 @@ func cgroupFile(pid int, controller, v1file, v2file string) (string, error) {
 // default cgroups path, /<namespace>/<id>) that still exist: once the task
 // is deleted there must be none.
 func cgroupsLeft(id string) []string {
-	p := filepath.Join("/", namespace, id)
+	return cgroupDirsOf(filepath.Join("/", namespace, id))
+}
+
+// TestSharedParentCgroup: two tasks whose cgroups share a parent that did
+// not exist before (as containerd's default /<namespace>/<id> does for the
+// first containers of a namespace). The first is deleted while the second
+// runs: both deletes succeed and each leaves no cgroup. gVisor on cgroup v2
+// removes every directory it created, parents included, and failed here
+// with EBUSY ("removing cgroup path ...: device or resource busy") until
+// the backend made the parent itself.
+func TestSharedParentCgroup(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := testContext(t)
+		parent := "/" + containerID(t, "parent")
+		t.Cleanup(func() {
+			dirs, _ := filepath.Glob(filepath.Join(cgroupRoot, "*", parent))
+			for _, d := range append(dirs, filepath.Join(cgroupRoot, parent)) {
+				os.Remove(d) // only once empty; a leftover child fails the test below
+			}
+		})
+		var tasks []client.Task
+		var leaves []string
+		for _, name := range []string{"first", "second"} {
+			id := containerID(t, name)
+			leaf := parent + "/" + id
+			leaves = append(leaves, leaf)
+			c := newContainer(t, e, id, nil, oci.WithProcessArgs("sleep", "1000"), oci.WithCgroup(leaf))
+			task, _ := startTask(t, c, nil)
+			tasks = append(tasks, task)
+		}
+		for i, task := range tasks {
+			if _, err := task.Delete(ctx, client.WithProcessKill); err != nil {
+				t.Fatalf("delete the %s task (%s): %v", []string{"first", "second"}[i], cgroupMode(), err)
+			}
+			eventually(t, 30*time.Second, "no cgroup left for "+leaves[i], func() error {
+				if left := cgroupDirsOf(leaves[i]); len(left) > 0 {
+					return fmt.Errorf("%s left behind: %v", cgroupMode(), left)
+				}
+				return nil
+			})
+		}
+	})
+}
+
+// cgroupDirsOf lists the existing directories of cgroup path p on this host.
+func cgroupDirsOf(p string) []string {
 	dirs := []string{filepath.Join(cgroupRoot, p)}
 	if !unified() {
-		dirs = nil
-		for _, c := range []string{"memory", "pids", "cpu", "freezer"} {
-			dirs = append(dirs, filepath.Join(cgroupRoot, c, p))
-		}
+		dirs, _ = filepath.Glob(filepath.Join(cgroupRoot, "*", p))
 	}
 	var left []string
 	for _, d := range dirs {
