@@ -166,6 +166,7 @@ func execToExit(t *testing.T, c client.Container, task client.Task, id string, c
 
 func waitExit(t *testing.T, ch <-chan client.ExitStatus, timeout time.Duration) client.ExitStatus {
 	t.Helper()
+	timeout = scaled(timeout)
 	select {
 	case st := <-ch:
 		return st
@@ -185,7 +186,7 @@ func wantKind(t *testing.T, what string, err error, is func(error) bool, kind st
 // eventually polls cond until it holds or the timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(scaled(timeout))
 	for {
 		err := cond()
 		if err == nil {

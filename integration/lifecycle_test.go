@@ -46,14 +46,14 @@ func TestExitCodes(t *testing.T) {
 				if tc.name == "error" && (out.stdout.String() != "out\n" || out.stderr.String() != "err\n") {
 					t.Fatalf("stdout %q stderr %q", out.stdout.String(), out.stderr.String())
 				}
-				ev, err := rec.WaitFor(harness.Match(harness.TopicTaskExit, id), 30*time.Second)
+				ev, err := rec.WaitFor(harness.Match(harness.TopicTaskExit, id), scaled(30*time.Second))
 				if err != nil {
 					t.Fatal(err)
 				}
 				if s := ev.Payload.(*eventtypes.TaskExit).ExitStatus; s != tc.want {
 					t.Fatalf("TaskExit status %d, want %d", s, tc.want)
 				}
-				if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 30*time.Second); err != nil {
+				if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), scaled(30*time.Second)); err != nil {
 					t.Fatal(err)
 				}
 				want := []string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}
@@ -73,7 +73,7 @@ func TestSignals(t *testing.T) {
 		id := containerID(t, "")
 		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done"))
 		task, statusC := startTask(t, c, nil)
-		time.Sleep(300 * time.Millisecond) // let the trap be installed
+		time.Sleep(scaled(300 * time.Millisecond)) // let the trap be installed
 		if err := task.Kill(ctx, syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +178,7 @@ func TestExec(t *testing.T) {
 		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 30*time.Second); err != nil {
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), scaled(30*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 		var order []string
@@ -273,7 +273,7 @@ func TestPauseResume(t *testing.T) {
 			t.Fatalf("status %v after resume", st.Status)
 		}
 		for _, topic := range []string{harness.TopicTaskPaused, harness.TopicTaskResumed} {
-			if _, err := rec.WaitFor(harness.Match(topic, id), 30*time.Second); err != nil {
+			if _, err := rec.WaitFor(harness.Match(topic, id), scaled(30*time.Second)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -398,7 +398,7 @@ func TestOOM(t *testing.T) {
 			t.Fatalf("OOM kill count %d in %s stats", kills, cgroupMode())
 		}
 		task.Delete(ctx)
-		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 30*time.Second); err != nil {
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), scaled(30*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 		topics := strings.Join(rec.Topics(id), " ")

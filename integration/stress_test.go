@@ -83,7 +83,7 @@ func TestChurn(t *testing.T) {
 			t.Error(err)
 		}
 		took := time.Since(start)
-		rec.WaitFor(harness.Match(harness.TopicTaskDelete, all[len(all)-1]), 30*time.Second)
+		rec.WaitFor(harness.Match(harness.TopicTaskDelete, all[len(all)-1]), scaled(30*time.Second))
 		time.Sleep(time.Second)
 		want := strings.Join([]string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}, " ")
 		complete := 0
