@@ -56,7 +56,8 @@ for b in $backends; do
   # milestones (boot, each test's result, watchdog, kernel trouble) to stdout as they come.
   (
     set +e
-    TIMEOUT=$((gotimeout + 120)) bash "$here/vm.sh" "$guest" "$here/guest-test.sh" "$out/$b" 2>&1 | {
+    TIMEOUT=$((gotimeout + 120)) KEEP="$root $(readlink -f .tools) $(dirname "$shim")" \
+      bash "$here/vm.sh" "$guest" "$here/guest-test.sh" "$out/$b" 2>&1 | {
       while IFS= read -r line; do
         printf '%s\n' "$line" >> "$out/$b/console.log"
         case $line in

@@ -5,7 +5,8 @@
 # serial console is stdout. Exit status: SCRIPT's, 124 when the guest watchdog or the host timeout ended it,
 # 125 when the guest never ran it.
 # env: MEM (MiB, 3072), SMP (1: with two vCPUs the guest kernel soft-locked under TCG in one container run of
-# two), TIMEOUT (guest watchdog, s; the host allows 120 s more), KVM=1 to try -accel kvm (it cannot boot a stock
+# two), TIMEOUT (guest watchdog, s; the host allows 120 s more), KEEP (host paths under /tmp the guest must
+# still see once its own tmpfs is on /tmp, space-separated), KVM=1 to try -accel kvm (it cannot boot a stock
 # kernel on this machine's para-virtualised KVM).
 set -uo pipefail
 OUT=$(cd "${1:?usage: vm.sh OUT SCRIPT RESULTS}" && pwd)
@@ -22,7 +23,7 @@ accel="tcg,thread=multi,tb-size=512"
 timeout --foreground -k 10 $((timeout + 120)) qemu-system-x86_64 -M q35 -accel "$accel" -cpu max \
   -smp "${SMP:-1}" -m "${MEM:-3072}" -nodefaults -no-user-config -display none -vga none -monitor none \
   -serial stdio -no-reboot -nic none -kernel "$OUT/vmlinux" -initrd "$OUT/initrd.cpio.gz" \
-  -append "console=ttyS0 panic=-1 quiet loglevel=4 no_timer_check rdinit=/init v2init=$HERE/guest-init v2script=$SCRIPT v2timeout=$timeout" \
+  -append "console=ttyS0 panic=-1 quiet loglevel=4 no_timer_check rdinit=/init v2init=$HERE/guest-init v2script=$SCRIPT v2timeout=$timeout v2keep=$(tr ' ' : <<< "${KEEP:-}")" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap,id=hostroot \
   -virtfs local,path="$RESULTS",mount_tag=v2out,security_model=none,id=v2out </dev/null
 qrc=$?
