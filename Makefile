@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revis
 CONTAINERD_VERSIONS ?= 2.4.2 2.2.9 1.7.36
 export CONTAINERD_VERSIONS
 
-.PHONY: all build deps test lint unit integration stress fuzz demo bench peer e2e-k8s install clean help
+.PHONY: all build deps test test-cgroup2 lint unit integration stress fuzz demo bench peer e2e-k8s install clean help
 
 all: build
 
@@ -41,6 +41,9 @@ integration: build ## integration suite against real containerd + runc (root; ru
 	SHIM_BINARY=$(abspath $(BIN)) TEST_REPORT=$(abspath _output/report.txt) \
 		$(GO) test -count=1 -timeout 30m -v ./integration/...
 	@echo "--- figures"; cat _output/report.txt 2>/dev/null || true
+
+test-cgroup2: deps build ## the cgroup and lifecycle integration tests on pure cgroup v2: a QEMU guest (TCG) runs them on containerd 2.4.2 x runc, runsc (root; the first run fetches qemu and Debian's kernel into .tools/cgroup2)
+	bash scripts/cgroup2/run.sh
 
 stress: build ## the long fault and load runs: 1000 lifecycles, 200-exec storm, 50 tasks across a restart, 300000 fuzz inputs per target
 	@mkdir -p _output

@@ -43,7 +43,7 @@ func TestEventCompleteness(t *testing.T) {
 		want := strings.Join([]string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}, " ")
 		// Every delete has been answered; give the last events a moment to
 		// travel through containerd's event service.
-		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, ids[len(ids)-1]), 30*time.Second); err != nil {
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, ids[len(ids)-1]), scaled(30*time.Second)); err != nil {
 			t.Logf("last delete event: %v", err) // the check below says what is missing
 		}
 		complete := 0

@@ -142,7 +142,7 @@ func TestShimKilled(t *testing.T) {
 		// with containerd's runc shim); the exit containerd publishes comes
 		// from the shim's "delete" cleanup.
 		waitExit(t, statusC, 20*time.Second)
-		ev, err := rec.WaitFor(harness.Match(harness.TopicTaskExit, id), 30*time.Second)
+		ev, err := rec.WaitFor(harness.Match(harness.TopicTaskExit, id), scaled(30*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -166,6 +166,7 @@ func execToExit(t *testing.T, c client.Container, task client.Task, id string, c
 
 func waitExit(t *testing.T, ch <-chan client.ExitStatus, timeout time.Duration) client.ExitStatus {
 	t.Helper()
+	timeout = scaled(timeout)
 	select {
 	case st := <-ch:
 		return st
@@ -193,7 +194,7 @@ func check(t testing.TB, err error) {
 // eventually polls cond until it holds or the timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(scaled(timeout))
 	for {
 		err := cond()
 		if err == nil {
@@ -213,7 +214,7 @@ func shimsFor(id string) []harness.Proc {
 }
 
 // assertNothingLeft checks that a deleted container left no shim, no
-// mounts, no runc state and no processes behind.
+// mounts, no runc state, no cgroup and no processes behind.
 func assertNothingLeft(t *testing.T, e *env, id string) {
 	t.Helper()
 	eventually(t, 30*time.Second, "no shim left for "+id, func() error {
@@ -234,4 +235,12 @@ func assertNothingLeft(t *testing.T, e *env, id string) {
 	if _, err := os.Stat(filepath.Join(e.stateRoot(), namespace, id)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s state left behind for %s: %v", e.backend, id, err)
 	}
+	// The backend removes a container's cgroup at delete; the shim may still
+	// be on its way out.
+	eventually(t, 30*time.Second, "no cgroup left for "+id, func() error {
+		if left := cgroupsLeft(id); len(left) > 0 {
+			return fmt.Errorf("%s left behind: %v", cgroupMode(), left)
+		}
+		return nil
+	})
 }

@@ -46,14 +46,14 @@ func TestExitCodes(t *testing.T) {
 				if tc.name == "error" && (out.stdout.String() != "out\n" || out.stderr.String() != "err\n") {
 					t.Fatalf("stdout %q stderr %q", out.stdout.String(), out.stderr.String())
 				}
-				ev, err := rec.WaitFor(harness.Match(harness.TopicTaskExit, id), 30*time.Second)
+				ev, err := rec.WaitFor(harness.Match(harness.TopicTaskExit, id), scaled(30*time.Second))
 				if err != nil {
 					t.Fatal(err)
 				}
 				if s := ev.Payload.(*eventtypes.TaskExit).ExitStatus; s != tc.want {
 					t.Fatalf("TaskExit status %d, want %d", s, tc.want)
 				}
-				if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 30*time.Second); err != nil {
+				if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), scaled(30*time.Second)); err != nil {
 					t.Fatal(err)
 				}
 				want := []string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}
@@ -73,7 +73,7 @@ func TestSignals(t *testing.T) {
 		id := containerID(t, "")
 		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done"))
 		task, statusC := startTask(t, c, nil)
-		time.Sleep(300 * time.Millisecond) // let the trap be installed
+		time.Sleep(scaled(300 * time.Millisecond)) // let the trap be installed
 		if err := task.Kill(ctx, syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
@@ -181,7 +181,7 @@ func TestExec(t *testing.T) {
 		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 30*time.Second); err != nil {
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), scaled(30*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 		var order []string
@@ -276,7 +276,7 @@ func TestPauseResume(t *testing.T) {
 			t.Fatalf("status %v after resume", st.Status)
 		}
 		for _, topic := range []string{harness.TopicTaskPaused, harness.TopicTaskResumed} {
-			if _, err := rec.WaitFor(harness.Match(topic, id), 30*time.Second); err != nil {
+			if _, err := rec.WaitFor(harness.Match(topic, id), scaled(30*time.Second)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -284,57 +284,74 @@ func TestPauseResume(t *testing.T) {
 }
 
 // TestStatsAndUpdate: Stats returns the cgroup metrics types containerd's
-// runc shim returns; Update changes the limit they show; ctr task metrics
-// reads them.
+// runc shim returns for the host's cgroup mode, with the process count, CPU
+// time and memory limit; Update changes the memory limit they show and the
+// CPU quota in the task's host cgroup; ctr task metrics reads them.
 func TestStatsAndUpdate(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		ctx := testContext(t)
 		id := containerID(t, "")
 		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sleep", "1000"), oci.WithMemoryLimit(64<<20))
 		task, _ := startTask(t, c, nil)
-		// Just after start the pids counter may still count runc init's
-		// threads (runc backend, loaded machine).
-		eventually(t, 30*time.Second, "one process in the cgroup", func() error {
+		type figures struct{ pids, cpu, limit uint64 }
+		stats := func() (figures, error) {
 			m, err := task.Metrics(ctx)
 			if err != nil {
-				return err
-			}
-			v, _ := typeurl.UnmarshalAny(m.Data)
-			if s, ok := v.(*cgroup1stats.Metrics); ok && s.Pids.GetCurrent() != 1 {
-				return fmt.Errorf("pids.current %d", s.Pids.GetCurrent())
-			}
-			return nil
-		})
-		limit := func() uint64 {
-			m, err := task.Metrics(ctx)
-			if err != nil {
-				t.Fatal(err)
+				return figures{}, err
 			}
 			v, err := typeurl.UnmarshalAny(m.Data)
 			if err != nil {
-				t.Fatal(err)
+				return figures{}, err
 			}
+			checkMetricsType(t, v)
 			switch s := v.(type) {
 			case *cgroup1stats.Metrics:
-				if s.Pids.GetCurrent() != 1 || s.CPU == nil {
-					t.Fatalf("incomplete v1 metrics: %v", s)
+				if s.CPU == nil || s.Memory == nil {
+					return figures{}, fmt.Errorf("incomplete v1 metrics: %v", s)
 				}
-				return s.Memory.Usage.Limit
+				return figures{s.Pids.GetCurrent(), s.CPU.GetUsage().GetTotal(), s.Memory.GetUsage().GetLimit()}, nil
 			case *cgroup2stats.Metrics:
-				return s.Memory.UsageLimit
+				if s.CPU == nil || s.Memory == nil {
+					return figures{}, fmt.Errorf("incomplete v2 metrics: %v", s)
+				}
+				return figures{s.Pids.GetCurrent(), s.CPU.GetUsageUsec(), s.Memory.GetUsageLimit()}, nil
 			}
-			t.Fatalf("unexpected metrics type %T", v)
-			return 0
+			return figures{}, fmt.Errorf("unexpected metrics type %T", v)
 		}
-		if l := limit(); l != 64<<20 {
-			t.Fatalf("limit %d", l)
+		// Just after start the pids counter may still count runc init's
+		// threads (runc backend, loaded machine).
+		var f figures
+		eventually(t, 30*time.Second, "one process in the cgroup", func() (err error) {
+			if f, err = stats(); err == nil && f.pids != 1 {
+				err = fmt.Errorf("%s pids.current %d", cgroupMode(), f.pids)
+			}
+			return err
+		})
+		if f.limit != 64<<20 || f.cpu == 0 {
+			t.Fatalf("%s stats: memory limit %d (want %d), cpu usage %d (want > 0)", cgroupMode(), f.limit, 64<<20, f.cpu)
 		}
 		newLimit := int64(128 << 20)
 		if err := task.Update(ctx, client.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &newLimit}})); err != nil {
 			t.Fatal(err)
 		}
-		if l := limit(); l != 128<<20 {
-			t.Fatalf("limit after update %d", l)
+		if f, err := stats(); err != nil || f.limit != 128<<20 {
+			t.Fatalf("%s stats after update: memory limit %d (want %d), %v", cgroupMode(), f.limit, 128<<20, err)
+		}
+		// A CPU quota reaches the task's host cgroup (gVisor's sandbox's
+		// under runsc): cpu.max on v2, cpu.cfs_quota_us on v1.
+		quota, period := int64(50000), uint64(100000)
+		if err := task.Update(ctx, client.WithResources(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}})); err != nil {
+			t.Fatal(err)
+		}
+		want := "50000 100000"
+		if !unified() {
+			want = "50000"
+		}
+		if got, err := cgroupFile(int(task.Pid()), "cpu", "cpu.cfs_quota_us", "cpu.max"); err != nil || got != want {
+			t.Fatalf("%s cpu quota after update %q, want %q (%v)", cgroupMode(), got, want, err)
+		}
+		if f, err := stats(); err != nil || f.limit != 128<<20 {
+			t.Fatalf("memory limit %d after the CPU update, want it kept at %d (%v)", f.limit, 128<<20, err)
 		}
 		out, _, err := e.d.Ctr("-n", namespace, "task", "metrics", id)
 		if err != nil || !strings.Contains(out, "memory") {
@@ -372,6 +389,7 @@ func TestOOM(t *testing.T) {
 			t.Fatal(err)
 		}
 		v, _ := typeurl.UnmarshalAny(m.Data)
+		checkMetricsType(t, v)
 		var kills uint64
 		switch s := v.(type) {
 		case *cgroup1stats.Metrics:
@@ -380,10 +398,10 @@ func TestOOM(t *testing.T) {
 			kills = s.MemoryEvents.GetOomKill()
 		}
 		if kills < 1 {
-			t.Fatalf("OOM kill count %d in stats", kills)
+			t.Fatalf("OOM kill count %d in %s stats", kills, cgroupMode())
 		}
 		task.Delete(ctx)
-		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), 30*time.Second); err != nil {
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, id), scaled(30*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 		topics := strings.Join(rec.Topics(id), " ")

@@ -12,6 +12,8 @@
 //	SHIM_BINARY          the shim to test (default: built from this module)
 //	BUSYBOX              the static busybox images are made of (default /bin/busybox)
 //	CI                   set: a missing dependency fails instead of skipping
+//	TEST_TIME_SCALE      multiplies the suite's timeouts (default 1; make
+//	                     test-cgroup2 runs it in an emulated guest, slower)
 //
 // Every test runs once per containerd line and backend. A daemon for the
 // runsc backend has CONTAINERD_SHIM_CUSTOM_CONFIG in its environment naming
@@ -224,7 +226,17 @@ func daemonConfig(version, backend string) harness.Config {
 		ContainerdBinDir: filepath.Join(rootDir, ".tools", "containerd", version, "bin"),
 		ShimDir:          shimDir,
 		Env:              []string{"CONTAINERD_SHIM_CUSTOM_CONFIG=" + filepath.Join(cfgDir, backend+".toml")},
+		StartTimeout:     scaled(30 * time.Second),
 	}
+}
+
+// scaled stretches a timeout by $TEST_TIME_SCALE: the cgroup v2 run
+// (scripts/cgroup2) emulates its machine and is several times slower.
+func scaled(d time.Duration) time.Duration {
+	if f, err := strconv.ParseFloat(os.Getenv("TEST_TIME_SCALE"), 64); err == nil && f > 1 {
+		return time.Duration(float64(d) * f)
+	}
+	return d
 }
 
 // forEach runs a test against every containerd line.
@@ -255,7 +267,7 @@ func ownDaemon(t *testing.T, like *env, mod func(*harness.Config)) *env {
 }
 
 func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), namespace), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), namespace), scaled(2*time.Minute))
 	t.Cleanup(cancel)
 	return ctx
 }

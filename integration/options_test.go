@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,16 +165,25 @@ func TestDefaultConfigFromEnvironment(t *testing.T) {
 
 // TestShimCgroupAndIOOwner: containerd's task options WithShimCgroup and
 // WithUIDOwner/WithGIDOwner (runc options sent as task options) move the
-// shim into the cgroup and hand the stdio pipes to that owner.
+// shim into the cgroup (a v1 memory cgroup, or a v2 cgroup on a unified
+// host) and hand the stdio pipes to that owner.
 func TestShimCgroupAndIOOwner(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		ctx := testContext(t)
 		cgName := "/" + containerID(t, "shimcg")
-		cgDir := filepath.Join("/sys/fs/cgroup/memory", cgName)
-		if err := os.Mkdir(cgDir, 0o755); err != nil {
-			t.Skipf("cannot create a v1 memory cgroup: %v", err)
+		cgDir := filepath.Join(cgroupRoot, "memory", cgName)
+		if unified() {
+			cgDir = filepath.Join(cgroupRoot, cgName)
 		}
-		t.Cleanup(func() { os.Remove(cgDir) })
+		if err := os.Mkdir(cgDir, 0o755); err != nil {
+			t.Skipf("cannot create a %s: %v", cgroupMode(), err)
+		}
+		// A cgroup goes only once empty: the shim exits after the delete.
+		t.Cleanup(func() {
+			for i := 0; i < 100 && os.Remove(cgDir) != nil; i++ {
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
 		id := containerID(t, "")
 		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "stat -L -c %u:%g /proc/self/fd/1; sleep 1000"))
 		var out outputs
@@ -190,11 +200,23 @@ func TestShimCgroupAndIOOwner(t *testing.T) {
 		}
 		procs, _ := os.ReadFile(filepath.Join(cgDir, "cgroup.procs"))
 		if !strings.Contains(string(procs), fmt.Sprint(shims[0].Pid)) {
-			t.Fatalf("shim %d not in %s (%q)", shims[0].Pid, cgName, procs)
+			t.Fatalf("shim %d not in the %s %s (%q)", shims[0].Pid, cgroupMode(), cgName, procs)
 		}
 		// runc hands the pipe's uid to the process user (root here) and keeps
 		// the group the shim set: the group shows the option arrived.
+		// Inside gVisor a host pipe shows gVisor's own owner, so there the
+		// pipe is looked at from the host, on the sandbox process.
 		eventually(t, 30*time.Second, "stdout owner", func() error {
+			if e.backend == "runsc" {
+				fi, err := os.Stat(fmt.Sprintf("/proc/%d/fd/1", task.Pid()))
+				if err != nil {
+					return err
+				}
+				if gid := fi.Sys().(*syscall.Stat_t).Gid; gid != 5678 {
+					return fmt.Errorf("stdout pipe of the sandbox owned by group %d", gid)
+				}
+				return nil
+			}
 			if !strings.Contains(out.stdout.String(), ":5678") {
 				return fmt.Errorf("stdout %q", out.stdout.String())
 			}

@@ -84,15 +84,17 @@ func TestChurn(t *testing.T) {
 			t.Error(err)
 		}
 		took := time.Since(start)
-		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, all[len(all)-1]), 30*time.Second); err != nil {
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, all[len(all)-1]), scaled(30*time.Second)); err != nil {
 			t.Logf("last delete event: %v", err) // the check below says what is missing
 		}
 		time.Sleep(time.Second)
 		want := strings.Join([]string{harness.TopicTaskCreate, harness.TopicTaskStart, harness.TopicTaskExit, harness.TopicTaskDelete}, " ")
 		complete := 0
 		for _, id := range all {
-			if strings.Join(rec.Topics(id), " ") == want {
+			if got := strings.Join(rec.Topics(id), " "); got == want {
 				complete++
+			} else {
+				t.Logf("%s: events %q, want %q", id, got, want)
 			}
 		}
 		// Leaks, by kind.

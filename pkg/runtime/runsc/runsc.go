@@ -346,6 +346,9 @@ func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, err
 		if err := shareHostname(c.Bundle, b.spec); err != nil {
 			return 0, err
 		}
+		if err := hostCgroupParent(b.spec); err != nil {
+			return 0, err
+		}
 	}
 	args := []string{"create", "--bundle", c.Bundle.Path(), "--pid-file", c.PidFile}
 	if c.Console != nil {

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# run.sh - make test-cgroup2: the integration tests that touch cgroups and the task lifecycle, run on a pure
+# cgroup v2 system (QEMU guests under TCG), on containerd 2.4.2 x runc and runsc, against bin/ (make build) or
+# $SHIM_BINARY.
+#
+#   1. build.sh builds the guest into .tools/cgroup2 (Debian kernel, busybox initramfs; cached);
+#   2. the integration suite is compiled on the host (go test -c) and the busybox image archive built;
+#   3. one guest per backend, side by side (one vCPU each: TCG runs a vCPU on one host thread), boots with
+#      vm.sh and runs the test binary there with guest-test.sh and -test.run CGROUP2_TESTS; their top-level
+#      results show as they come;
+#   4. each guest's go test -v output, the figures files and the timings are printed; the exit status is the
+#      first failing guest's (each guest writes its status to _output/cgroup2/<backend>/status).
+#
+# env: CGROUP2_TESTS (regexp of top-level tests), CGROUP2_TIMEOUT (go test -timeout in a guest),
+#      CGROUP2_BACKENDS ("runc runsc"), CGROUP2_CONTAINERD (2.4.2), CGROUP2_TIME_SCALE (the suite's timeouts
+#      x3: TEST_TIME_SCALE), MEM, SMP (see vm.sh).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+here=$root/scripts/cgroup2
+out=$root/_output/cgroup2
+guest=$root/.tools/cgroup2
+cd "$root"
+export PATH=/usr/local/go/bin:$PATH
+
+# The subset: the tests that touch cgroups or the task lifecycle (README, "cgroup versions").
+tests=${CGROUP2_TESTS:-TestExitCodes|TestSignals|TestExec|TestTTY|TestPauseResume|TestStatsAndUpdate|TestOOM|TestShimCgroupAndIOOwner|TestSharedParentCgroup|TestGrouping|TestContainerdRestart|TestMetrics|TestCRIStdoutWhileContainerdDown|TestEventCompleteness|TestChurn|TestCtrRun}
+timeout=${CGROUP2_TIMEOUT:-20m}
+backends=${CGROUP2_BACKENDS:-runc runsc}
+
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
+row() { printf '  %-62s %8ss%s\n' "$1" "$2" "${3:+  $3}"; }
+t0=$(now)
+
+shim=$(readlink -f "${SHIM_BINARY:-bin/containerd-shim-custom-v2}")
+[ -x "$shim" ] || { echo "run.sh: $shim missing (make build)" >&2; exit 1; }
+bash "$here/build.sh" "$guest"
+t_guest=$(now)
+rm -rf "$out"; mkdir -p "$out"
+go test -c -o "$out/integration.test" ./integration/
+bash scripts/mkimage.sh .tools/images >/dev/null
+t_compile=$(now)
+
+gotimeout=$(awk -v t="$timeout" 'BEGIN{n=t+0; if (t ~ /m$/) n*=60; else if (t ~ /h$/) n*=3600; print int(n)}')
+echo "=== cgroup v2 guests ($backends): tests ^($tests)\$, go test -timeout $timeout, timeouts x${CGROUP2_TIME_SCALE:-3}"
+t_boot=$(now)
+for b in $backends; do
+  mkdir -p "$out/$b"
+  printf '%s=%q\n' ROOT "$root" TEST_BINARY "$out/integration.test" TEST_RUN "^($tests)\$" TEST_TIMEOUT "$timeout" \
+    SHIM_BINARY "$shim" TEST_REPORT /v2out/report.txt \
+    CONTAINERD_VERSIONS "${CGROUP2_CONTAINERD:-2.4.2}" BACKENDS "$b" TEST_TIME_SCALE "${CGROUP2_TIME_SCALE:-3}" \
+    RUNSC_BINARY "${RUNSC_BINARY:-$root/.tools/runsc/runsc}" BUSYBOX_IMAGE_TAR "$root/.tools/images/busybox.tar" \
+    EVENT_LIFECYCLES "${EVENT_LIFECYCLES:-10}" CHURN_LIFECYCLES "${CHURN_LIFECYCLES:-10}" \
+    CHURN_LIFECYCLES_GVISOR "${CHURN_LIFECYCLES_GVISOR:-5}" RESTART_TASKS "${RESTART_TASKS:-3}" > "$out/$b/env"
+  # The guest's watchdog allows the go test timeout plus boot and teardown; the console goes to a file, its
+  # milestones (boot, each test's result, watchdog, kernel trouble) to stdout as they come.
+  (
+    set +e
+    TIMEOUT=$((gotimeout + 120)) KEEP="$root $(readlink -f .tools) $(dirname "$shim")" \
+      bash "$here/vm.sh" "$guest" "$here/guest-test.sh" "$out/$b" 2>&1 | {
+      while IFS= read -r line; do
+        printf '%s\n' "$line" >> "$out/$b/console.log"
+        case $line in
+          "[cgroup2-guest] ready at"*) now > "$out/$b/.ready"; echo "[$b] $line" ;;
+          "--- "*|"[cgroup2-guest]"*|*WATCHDOG*|*"soft lockup"*|*"Kernel panic"*|*"rcu_sched"*) echo "[$b] $line" ;;
+        esac
+      done
+    }
+    echo "${PIPESTATUS[0]}" > "$out/$b/rc"
+    now > "$out/$b/.end"
+  ) &
+done
+wait
+t_end=$(now)
+
+rc=0
+for b in $backends; do
+  echo
+  echo "=== go test -v output, cgroup v2, $b (guest console: $out/$b/console.log)"
+  cat "$out/$b/test.log" 2>/dev/null || { echo "(no test output; the guest console's end:)"; tail -40 "$out/$b/console.log"; }
+  r=$(cat "$out/$b/rc" 2>/dev/null || echo 125)
+  [ "$rc" -ne 0 ] || rc=$r
+done
+echo "--- figures"
+for b in $backends; do cat "$out/$b/report.txt" 2>/dev/null || true; done
+echo "--- timings (TCG, one vCPU per guest, guests side by side)"
+row "guest build (cached after the first run)" "$(secs "$t0" "$t_guest")"
+row "compile the suite, busybox image" "$(secs "$t_guest" "$t_compile")"
+for b in $backends; do
+  [ -s "$out/$b/.ready" ] && row "$b guest: boot to the test script" "$(secs "$t_boot" "$(cat "$out/$b/.ready")")"
+  # Each top-level test, from go test -v's summary lines.
+  awk '/^--- (PASS|FAIL|SKIP): / { t = $4; gsub(/[()s]/, "", t); sub(/:$/, "", $2); printf "    %-60s %8ss  %s\n", $3, t, $2 }' \
+    "$out/$b/test.log" 2>/dev/null || true
+  [ -s "$out/$b/.end" ] && row "$b guest: boot, tests, power off" "$(secs "$t_boot" "$(cat "$out/$b/.end")")" \
+    "$(case $(cat "$out/$b/rc" 2>/dev/null) in 0) echo PASS;; 124) echo "FAIL (timed out)";; 125) echo "FAIL (no test run)";; *) echo FAIL;; esac)"
+done
+row "make test-cgroup2 total" "$(secs "$t0" "$t_end")"
+case $rc in
+  0) echo "cgroup v2: PASS" ;;
+  124) echo "cgroup v2: FAIL (timed out; the watchdog's process list is in the guest console)" ;;
+  125) echo "cgroup v2: FAIL (a guest did not run the tests)" ;;
+  *) echo "cgroup v2: FAIL (go test exit $rc)" ;;
+esac
+exit "$rc"
