@@ -83,7 +83,8 @@ func procCgroup(pid int, controller string) (string, error) {
 // its v2 cgroup on a unified host, else v1file in the controller's
 // hierarchy.
 func cgroupFile(pid int, controller, v1file, v2file string) (string, error) {
-	dir, file := "", v2file
+	var dir string
+	file := v2file
 	if unified() {
 		p, err := procCgroup(pid, "")
 		if err != nil {

@@ -163,8 +163,11 @@ func TestSandboxedPod(t *testing.T) {
 		}
 		eventually(t, 10*time.Second, "container a's /dev/shm file seen from b", func() error {
 			r, err := rc.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: b, Cmd: []string{"cat", "/dev/shm/from-a"}, Timeout: 10})
-			if err != nil || strings.TrimSpace(string(r.GetStdout())) != "shared" {
-				return fmt.Errorf("%v %q %q", err, r.GetStdout(), r.GetStderr())
+			if err != nil {
+				return err
+			}
+			if strings.TrimSpace(string(r.GetStdout())) != "shared" {
+				return fmt.Errorf("stdout %q, stderr %q", r.GetStdout(), r.GetStderr())
 			}
 			return nil
 		})
