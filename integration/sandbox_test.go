@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -241,4 +242,195 @@ func assertPodGone(t *testing.T, e *env, podID string) {
 			t.Errorf("%s left", d)
 		}
 	}
+}
+
+// sbPod is a sandboxed pod under test with its CRI client.
+type sbPod struct {
+	t      *testing.T
+	e      *env
+	rc     runtimeapi.RuntimeServiceClient
+	ctx    context.Context
+	id     string
+	cfg    *runtimeapi.PodSandboxConfig
+	logDir string
+}
+
+func runSandboxedPod(t *testing.T, like *env) (*sbPod, func() runtimeapi.RuntimeServiceClient) {
+	t.Helper()
+	e, connect := sandboxDaemon(t, like)
+	p := &sbPod{t: t, e: e, rc: connect(), ctx: testContext(t), logDir: t.TempDir()}
+	p.cfg = sandboxPodConfig(t, p.logDir)
+	pod, err := p.rc.RunPodSandbox(p.ctx, &runtimeapi.RunPodSandboxRequest{Config: p.cfg, RuntimeHandler: sbHandler})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	p.id = pod.PodSandboxId
+	t.Cleanup(func() {
+		rc := connect()
+		_, _ = rc.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id})
+		_, _ = rc.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
+	})
+	return p, connect
+}
+
+func (p *sbPod) start(name string, cmd ...string) string {
+	p.t.Helper()
+	cc, err := p.rc.CreateContainer(p.ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: p.id,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: name},
+			Image:    &runtimeapi.ImageSpec{Image: criImage},
+			Command:  cmd,
+			LogPath:  name + ".log",
+		},
+		SandboxConfig: p.cfg,
+	})
+	if err != nil {
+		p.t.Fatalf("CreateContainer %s: %v", name, err)
+	}
+	if _, err := p.rc.StartContainer(p.ctx, &runtimeapi.StartContainerRequest{ContainerId: cc.ContainerId}); err != nil {
+		p.t.Fatalf("StartContainer %s: %v", name, err)
+	}
+	return cc.ContainerId
+}
+
+func (p *sbPod) waitState(want runtimeapi.PodSandboxState) {
+	p.t.Helper()
+	eventually(p.t, 60*time.Second, "pod "+want.String(), func() error {
+		st, err := p.rc.PodSandboxStatus(p.ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: p.id})
+		if err != nil {
+			return err
+		}
+		if st.Status.State != want {
+			return fmt.Errorf("pod is %v", st.Status.State)
+		}
+		return nil
+	})
+}
+
+func (p *sbPod) waitExited(id string, code int32) {
+	p.t.Helper()
+	eventually(p.t, 60*time.Second, "container "+id+" exited", func() error {
+		st, err := p.rc.ContainerStatus(p.ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+		if err != nil {
+			return err
+		}
+		if st.Status.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+			return fmt.Errorf("container is %v", st.Status.State)
+		}
+		if code >= 0 && st.Status.ExitCode != code {
+			return fmt.Errorf("exit code %d, want %d", st.Status.ExitCode, code)
+		}
+		return nil
+	})
+}
+
+func (p *sbPod) remove() {
+	p.t.Helper()
+	if _, err := p.rc.StopPodSandbox(p.ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		p.t.Fatalf("StopPodSandbox: %v", err)
+	}
+	if _, err := p.rc.RemovePodSandbox(p.ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		p.t.Fatalf("RemovePodSandbox: %v", err)
+	}
+	assertPodGone(p.t, p.e, p.id)
+}
+
+// TestSandboxedPodAcrossContainerdRestart: with containerd down and up
+// again, the pod stays Ready, its running container is still reached (its
+// exit is delivered), and a container created afterwards still gets the
+// pod's hosts, DNS and hostname files (containerd's restart removes CRI
+// directories it cannot tie to a pause container; the shim lays them out
+// again).
+func TestSandboxedPodAcrossContainerdRestart(t *testing.T) {
+	forEachOwnDaemon(t, func(t *testing.T, like *env) {
+		p, connect := runSandboxedPod(t, like)
+		a := p.start("a", "sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.1; done")
+		if err := p.e.d.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		p.rc = connect()
+		eventually(t, 60*time.Second, "CRI serves after the restart", func() error {
+			_, err := p.rc.Status(p.ctx, &runtimeapi.StatusRequest{})
+			return err
+		})
+		p.waitState(runtimeapi.PodSandboxState_SANDBOX_READY)
+		b := p.start("b", "sleep", "1000")
+		for _, f := range []string{"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"} {
+			r, err := p.rc.ExecSync(p.ctx, &runtimeapi.ExecSyncRequest{ContainerId: b, Cmd: []string{"cat", f}, Timeout: 20})
+			if err != nil || r.ExitCode != 0 || len(r.Stdout) == 0 {
+				t.Errorf("%s in a container created after the restart: %v %v %q", f, r, err, r.GetStderr())
+			}
+		}
+		if _, err := p.rc.StopContainer(p.ctx, &runtimeapi.StopContainerRequest{ContainerId: a, Timeout: 10}); err != nil {
+			t.Fatalf("StopContainer after the restart: %v", err)
+		}
+		p.waitExited(a, 7)
+		p.remove()
+		report(t, fmt.Sprintf("sandboxed-pod-restart %s: pod Ready across a containerd restart, exit 7 delivered after it, pod files for a new container, nothing left", like.name()))
+	})
+}
+
+// TestSandboxedPodShimKilled: the pod's shim SIGKILLed: the pod goes
+// NotReady, its containers' exits are reported, and once the pod is
+// removed nothing of it is left (sandbox process, mounts, files).
+func TestSandboxedPodShimKilled(t *testing.T) {
+	forEachOwnDaemon(t, func(t *testing.T, like *env) {
+		p, _ := runSandboxedPod(t, like)
+		a := p.start("a", "sleep", "1000")
+		shims, _ := harness.ProcessesMatching(shimName + " -namespace " + criNamespace + " -id " + p.id)
+		if len(shims) != 1 {
+			t.Fatalf("want the pod's shim, got %+v", shims)
+		}
+		if err := syscall.Kill(shims[0].Pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		p.waitState(runtimeapi.PodSandboxState_SANDBOX_NOTREADY)
+		p.waitExited(a, -1)
+		p.remove()
+		report(t, fmt.Sprintf("sandboxed-pod-shim-killed %s: pod NotReady, container exit reported, nothing left", like.name()))
+	})
+}
+
+// TestSandboxedPodProcessDies: the pod's sandbox process (the holder, or
+// gVisor's sandbox) killed from outside: the pod goes NotReady, as a pause
+// pod does when pause dies.
+func TestSandboxedPodProcessDies(t *testing.T) {
+	forEachOwnDaemon(t, func(t *testing.T, like *env) {
+		p, _ := runSandboxedPod(t, like)
+		p.start("a", "sleep", "1000")
+		st, err := p.rc.PodSandboxStatus(p.ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: p.id, Verbose: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid := sandboxPid(t, p)
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill the sandbox process %d: %v (status %v)", pid, err, st.Status.State)
+		}
+		p.waitState(runtimeapi.PodSandboxState_SANDBOX_NOTREADY)
+		p.remove()
+		report(t, fmt.Sprintf("sandboxed-pod-process-killed %s: pod NotReady, nothing left after removal", like.name()))
+	})
+}
+
+// sandboxPid finds the pod's sandbox process: the holder (runc) or the
+// runsc sandbox (gVisor), a child of the pod's shim.
+func sandboxPid(t *testing.T, p *sbPod) int {
+	t.Helper()
+	shims, _ := harness.ProcessesMatching(shimName + " -namespace " + criNamespace + " -id " + p.id)
+	if len(shims) != 1 {
+		t.Fatalf("want the pod's shim, got %+v", shims)
+	}
+	pattern := "containerd-shim-custom-v2 sandbox-holder"
+	if p.e.backend == "runsc" {
+		pattern = "runsc-sandbox"
+	}
+	ps, _ := harness.ProcessesMatching(pattern)
+	for _, c := range ps {
+		if c.PPid == shims[0].Pid {
+			return c.Pid
+		}
+	}
+	t.Fatalf("no %q child of the pod's shim %d among %+v", pattern, shims[0].Pid, ps)
+	return 0
 }

@@ -6,15 +6,13 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // podConfig is what the shim takes from CRI's PodSandboxConfig.
 type podConfig struct {
 	hostname     string
-	dns          *criapi.DNSConfig
+	dns          *criDNS
 	sysctls      map[string]string
 	cgroupParent string
 	hostNetwork  bool
@@ -44,34 +42,33 @@ func decodePodConfig(opts *anypb.Any, netnsPath string) (*podConfig, error) {
 	if !strings.HasSuffix(opts.GetTypeUrl(), "runtime.v1.PodSandboxConfig") {
 		return nil, fmt.Errorf("sandbox options: type %q, want runtime.v1.PodSandboxConfig: %w", opts.GetTypeUrl(), errdefs.ErrInvalidArgument)
 	}
-	var pc criapi.PodSandboxConfig
-	if err := proto.Unmarshal(opts.GetValue(), &pc); err != nil {
+	pc, err := decodeCRIPodConfig(opts.GetValue())
+	if err != nil {
 		return nil, fmt.Errorf("sandbox options: decode PodSandboxConfig: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	c := &podConfig{
-		hostname:     pc.GetHostname(),
-		dns:          pc.GetDnsConfig(),
-		cgroupParent: pc.GetLinux().GetCgroupParent(),
-		annotations:  pc.GetAnnotations(),
-		labels:       pc.GetLabels(),
-		name:         pc.GetMetadata().GetName(),
-		uid:          pc.GetMetadata().GetUid(),
-		namespace:    pc.GetMetadata().GetNamespace(),
+		hostname:     pc.hostname,
+		dns:          pc.dns,
+		cgroupParent: pc.cgroupParent,
+		annotations:  pc.annotations,
+		labels:       pc.labels,
+		name:         pc.name,
+		uid:          pc.uid,
+		namespace:    pc.namespace,
 		sysctls:      map[string]string{},
 	}
-	ns := pc.GetLinux().GetSecurityContext().GetNamespaceOptions()
-	c.hostNetwork = ns.GetNetwork() == criapi.NamespaceMode_NODE
-	c.hostIPC = ns.GetIpc() == criapi.NamespaceMode_NODE
-	switch ns.GetPid() {
-	case criapi.NamespaceMode_POD:
+	c.hostNetwork = pc.network == modeNode
+	c.hostIPC = pc.ipc == modeNode
+	switch pc.pid {
+	case modePod:
 		c.sharedPID = true
-	case criapi.NamespaceMode_NODE:
+	case modeNode:
 		c.hostPID = true
-	case criapi.NamespaceMode_TARGET:
+	case modeTarget:
 		return nil, fmt.Errorf("PodSandboxConfig: field \"linux.security_context.namespace_options.pid\": TARGET applies to containers, not pods: %w", errdefs.ErrInvalidArgument)
 	}
 	// No userns options is the host's user namespace (POD is the zero value).
-	if u := ns.GetUsernsOptions(); u != nil && u.GetMode() == criapi.NamespaceMode_POD {
+	if pc.userns != nil && *pc.userns == modePod {
 		return nil, fmt.Errorf("PodSandboxConfig: user namespaces (hostUsers: false) are not supported by this shim's sandboxes: %w", errdefs.ErrNotImplemented)
 	}
 	if c.hostNetwork {
@@ -93,7 +90,7 @@ func decodePodConfig(opts *anypb.Any, netnsPath string) (*podConfig, error) {
 			c.sysctls[k] = v
 		}
 	}
-	for k, v := range pc.GetLinux().GetSysctls() {
+	for k, v := range pc.sysctls {
 		if err := c.checkSysctl(k); err != nil {
 			return nil, err
 		}
@@ -128,19 +125,19 @@ func (c *podConfig) checkSysctl(k string) error {
 
 // resolvConf renders the pod's DNS configuration as CRI's podsandbox
 // controller does; "" means a copy of the node's.
-func resolvConf(dns *criapi.DNSConfig) string {
+func resolvConf(dns *criDNS) string {
 	if dns == nil {
 		return ""
 	}
 	var b strings.Builder
-	if len(dns.GetSearches()) > 0 {
-		b.WriteString("search " + strings.Join(dns.GetSearches(), " ") + "\n")
+	if len(dns.searches) > 0 {
+		b.WriteString("search " + strings.Join(dns.searches, " ") + "\n")
 	}
-	for _, s := range dns.GetServers() {
+	for _, s := range dns.servers {
 		b.WriteString("nameserver " + s + "\n")
 	}
-	if len(dns.GetOptions()) > 0 {
-		b.WriteString("options " + strings.Join(dns.GetOptions(), " ") + "\n")
+	if len(dns.options) > 0 {
+		b.WriteString("options " + strings.Join(dns.options, " ") + "\n")
 	}
 	return b.String()
 }

@@ -91,8 +91,56 @@ func TestDecodePodConfig(t *testing.T) {
 	}
 }
 
+// The states are CRI's enum names, which CRI compares as strings.
+func TestStateNames(t *testing.T) {
+	if stateReady != criapi.PodSandboxState_SANDBOX_READY.String() || stateNotReady != criapi.PodSandboxState_SANDBOX_NOTREADY.String() {
+		t.Fatal("state names differ from CRI's")
+	}
+}
+
+// The wire decoder reads what k8s.io/cri-api encodes, field for field.
+func TestDecodeCRIPodConfigRoundTrip(t *testing.T) {
+	in := &criapi.PodSandboxConfig{
+		Metadata:     &criapi.PodSandboxMetadata{Name: "web-0", Uid: "u-1", Namespace: "shop", Attempt: 2},
+		Hostname:     "web-0",
+		DnsConfig:    &criapi.DNSConfig{Servers: []string{"10.0.0.10", "10.0.0.11"}, Searches: []string{"a.b"}, Options: []string{"ndots:5"}},
+		Labels:       map[string]string{"app": "web"},
+		Annotations:  map[string]string{"dev.gvisor.spec.mount.x.share": "pod", "k": ""},
+		PortMappings: []*criapi.PortMapping{{ContainerPort: 80}},
+		Linux: &criapi.LinuxPodSandboxConfig{
+			CgroupParent: "/kubepods/pod-u-1",
+			Sysctls:      map[string]string{"net.core.somaxconn": "1024"},
+			SecurityContext: &criapi.LinuxSandboxSecurityContext{
+				Privileged: true,
+				NamespaceOptions: &criapi.NamespaceOption{Network: criapi.NamespaceMode_NODE, Pid: criapi.NamespaceMode_CONTAINER, Ipc: criapi.NamespaceMode_NODE,
+					UsernsOptions: &criapi.UserNamespace{Mode: criapi.NamespaceMode_NODE}},
+			},
+		},
+	}
+	got, err := decodeCRIPodConfig(podOpts(t, in).GetValue())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.name != "web-0" || got.uid != "u-1" || got.namespace != "shop" || got.hostname != "web-0" ||
+		strings.Join(got.dns.servers, ",") != "10.0.0.10,10.0.0.11" || strings.Join(got.dns.searches, ",") != "a.b" || got.dns.options[0] != "ndots:5" ||
+		got.labels["app"] != "web" || got.annotations["dev.gvisor.spec.mount.x.share"] != "pod" || len(got.annotations) != 2 ||
+		got.cgroupParent != "/kubepods/pod-u-1" || got.sysctls["net.core.somaxconn"] != "1024" ||
+		got.network != modeNode || got.pid != modeContainer || got.ipc != modeNode || got.userns == nil || *got.userns != modeNode {
+		t.Fatalf("decoded %+v (dns %+v)", got, got.dns)
+	}
+	empty, err := decodeCRIPodConfig(nil)
+	if err != nil || empty.userns != nil || empty.pid != modePod {
+		t.Fatalf("empty: %+v %v", empty, err)
+	}
+	for _, bad := range [][]byte{{0x0a}, {0x12, 0x05, 'a'}, {0xff, 0xff, 0xff}} {
+		if _, err := decodeCRIPodConfig(bad); err == nil {
+			t.Errorf("%x decoded", bad)
+		}
+	}
+}
+
 func TestResolvConf(t *testing.T) {
-	got := resolvConf(&criapi.DNSConfig{Servers: []string{"10.0.0.10"}, Searches: []string{"ns.svc.cluster.local", "svc.cluster.local"}, Options: []string{"ndots:5"}})
+	got := resolvConf(&criDNS{servers: []string{"10.0.0.10"}, searches: []string{"ns.svc.cluster.local", "svc.cluster.local"}, options: []string{"ndots:5"}})
 	want := "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
 	if got != want {
 		t.Fatalf("got %q want %q", got, want)

@@ -33,7 +33,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
@@ -42,10 +41,11 @@ import (
 )
 
 // The states SandboxStatus reports, exactly as CRI (and its restart
-// recovery) reads them: anything else is NotReady to the kubelet.
-var (
-	stateReady    = criapi.PodSandboxState_SANDBOX_READY.String()
-	stateNotReady = criapi.PodSandboxState_SANDBOX_NOTREADY.String()
+// recovery) reads them (runtime.v1.PodSandboxState's names): anything else
+// is NotReady to the kubelet.
+const (
+	stateReady    = "SANDBOX_READY"
+	stateNotReady = "SANDBOX_NOTREADY"
 )
 
 // specTypeURL is how containerd names an OCI spec in an Any.
