@@ -56,7 +56,7 @@ stress: build ## the long fault and load runs: 1000 lifecycles, 200-exec storm, 
 
 FUZZTIME ?= 20000x
 fuzz: ## run each fuzz target for FUZZTIME (a count: time limits make the Go fuzzer flake)
-	@for t in oci:FuzzParseConfig oci:FuzzConfigFromOptions oci:FuzzReadSpec aggregator:FuzzParseSnapshot; do \
+	@for t in oci:FuzzParseConfig oci:FuzzConfigFromOptions oci:FuzzReadSpec aggregator:FuzzParseSnapshot sandbox:FuzzDecodePodConfig; do \
 		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./pkg/$${t%%:*}/ || exit 1; done
 
 demo: deps build ## the main job: private containerd with this shim, containers on each backend
