@@ -6,7 +6,12 @@
 package cgroup
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -14,6 +19,7 @@ import (
 	"github.com/containerd/cgroups/v3/cgroup2"
 	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -137,4 +143,51 @@ func (c *v2) MemoryLimit() uint64 {
 		return st.GetMemory().GetUsageLimit()
 	}
 	return 0
+}
+
+// RemoveOrphan kills what is left in a container's cgroup (cgroupfs path,
+// as the spec's linux.cgroupsPath names it) and removes it; nothing there,
+// or a systemd unit ("slice:prefix:name", which goes with its last
+// process), is not an error. For a runtime that died before it recorded
+// the container it was creating.
+func RemoveOrphan(path string) error {
+	if path == "" || strings.Contains(path, ":") || !filepath.IsAbs(path) {
+		return nil
+	}
+	if Unified() {
+		m, err := cgroup2.Load(path)
+		if err != nil {
+			return nil
+		}
+		pids, err := m.Procs(true)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		for _, pid := range pids {
+			_ = unix.Kill(int(pid), unix.SIGKILL) // gone already is fine
+		}
+		return retryDelete(m.Delete)
+	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	if err != nil {
+		return nil // no hierarchy has it
+	}
+	procs, _ := cg.Processes(cgroup1.Devices, true)
+	for _, p := range procs {
+		_ = unix.Kill(p.Pid, unix.SIGKILL) // gone already is fine
+	}
+	return retryDelete(cg.Delete)
+}
+
+// retryDelete removes a cgroup whose last processes were just killed: they
+// leave it a moment later.
+func retryDelete(del func() error) error {
+	var err error
+	for range 50 {
+		if err = del(); err == nil {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return err
 }

@@ -124,7 +124,14 @@ func Registration() runtime.Registration {
 			if cfg.InProcess() {
 				return newLibBackend(cfg, c), nil
 			}
-			return New(cfg, c.Namespace, c.Bundle)
+			be, err := New(cfg, c.Namespace, c.Bundle)
+			if err != nil {
+				return nil, err
+			}
+			if c.Spec != nil && c.Spec.Linux != nil {
+				be.cgroupsPath = c.Spec.Linux.CgroupsPath
+			}
+			return be, nil
 		},
 		NewPod: func(_ oci.Section, p *runtime.Pod) (runtime.PodSandbox, error) {
 			return nsholder.New(p), nil
@@ -152,6 +159,9 @@ type Backend struct {
 	cfg    Config
 	bundle bundle.Bundle
 	runc   *gorunc.Runc
+	// cgroupsPath is the spec's, for a forced delete to remove a cgroup
+	// the runtime made but never recorded (killed mid-create).
+	cgroupsPath string
 }
 
 var _ runtime.Backend = (*Backend)(nil)
@@ -309,7 +319,15 @@ func (b *Backend) Kill(ctx context.Context, id string, sig syscall.Signal, all b
 func (b *Backend) Delete(ctx context.Context, id string, force bool) error {
 	err := b.run("delete", func() error { return b.runc.Delete(ctx, id, &gorunc.DeleteOpts{Force: force}) })
 	if errdefs.IsNotFound(err) {
-		return nil
+		err = nil
+	}
+	if err == nil && force {
+		// A runtime killed during create can leave the container's cgroup
+		// (and a started init in it) without any state that names them:
+		// the runtime's own delete cannot see them.
+		if cerr := cgroup.RemoveOrphan(b.cgroupsPath); cerr != nil {
+			return fmt.Errorf("remove the cgroup of container %s: %w", id, cerr)
+		}
 	}
 	return err
 }
