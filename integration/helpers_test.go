@@ -244,3 +244,29 @@ func assertNothingLeft(t *testing.T, e *env, id string) {
 		return nil
 	})
 }
+
+// logOnFailure logs containerd's log lines that name id if t fails, so a
+// failure in CI shows the shim's side (the daemon's tail is only logged
+// when the daemon stops).
+func logOnFailure(t *testing.T, e *env, id string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		data, err := os.ReadFile(e.d.LogPath())
+		if err != nil {
+			t.Logf("read containerd log: %v", err)
+			return
+		}
+		var lines []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, id) {
+				lines = append(lines, l)
+			}
+		}
+		if len(lines) > 80 {
+			lines = lines[len(lines)-80:]
+		}
+		t.Logf("containerd log lines naming %s:\n%s", id, strings.Join(lines, "\n"))
+	})
+}

@@ -291,6 +291,7 @@ func TestStatsAndUpdate(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		ctx := testContext(t)
 		id := containerID(t, "")
+		logOnFailure(t, e, id)
 		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sleep", "1000"), oci.WithMemoryLimit(64<<20))
 		task, _ := startTask(t, c, nil)
 		type figures struct{ pids, cpu, limit uint64 }

@@ -237,6 +237,8 @@ func assertPodGone(t *testing.T, e *env, podID string) {
 	for _, d := range []string{
 		filepath.Join(e.d.RootDir(), "io.containerd.grpc.v1.cri", "sandboxes", podID),
 		filepath.Join(e.d.StateDir(), "io.containerd.grpc.v1.cri", "sandboxes", podID),
+		// gVisor: the pod's runsc root, with every sub-container's state.
+		filepath.Join(e.stateRoot(), criNamespace, podID),
 	} {
 		if _, err := os.Stat(d); err == nil {
 			t.Errorf("%s left", d)

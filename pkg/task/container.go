@@ -226,14 +226,17 @@ func (c *container) createInit(ctx context.Context, r *taskAPI.CreateTaskRequest
 func (c *container) watchCgroup(ctx context.Context, pid int) {
 	cg, err := c.backend.Cgroup(ctx, c.id, pid)
 	if err != nil {
-		log.G(ctx).WithError(err).WithField("id", c.id).Warn("no cgroup to watch for OOM kills")
+		log.G(ctx).WithError(err).WithField("id", c.id).WithField("pid", pid).Warn("cannot load the task's cgroup: no stats or OOM events until it loads")
 		return
 	}
 	if cg == nil {
 		return
 	}
-	c.cgroup.Store(&cgroupRef{cg})
-	c.h.oom.Add(c.id, cg)
+	// Only the first load is kept and watched (stats may retry a failed
+	// one concurrently).
+	if c.cgroup.CompareAndSwap(nil, &cgroupRef{cg}) {
+		c.h.oom.Add(c.id, cg)
+	}
 }
 
 // startInit starts (or restores) the created init and returns its pid.
@@ -593,7 +596,17 @@ func (c *container) execList() []*process {
 
 // stats reads the task's metrics.
 func (c *container) stats(ctx context.Context) (*cgroup.Metrics, error) {
-	st, err := c.backend.Stats(ctx, c.id, c.getCgroup())
+	cg := c.getCgroup()
+	if cg == nil {
+		// Loading at create failed (logged there): try again while the
+		// init lives, so one bad moment does not cost the task its stats
+		// and OOM events for good.
+		if pid := c.init.getPid(); pid > 0 && c.init.current() < stateStopped {
+			c.watchCgroup(ctx, pid)
+			cg = c.getCgroup()
+		}
+	}
+	st, err := c.backend.Stats(ctx, c.id, cg)
 	if err != nil {
 		return nil, fmt.Errorf("stats of task %s: %w", c.id, err)
 	}

@@ -157,7 +157,7 @@ func RemoveOrphan(path string) error {
 	if Unified() {
 		m, err := cgroup2.Load(path)
 		if err != nil {
-			return nil
+			return fmt.Errorf("load orphan cgroup %s: %w", path, err)
 		}
 		pids, err := m.Procs(true)
 		if errors.Is(err, os.ErrNotExist) {
@@ -169,8 +169,11 @@ func RemoveOrphan(path string) error {
 		return retryDelete(m.Delete)
 	}
 	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
-	if err != nil {
+	if errors.Is(err, cgroup1.ErrCgroupDeleted) {
 		return nil // no hierarchy has it
+	}
+	if err != nil {
+		return fmt.Errorf("load orphan cgroup %s: %w", path, err)
 	}
 	procs, _ := cg.Processes(cgroup1.Devices, true)
 	for _, p := range procs {

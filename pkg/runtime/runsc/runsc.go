@@ -499,6 +499,17 @@ func (b *Backend) Delete(ctx context.Context, id string, _ bool) error {
 	return err
 }
 
+// list returns the ids of the containers in the backend's runsc root
+// (none when runsc cannot tell).
+func (b *Backend) list(ctx context.Context) []string {
+	var out bytes.Buffer
+	if err := b.run(ctx, "list", nil, &out, "list", "--quiet"); err != nil {
+		log.G(ctx).WithError(err).Debug("runsc list")
+		return nil
+	}
+	return strings.Fields(out.String())
+}
+
 // removeRoot removes a group's runsc root once its last container is gone.
 // runsc leaves one thing of its own there: "null-netns", a network
 // namespace bind-mounted for sandboxes without network, which must be
