@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # node.sh - a real single-node Kubernetes on loopback whose Pods run through
-# containerd-shim-custom-v2 (RuntimeClasses custom-runc and custom-runsc).
+# containerd-shim-custom-v2 (RuntimeClasses custom-runc and custom-runsc, and
+# custom-runc-sb and custom-runsc-sb: the same backends on containerd's Sandbox
+# API, pods without pause containers).
 #
 #   node.sh up      certificates and configs (once), a private containerd with CRI,
 #                   etcd, kube-apiserver, kubelet; images, RuntimeClasses, and the
@@ -24,6 +26,8 @@
 # env: K8S_E2E_DIR, CONTAINERD_VERSION, SHIM_BIN, RUNSC_BIN, CNI_BIN (/usr/lib/cni),
 #      NODE_NAME, ports: ETCD_PORT APISERVER_PORT KUBELET_PORT KUBELET_HEALTHZ_PORT METRICS_PORT,
 #      RUNC_HANDLER (custom-runc), GVISOR_HANDLER (custom-runsc): handler and RuntimeClass names,
+#      RUNC_SB_HANDLER (custom-runc-sb), GVISOR_SB_HANDLER (custom-runsc-sb): the same backends
+#      with sandboxer = 'shim' (no pause container),
 #      CRI_STATS=true (kubelet feature gate PodAndContainerStatsFromCRI: pod stats from
 #      the shim's Stats instead of cAdvisor; give `test` the same value)
 set -euo pipefail
@@ -67,6 +71,12 @@ CRI_STATS=${CRI_STATS:-false}
 # CRI handler (= RuntimeClass) names of the two backends
 RUNC_HANDLER=${RUNC_HANDLER:-custom-runc}
 GVISOR_HANDLER=${GVISOR_HANDLER:-custom-runsc}
+# ... and on containerd's Sandbox API (sandboxer = 'shim'): the shim is the pod's
+# sandbox (runc: a namespace holder process; gVisor: the runsc sandbox), no pause
+RUNC_SB_HANDLER=${RUNC_SB_HANDLER:-custom-runc-sb}
+GVISOR_SB_HANDLER=${GVISOR_SB_HANDLER:-custom-runsc-sb}
+# the kubelet's clusterDNS (no DNS server runs; ClusterFirst Pods get it in resolv.conf)
+CLUSTER_DNS=${CLUSTER_DNS:-10.96.0.10}
 
 SOCK=$N/containerd/containerd.sock
 PKI=$N/pki
@@ -214,6 +224,27 @@ state = "$N/containerd/state"
           [$R.$GVISOR_HANDLER.options.runsc]
             binary_name = "$RUNSC_BIN"
             root = "$N/runsc"
+      # the same backends as pod sandboxes of their own (containerd's Sandbox API):
+      # no pause image is pulled, no pause container is created
+      [$R.$RUNC_SB_HANDLER]
+        runtime_type = "io.containerd.custom.v2"
+        sandboxer = "shim"
+        disable_pause_image_pull = true
+        [$R.$RUNC_SB_HANDLER.options]
+          backend = "runc"
+          runtime_handler = "$RUNC_SB_HANDLER"
+          [$R.$RUNC_SB_HANDLER.options.runc]
+            root = "$N/runc"
+      [$R.$GVISOR_SB_HANDLER]
+        runtime_type = "io.containerd.custom.v2"
+        sandboxer = "shim"
+        disable_pause_image_pull = true
+        [$R.$GVISOR_SB_HANDLER.options]
+          backend = "runsc"
+          runtime_handler = "$GVISOR_SB_HANDLER"
+          [$R.$GVISOR_SB_HANDLER.options.runsc]
+            binary_name = "$RUNSC_BIN"
+            root = "$N/runsc"
     [plugins."io.containerd.cri.v1.runtime".cni]
       bin_dirs = ["$CNI_BIN"]
       conf_dir = "$N/cni/net.d"
@@ -268,6 +299,9 @@ tlsPrivateKeyFile: $PKI/kubelet-serving.key
 rotateCertificates: false
 serverTLSBootstrap: false
 clusterDomain: cluster.local
+# no DNS server runs: Pods with dnsPolicy ClusterFirst get the cluster's resolv.conf
+# (test.sh checks what the runtime gives them)
+clusterDNS: [$CLUSTER_DNS]
 resolvConf: /etc/resolv.conf
 podLogsDir: $N/pod-logs
 volumePluginDir: $N/volume-plugins
@@ -499,13 +533,23 @@ kind: RuntimeClass
 metadata: {name: $GVISOR_HANDLER}
 handler: $GVISOR_HANDLER
 ---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: $RUNC_SB_HANDLER}
+handler: $RUNC_SB_HANDLER
+---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: $GVISOR_SB_HANDLER}
+handler: $GVISOR_SB_HANDLER
+---
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: default, namespace: default}
 EOF
   kc -n default create configmap kube-root-ca.crt --from-file=ca.crt="$PKI/ca.crt" \
     --dry-run=client -o yaml | kc apply -f - >/dev/null
-  ts "RuntimeClasses $RUNC_HANDLER and $GVISOR_HANDLER, default ServiceAccount, kube-root-ca.crt"
+  ts "RuntimeClasses $RUNC_HANDLER, $GVISOR_HANDLER, $RUNC_SB_HANDLER, $GVISOR_SB_HANDLER, default ServiceAccount, kube-root-ca.crt"
 
   wait_for "metrics aggregator (static Pod) on https://127.0.0.1:$METRICS_PORT, TLS + basic auth" 120 \
     curl -sf --cacert "$METRICS_ETC/ca.crt" -u "prometheus:$(cat "$METRICS_ETC/password")" \
@@ -537,6 +581,16 @@ our_pids() { # our_pids PATTERN: pids whose command line has PATTERN and this no
     case "$cmd" in *"$N/"*) echo "$pid" ;; esac
   done
 }
+# the runc backend's sandbox holders (pods on $RUNC_SB_HANDLER) have no path on their
+# command line ("containerd-shim-custom-v2 sandbox-holder ..."): they are this node's
+# when they run its copy of the shim (replaced or not: "... (deleted)")
+our_holders() {
+  local pid exe
+  for pid in $(pgrep -f -- '^containerd-shim-custom-v2 sandbox-holder' 2>/dev/null); do
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
+    case "$exe" in "$N/bin/containerd-shim-custom-v2"*) echo "$pid" ;; esac
+  done
+}
 
 down() {
   [ -d "$N" ] || { ts "nothing to stop ($N absent)"; return 0; }
@@ -563,7 +617,7 @@ down() {
   stop_one containerd
   # 3. shims and gVisor sandboxes left behind (a crash, a timeout): this node's only
   local left
-  left=$(our_pids 'containerd-shim-' ; our_pids 'runsc')
+  left=$(our_pids 'containerd-shim-' ; our_pids 'runsc'; our_holders)
   if [ -n "$left" ]; then
     echo "leftover processes: $(echo $left)"; kill -KILL $left 2>/dev/null || true
   fi
@@ -614,7 +668,7 @@ case "${1:-}" in
   # internal: the resolved settings, for test.sh
   vars)
     for v in N K8S_VERSION K8S_BIN CTRD_BIN CRICTL SOCK PKI RUN LOG NODE_NAME KUBELET_PORT METRICS_PORT METRICS_ETC POD_GW \
-             BUSYBOX_IMAGE CRI_STATS RUNSC_BIN RUNC_HANDLER GVISOR_HANDLER; do
+             BUSYBOX_IMAGE CRI_STATS RUNSC_BIN RUNC_HANDLER GVISOR_HANDLER RUNC_SB_HANDLER GVISOR_SB_HANDLER CLUSTER_DNS; do
       printf '%s=%q\n' "$v" "${!v}"
     done ;;
   *) echo "usage: $0 up|down|test|env|status|clean" >&2; exit 2 ;;
