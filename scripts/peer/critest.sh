@@ -5,6 +5,8 @@
 #
 #   runc       handler custom-runc   io.containerd.custom.v2, backend = "runc"
 #   runsc      handler custom-runsc  io.containerd.custom.v2, backend = "runsc"
+#   runc-sb    handler custom-runc-sb   the same, sandboxer = 'shim' (containerd's
+#   runsc-sb   handler custom-runsc-sb  Sandbox API: no pause container)
 #   runc-shim  handler runc          io.containerd.runc.v2 (containerd's own shim, baseline)
 #
 # The daemon (cri-lib.sh, templates/containerd-cri.toml.in): its own root,
@@ -28,12 +30,14 @@ source "$PEER/cri-lib.sh"
 case "${1:-}" in
   runc) handler=custom-runc ;;
   runsc) handler=custom-runsc ;;
+  runc-sb) handler=custom-runc-sb ;;
+  runsc-sb) handler=custom-runsc-sb ;;
   runc-shim) handler=runc ;;
-  *) die "usage: critest.sh runc|runsc|runc-shim" ;;
+  *) die "usage: critest.sh runc|runsc|runc-sb|runsc-sb|runc-shim" ;;
 esac
 [ "$(id -u)" = 0 ] || die "needs root"
 need_tools
-[ "$handler" != custom-runsc ] || [ -x "$RUNSC_BIN" ] || die "$RUNSC_BIN missing: run scripts/deps.sh"
+case $handler in custom-runsc*) [ -x "$RUNSC_BIN" ] ;; esac || die "$RUNSC_BIN missing: run scripts/deps.sh"
 mkdir -p "$OUT"
 base=$OUT/critest-$handler
 rm -f "$base".{txt,junit.xml,log,containerd.log}
@@ -71,7 +75,7 @@ skips=(
   # applets in-process (FEATURE_SH_STANDALONE) and never execs /bin/ls
   'MaskedPaths'
 )
-if [ "$handler" = custom-runsc ]; then
+if [ "$handler" = custom-runsc ] || [ "$handler" = custom-runsc-sb ]; then
   # What gVisor does not do (the specs fail the same way whatever the shim:
   # each failure names the missing kernel surface or runsc's own refusal).
   skips+=(

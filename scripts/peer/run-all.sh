@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# run-all.sh - every peer suite, for this shim (runc and runsc backends) and
-# for containerd's own runc shim, one after the other, then a side-by-side
-# table in _output/peer/summary.txt. A suite that fails does not stop the
-# others. The scripts run from a copy taken at the start, so editing
+# run-all.sh - every peer suite, for this shim (runc and runsc backends, on
+# the pause path and, for critest and the crictl smoke, with sandboxer =
+# 'shim') and for containerd's own runc shim, one after the other, then a
+# side-by-side table in _output/peer/summary.txt. A suite that fails does not
+# stop the others. The scripts run from a copy taken at the start, so editing
 # scripts/peer/ meanwhile cannot change a run in flight.
 #
 # env: SUITES (default "containerd critest smoke"), plus what each script takes
@@ -41,7 +42,9 @@ for suite in $SUITES; do
   critest)
     run "critest runc (containerd runc shim)" "$snap/critest.sh" runc-shim
     run "critest custom-runc" "$snap/critest.sh" runc
-    run "critest custom-runsc" "$snap/critest.sh" runsc ;;
+    run "critest custom-runsc" "$snap/critest.sh" runsc
+    run "critest custom-runc-sb" "$snap/critest.sh" runc-sb
+    run "critest custom-runsc-sb" "$snap/critest.sh" runsc-sb ;;
   smoke)
     run "crictl-smoke" "$snap/crictl-smoke.sh" ;;
   *) die "unknown suite $suite" ;;
@@ -62,6 +65,8 @@ line() { grep -m1 "$1" "$2" 2>/dev/null || echo "(not run)"; }
   printf '  %-32s %s\n' "runc (containerd runc shim)" "$(line '^passed ' "$OUT/critest-runc.txt")"
   printf '  %-32s %s\n' "custom-runc" "$(line '^passed ' "$OUT/critest-custom-runc.txt")"
   printf '  %-32s %s\n' "custom-runsc" "$(line '^passed ' "$OUT/critest-custom-runsc.txt")"
+  printf '  %-32s %s\n' "custom-runc-sb (sandboxer shim)" "$(line '^passed ' "$OUT/critest-custom-runc-sb.txt")"
+  printf '  %-32s %s\n' "custom-runsc-sb (sandboxer shim)" "$(line '^passed ' "$OUT/critest-custom-runsc-sb.txt")"
   echo
   echo "crictl smoke: $(tail -1 "$OUT/crictl-smoke.txt" 2>/dev/null || echo '(not run)')"
   grep '^FAIL ' "$OUT/crictl-smoke.txt" 2>/dev/null | sed 's/^/  /' || true

@@ -125,7 +125,8 @@ func TestExtraSkips(t *testing.T) {
 
 // TestGateFixtures runs the gate over reports in the formats run-all.sh's
 // suites write. The .want files are what scripts/peer/gate.sh (the bash
-// gate this replaced) printed for the same directories.
+// gate this replaced) printed for the same directories, plus the lines of
+// the sandboxed handlers (custom-runc-sb, custom-runsc-sb) added since.
 func TestGateFixtures(t *testing.T) {
 	for _, tc := range []struct {
 		dir string
@@ -213,6 +214,35 @@ func TestGateReports(t *testing.T) {
 			lines: []string{
 				"FAIL  missing DIR/critest-custom-runc.junit.xml (did run-all.sh run this suite?)",
 				"ok    critest, custom-runsc                    2 passed (baseline 4, 2 excluded by the backend skip list)",
+			},
+		},
+		{
+			name: "a sandboxed handler that did not run fails the gate",
+			edit: func(t *testing.T, dir string) {
+				if err := os.Remove(filepath.Join(dir, "critest-custom-runsc-sb.junit.xml")); err != nil {
+					t.Fatal(err)
+				}
+			},
+			lines: []string{
+				"ok    critest, custom-runc-sb                  3 passed (baseline 4, 1 excluded by the backend skip list)",
+				"FAIL  missing DIR/critest-custom-runsc-sb.junit.xml (did run-all.sh run this suite?)",
+			},
+		},
+		{
+			// custom-runc-sb excludes the portforward spec; custom-runc
+			// must still pass it
+			name: "one handler's exclusion does not excuse another",
+			edit: func(t *testing.T, dir string) {
+				data, err := os.ReadFile(filepath.Join(dir, "critest-custom-runc-sb.junit.xml"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				writeFile(t, filepath.Join(dir, "critest-custom-runc.junit.xml"), string(data))
+			},
+			lines: []string{
+				"FAIL  critest, custom-runc                     passes 3 of the 4 expected",
+				"        not passed: [It] [sig-node] Streaming runtime should support portforward [Conformance]",
+				"ok    critest, custom-runc-sb                  3 passed (baseline 4, 1 excluded by the backend skip list)",
 			},
 		},
 		{
