@@ -68,8 +68,16 @@ func decodePodConfig(opts *anypb.Any, netnsPath string) (*podConfig, error) {
 		return nil, fmt.Errorf("PodSandboxConfig: field \"linux.security_context.namespace_options.pid\": TARGET applies to containers, not pods: %w", errdefs.ErrInvalidArgument)
 	}
 	// No userns options is the host's user namespace (POD is the zero value).
-	if pc.userns != nil && *pc.userns == modePod {
-		return nil, fmt.Errorf("PodSandboxConfig: user namespaces (hostUsers: false) are not supported by this shim's sandboxes: %w", errdefs.ErrNotImplemented)
+	// CRI leaves the check of the mode to the sandbox controller (its pause
+	// controller refuses what it cannot do, as this one must).
+	if pc.userns != nil {
+		switch *pc.userns {
+		case modeNode:
+		case modePod:
+			return nil, fmt.Errorf("PodSandboxConfig: user namespaces (hostUsers: false) are not supported by this shim's sandboxes: %w", errdefs.ErrNotImplemented)
+		default:
+			return nil, fmt.Errorf("PodSandboxConfig: field \"linux.security_context.namespace_options.userns_options.mode\": unsupported user namespace mode %s (only NODE, or POD with mappings): %w", *pc.userns, errdefs.ErrInvalidArgument)
+		}
 	}
 	if c.hostNetwork {
 		if netnsPath != "" {

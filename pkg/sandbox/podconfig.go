@@ -24,6 +24,20 @@ const (
 	modeTarget    namespaceMode = 3
 )
 
+func (m namespaceMode) String() string {
+	switch m {
+	case modePod:
+		return "POD"
+	case modeContainer:
+		return "CONTAINER"
+	case modeNode:
+		return "NODE"
+	case modeTarget:
+		return "TARGET"
+	}
+	return fmt.Sprintf("mode %d", int32(m))
+}
+
 type criDNS struct {
 	servers, searches, options []string
 }

@@ -1,11 +1,14 @@
 package sandbox
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	sandboxapi "github.com/containerd/containerd/api/runtime/sandbox/v1"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"github.com/moby/sys/mountinfo"
@@ -65,6 +68,12 @@ func TestDecodePodConfig(t *testing.T) {
 		{"user namespace", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
 			NamespaceOptions: &criapi.NamespaceOption{UsernsOptions: &criapi.UserNamespace{Mode: criapi.NamespaceMode_POD}}}}},
 			"/n", nil, errdefs.IsNotImplemented, "user namespaces"},
+		{"user namespace per container", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &criapi.NamespaceOption{UsernsOptions: &criapi.UserNamespace{Mode: criapi.NamespaceMode_CONTAINER}}}}},
+			"/n", nil, errdefs.IsInvalidArgument, "userns_options.mode"},
+		{"user namespace of a target", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &criapi.NamespaceOption{UsernsOptions: &criapi.UserNamespace{Mode: criapi.NamespaceMode_TARGET}}}}},
+			"/n", nil, errdefs.IsInvalidArgument, "userns_options.mode"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -232,4 +241,20 @@ func TestPodFilesSurviveTheirRemoval(t *testing.T) {
 
 func unmountAll(p string) error {
 	return (&podFiles{stateDir: filepath.Dir(p), shmKeep: filepath.Join(os.TempDir(), "none-such")}).unmount()
+}
+
+// A pod whose CreateSandbox was refused still gets ShutdownSandbox from
+// containerd: it succeeds and lets the shim exit, or the shim would outlive
+// its pod (critest's refused user-namespace pods left one each).
+func TestShutdownUnknownSandboxExits(t *testing.T) {
+	exited := make(chan struct{})
+	s := NewService(context.Background(), Config{Shutdown: func() { close(exited) }})
+	if _, err := s.ShutdownSandbox(context.Background(), &sandboxapi.ShutdownSandboxRequest{SandboxID: "refused"}); err != nil {
+		t.Fatalf("ShutdownSandbox of a sandbox never created: %v", err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the shim was not asked to exit")
+	}
 }

@@ -469,6 +469,13 @@ func (s *Service) PingSandbox(ctx context.Context, r *sandboxapi.PingRequest) (*
 // CRI's files go, and the shim exits once it hosts no task.
 func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxapi.ShutdownSandboxRequest) (*sandboxapi.ShutdownSandboxResponse, error) {
 	sb, err := s.get(r.GetSandboxID())
+	if errdefs.IsNotFound(err) {
+		// CreateSandbox failed (containerd shuts the shim down after a
+		// refused pod) or it was shut down before: nothing to undo, and the
+		// shim, started for this pod, must not stay behind.
+		s.exitAfterReply()
+		return &sandboxapi.ShutdownSandboxResponse{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -491,17 +498,22 @@ func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxapi.ShutdownSan
 	if first {
 		s.metrics.SandboxShutdown(sb.labels)
 	}
-	if s.shutdown != nil {
-		// The shim may exit now, but this reply must reach containerd first
-		// (it fails RemovePodSandbox on a closed connection): ttrpc's
-		// graceful shutdown can close a connection whose response is still
-		// queued, so the exit waits a moment after the reply.
-		go func() {
-			time.Sleep(shutdownGrace)
-			s.shutdown()
-		}()
-	}
+	s.exitAfterReply()
 	return &sandboxapi.ShutdownSandboxResponse{}, nil
+}
+
+// exitAfterReply lets the shim exit (once it hosts no task) a moment after
+// ShutdownSandbox replies: the reply must reach containerd first (it fails
+// RemovePodSandbox on a closed connection), and ttrpc's graceful shutdown
+// can close a connection whose response is still queued.
+func (s *Service) exitAfterReply() {
+	if s.shutdown == nil {
+		return
+	}
+	go func() {
+		time.Sleep(shutdownGrace)
+		s.shutdown()
+	}()
 }
 
 // SandboxMetrics returns the pod cgroup's metrics, as containerd's

@@ -103,6 +103,13 @@ if [ "$handler" = custom-runsc ] || [ "$handler" = custom-runsc-sb ]; then
     'should support ReadonlyPaths'
   )
 fi
+if [ "$handler" = custom-runc-sb ]; then
+  # The runc holder owns no user namespace yet: a pod with hostUsers: false
+  # is refused with NotImplemented at RunPodSandbox (use the pause-path
+  # handler for such pods). CONTAINER and TARGET modes are refused as the
+  # pause path refuses them, and those specs run.
+  skips+=('UserNamespaces when Host idmap mount support is needed runtime should support NamespaceMode_POD')
+fi
 [ -n "${SKIP_EXTRA:-}" ] && skips+=("$SKIP_EXTRA")
 args=(--runtime-endpoint "$CRI_EP" --image-endpoint "$CRI_EP" --runtime-handler "$handler"
       --ginkgo.no-color --ginkgo.v --ginkgo.junit-report "$base.junit.xml")
