@@ -29,8 +29,10 @@ fi
 
 # The kernel: the image linux-image-amd64 points at today. Once fetched it stays (OUT/.kernel names it), so a
 # Debian point release does not change the guest under a cached CI machine.
-modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci 9pnet 9pnet_virtio netfs fscache 9p overlay"
-if [ ! -s "$OUT/vmlinux" ] || [ ! -d "$OUT/ko" ] || [ ! -s "$OUT/.kernel" ]; then
+# veth: the sandboxed-pod test gives each pod a veth pair (CNI ptp).
+modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci 9pnet 9pnet_virtio netfs fscache 9p overlay veth"
+have_modules() { for m in $modules; do [ -s "$OUT/ko/$m.ko" ] || return 1; done; }
+if [ ! -s "$OUT/vmlinux" ] || ! have_modules || [ ! -s "$OUT/.kernel" ]; then
   pick() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
   apt_update
   pkg=$(pick)

@@ -227,7 +227,13 @@ func deleteCgroup(path string) error {
 		if err != nil {
 			return err
 		}
-		return m.Delete()
+		// Load does not look; Delete walks the tree first and fails on
+		// a cgroup already gone (a second stop, or the pod cgroup's owner
+		// removed it).
+		if err := m.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
 	}
 	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
 	if err != nil {

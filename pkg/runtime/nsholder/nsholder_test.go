@@ -147,3 +147,11 @@ func TestHolderRefusedSysctl(t *testing.T) {
 		_, _ = unix.Wait4(pid, &ws, 0, nil)
 	}
 }
+
+// Stopping a pod twice, or after its cgroup went, is not an error (cgroup
+// v2's Delete failed on the missing directory: make test-cgroup2 found it).
+func TestDeleteMissingCgroup(t *testing.T) {
+	if err := deleteCgroup("/custom-shim-test-missing/" + t.Name()); err != nil {
+		t.Fatalf("delete a cgroup that does not exist: %v", err)
+	}
+}
