@@ -166,21 +166,44 @@ func RemoveOrphan(path string) error {
 		for _, pid := range pids {
 			_ = unix.Kill(int(pid), unix.SIGKILL) // gone already is fine
 		}
-		return retryDelete(m.Delete)
+		return retryDelete(func() error {
+			if err := m.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			return nil
+		})
 	}
 	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
-	if errors.Is(err, cgroup1.ErrCgroupDeleted) {
-		return nil // no hierarchy has it
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, cgroup1.ErrCgroupDeleted):
+		// no v1 hierarchy has it
+	case err != nil:
 		return fmt.Errorf("load orphan cgroup %s: %w", path, err)
+	default:
+		procs, _ := cg.Processes(cgroup1.Devices, true)
+		for _, p := range procs {
+			_ = unix.Kill(p.Pid, unix.SIGKILL) // gone already is fine
+		}
+		if err := retryDelete(cg.Delete); err != nil {
+			return err
+		}
 	}
-	procs, _ := cg.Processes(cgroup1.Devices, true)
-	for _, p := range procs {
-		_ = unix.Kill(p.Pid, unix.SIGKILL) // gone already is fine
+	// Hybrid hosts: runc also makes the cgroup in the v2 hierarchy mounted
+	// at unified/, which cgroup1 does not know about.
+	if cgroups.Mode() != cgroups.Hybrid {
+		return nil
 	}
-	return retryDelete(cg.Delete)
+	return retryDelete(func() error {
+		err := unix.Rmdir(filepath.Join(hybridUnified, path))
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return err
+	})
 }
+
+// hybridUnified is where a hybrid host mounts its cgroup v2 hierarchy.
+const hybridUnified = "/sys/fs/cgroup/unified"
 
 // retryDelete removes a cgroup whose last processes were just killed: they
 // leave it a moment later.
