@@ -43,8 +43,8 @@ import (
 //
 // The traps of embedding libcontainer in a shim, and what is done about
 // each:
-//   - libcontainer waits for its own children (runc init's stages, hooks)
-//     by pid, and the shim's reaper (wait4(-1)) would take their statuses
+//   - libcontainer waits for its own children (runc init's stages, hooks,
+//     specconv's user namespace helper) by pid, and the shim's reaper (wait4(-1)) would take their statuses
 //     first: every call that forks runs under gate.Pause, which holds the
 //     reaper off until it returns.
 //   - Container.Start marks every descriptor from 3 up close-on-exec in the
@@ -112,6 +112,9 @@ func (b *libBackend) libcontainerConfig(id string) (*configs.Config, error) {
 			spec.Mounts[i].Source = filepath.Join(b.bundle.Path(), m.Source)
 		}
 	}
+	// With user namespace mappings specconv forks a helper to read them
+	// and waits for it by pid: a child, hence the gate.
+	resume := b.gate.Pause()
 	config, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName:       id,
 		UseSystemdCgroup: b.cfg.SystemdCgroup,
@@ -119,6 +122,7 @@ func (b *libBackend) libcontainerConfig(id string) (*configs.Config, error) {
 		NoNewKeyring:     b.cfg.NoNewKeyring,
 		Spec:             &spec,
 	})
+	resume()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", b.bundle.Spec(), err, errdefs.ErrInvalidArgument)
 	}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 )
 
 // The test binary is the container's init, as the shim binary is.
@@ -421,4 +422,97 @@ func TestLibcontainerExeSeal(t *testing.T) {
 		}
 	}
 	t.Fatalf("libcontainer did not say how it sealed the init binary; logged: %q", capture.msgs)
+}
+
+// Trap: with user namespace mappings, specconv forks a helper to read them
+// and waits for it by pid, before any container exists (critest's
+// hostUsers: false pods failed with "waitid: no child processes"). The
+// conversion runs under the gate too.
+func TestLibcontainerUsernsMappingsUnderTheGate(t *testing.T) {
+	busybox := needContainers(t)
+	b, spec := testBundle(t, busybox, "true")
+	// A user namespace pinned at a file, as CRI pins a pod's: only a path
+	// that is not /proc/<pid>/ns/user makes specconv fork.
+	holder := exec.Command("sleep", "60")
+	holder.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 100000, Size: 65536}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 100000, Size: 65536}},
+	}
+	if err := holder.Start(); err != nil {
+		t.Skipf("cannot make a user namespace here: %v", err)
+	}
+	defer func() { _ = holder.Process.Kill(); _ = holder.Wait() }()
+	pinned := filepath.Join(t.TempDir(), "userns")
+	if err := os.WriteFile(pinned, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(fmt.Sprintf("/proc/%d/ns/user", holder.Process.Pid), pinned, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = unix.Unmount(pinned, unix.MNT_DETACH) }()
+	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: pinned})
+	spec.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
+	spec.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
+
+	convert := func(gate runtime.ReaperGate, rounds int) (failed int, first error) {
+		be := newTestBackend(t, b, spec, gate)
+		for i := range rounds {
+			if _, err := be.libcontainerConfig(fmt.Sprintf("userns%d", i)); err != nil {
+				failed++
+				if first == nil {
+					first = err
+				}
+			}
+		}
+		return failed, first
+	}
+	r := startReaper(noGate{})
+	failed, first := convert(noGate{}, 50)
+	r.close()
+	if failed == 0 {
+		t.Fatal("an ungated reaper never took specconv's helper: this test cannot tell the gate works")
+	}
+	t.Logf("without the gate, %d of 50 conversions failed, e.g.: %v", failed, first)
+
+	g := &rwGate{}
+	r = startReaper(g)
+	defer r.close()
+	if failed, first := convert(g, 50); failed > 0 {
+		t.Fatalf("with the gate, %d of 50 conversions failed, e.g.: %v", failed, first)
+	}
+}
+
+// Trap: libcontainer opens bind-mount sources from a goroutine that locks
+// its thread and setns(2)es it into the container's mount namespace, then
+// exits so that the thread dies. Go cannot kill the main thread: had that
+// goroutine run there, the process's /proc/self/mountinfo would be the
+// container's from then on, and the cgroup library, which reads it to find
+// the cgroup mounts, fails ("cgroup mountpoint does not exist": a task
+// with no stats and no OOM events; CI's critest and the stats test hit it).
+// The package pins the main goroutine to the main thread at init.
+func TestLibcontainerKeepsTheShimsMountNamespace(t *testing.T) {
+	busybox := needContainers(t)
+	b, spec := testBundle(t, busybox, "sh", "-c", "echo hi; exit 3")
+	src := t.TempDir()
+	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/tmp/bound", Type: "bind", Source: src, Options: []string{"rbind", "ro"}})
+	before, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &rwGate{}
+	r := startReaper(g)
+	defer r.close()
+	be := newTestBackend(t, b, spec, g)
+	for i := range 40 {
+		if err := lifecycle(t, fmt.Sprintf("mntns%d", i), be, r); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		if now, _ := os.Readlink("/proc/self/ns/mnt"); now != before {
+			t.Fatalf("round %d: the process's mount namespace is now %s (was %s)", i, now, before)
+		}
+	}
+	if _, err := cgroup.Load(os.Getpid()); err != nil {
+		t.Fatalf("the cgroup library after 40 containers: %v", err)
+	}
 }
