@@ -38,8 +38,9 @@ unit: ## go vet, gofmt check and unit tests with the race detector
 integration: build ## integration suite against real containerd + runc (root; run `make deps` first)
 	@mkdir -p _output
 	@rm -f _output/report.txt
-	SHIM_BINARY=$(abspath $(BIN)) TEST_REPORT=$(abspath _output/report.txt) \
-		$(GO) test -count=1 -timeout 30m -v ./integration/...
+	SHIM_BINARY=$(abspath $(BIN)) TEST_REPORT=$(abspath _output/report.txt) bash -o pipefail -c \
+		'$(GO) test -count=1 -timeout 30m -v ./integration/... | tee _output/integration.log' || \
+		{ echo "--- figures"; cat _output/report.txt 2>/dev/null; bash scripts/failures.sh _output/integration.log; exit 1; }
 	@echo "--- figures"; cat _output/report.txt 2>/dev/null || true
 
 test-cgroup2: deps build ## the cgroup and lifecycle integration tests on pure cgroup v2: a QEMU guest (TCG) runs them on containerd 2.4.2 x runc, runsc (root; the first run fetches qemu and Debian's kernel into .tools/cgroup2)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -253,16 +254,21 @@ func TestCRIStdoutWhileContainerdDown(t *testing.T) {
 // copy buffer (32 KiB) and CRI's line reader (4 KiB), with room to spare.
 const containerdReadBuffers = 64 << 10
 
-// contiguousLog checks that a CRI log file holds the numbers 0, 1, 2, ...
-// each once and in order: nothing the container wrote was lost or repeated
-// while containerd was away. It returns the number of lines and the bytes
-// of output lost at the stop.
+// contiguousLog checks that a CRI log file holds the container's output,
+// the numbers 0, 1, 2, ... one per line, each once and in order: nothing the
+// container wrote was lost or repeated while containerd was away. It returns
+// the number of full lines and the bytes of output lost at the stop.
+//
+// The log is read as kubelet reads it: a partial line (tag P) is joined to
+// what follows it. A stopping containerd writes the line it has half read
+// as a partial one and the rest follows after its restart; the checker
+// compares bytes, not lines, so that split is no gap.
 //
 // One gap is allowed, and only where containerd itself dropped data: a
-// stopping containerd exits with what it last read from the fifo still in
-// its buffers, unwritten (seen with 1.7 on SIGTERM). That gap must open at a
-// line containerd logged before it had exited (down), close at a line
-// logged after it was started again (up), and be no larger than
+// stopping containerd may exit with what it last read from the fifo still
+// in its buffers, unwritten (seen with 1.7 on SIGTERM). That gap must open
+// after a line containerd logged before it had exited (down), close at a
+// line logged after it was started again (up), and be no larger than
 // containerd's buffers. Output the shim or the pipes held while containerd
 // was away must all arrive.
 func contiguousLog(path string, down, up time.Time) (lines, lost int, err error) {
@@ -270,37 +276,68 @@ func contiguousLog(path string, down, up time.Time) (lines, lost int, err error)
 	if err != nil {
 		return 0, 0, err
 	}
-	next := 0
-	var prev time.Time
+	// The output as a byte stream, and where each log line's text begins.
+	type piece struct {
+		off int
+		at  time.Time
+	}
+	var out strings.Builder
+	var pieces []piece
 	for i, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
 		// <timestamp> <stream> <F|P> <text>
 		f := strings.SplitN(line, " ", 4)
-		if len(f) != 4 || f[1] != "stdout" || f[2] != "F" {
+		if len(f) != 4 || f[1] != "stdout" || (f[2] != "F" && f[2] != "P") {
 			return 0, 0, fmt.Errorf("line %d: unexpected %q", i+1, line)
 		}
 		at, err := time.Parse(time.RFC3339Nano, f[0])
 		if err != nil {
 			return 0, 0, fmt.Errorf("line %d: timestamp: %w", i+1, err)
 		}
-		n, err := strconv.Atoi(f[3])
-		if err != nil || n < next || (n > next && (lost > 0 || prev.IsZero() || prev.After(down) || at.Before(up))) {
-			return 0, 0, fmt.Errorf("line %d (logged %s; containerd down %s, up %s): got %q, want %d",
-				i+1, f[0], down.Format(time.RFC3339Nano), up.Format(time.RFC3339Nano), f[3], next)
+		pieces = append(pieces, piece{off: out.Len(), at: at})
+		out.WriteString(f[3])
+		if f[2] == "F" {
+			out.WriteByte('\n')
+			lines++
 		}
-		for ; next < n; next++ {
-			lost += len(strconv.Itoa(next)) + 1
-		}
-		if lost > containerdReadBuffers {
-			return 0, 0, fmt.Errorf("line %d: %d bytes missing before it, more than containerd buffers", i+1, lost)
-		}
-		prev = at
-		next++
-		lines++
 	}
-	if lines == 0 {
+	got := out.String()
+	if got == "" {
 		return 0, 0, fmt.Errorf("%s is empty", path)
 	}
-	return lines, lost, nil
+	var want strings.Builder
+	for n := 0; want.Len() < len(got)+containerdReadBuffers+16; n++ {
+		want.WriteString(strconv.Itoa(n) + "\n")
+	}
+	exp := want.String()
+	diff := 0
+	for diff < len(got) && got[diff] == exp[diff] {
+		diff++
+	}
+	if diff == len(got) {
+		return lines, 0, nil
+	}
+	// containerd writes a log line's text at once, so a gap can only open
+	// where a line begins: at the line holding the first difference (its
+	// first bytes may match by chance: "28000" where "26801" was due).
+	k := sort.Search(len(pieces), func(i int) bool { return pieces[i].off > diff }) - 1
+	gap := pieces[k].off
+	if k == 0 || pieces[k-1].at.After(down) || pieces[k].at.Before(up) {
+		return 0, 0, fmt.Errorf("line %d (logged %s; containerd down %s, up %s): output differs at byte %d: got %q, want %q",
+			k+1, pieces[k].at.Format(time.RFC3339Nano), down.Format(time.RFC3339Nano), up.Format(time.RFC3339Nano),
+			gap, excerpt(got, gap), excerpt(exp, gap))
+	}
+	for skip := 1; skip <= containerdReadBuffers; skip++ {
+		if strings.HasPrefix(exp[gap+skip:], got[gap:]) {
+			return lines, skip, nil
+		}
+	}
+	return 0, 0, fmt.Errorf("line %d: the output from there on is not the container's after a gap of at most %d bytes (containerd's buffers): %q",
+		k+1, containerdReadBuffers, excerpt(got, gap))
+}
+
+// excerpt is up to 40 bytes of s from off, for an error message.
+func excerpt(s string, off int) string {
+	return s[off:min(len(s), off+40)]
 }
 
 // TestContiguousLog: the checker above accepts only a gap containerd's own
@@ -312,6 +349,20 @@ func TestContiguousLog(t *testing.T) {
 		return fmt.Sprintf("%s stdout F %d\n", at.Format("2006-01-02T15:04:05.000000000Z07:00"), n)
 	}
 	before, after := t0.Add(500*time.Millisecond), t0.Add(6*time.Second)
+	tagged := func(tag string) func(time.Time, string) string {
+		return func(at time.Time, text string) string {
+			return fmt.Sprintf("%s stdout %s %s\n", at.Format("2006-01-02T15:04:05.000000000Z07:00"), tag, text)
+		}
+	}
+	full, partial := tagged("F"), tagged("P")
+	// upTo is the output 0 to n-1 as full lines.
+	upTo := func(at time.Time, n int) string {
+		var b strings.Builder
+		for i := range n {
+			b.WriteString(line(at, i))
+		}
+		return b.String()
+	}
 	for _, tc := range []struct {
 		name string
 		log  string
@@ -322,10 +373,20 @@ func TestContiguousLog(t *testing.T) {
 		{"gap while up", line(before, 0) + line(before, 1) + line(before, 5), -1},
 		{"gap after the restart", line(before, 0) + line(after, 1) + line(after, 5), -1},
 		{"two gaps", line(before, 0) + line(after, 2) + line(after, 4), -1},
-		{"repeat", line(before, 0) + line(before, 1) + line(after, 1), -1},
+		{"repeat", line(before, 0) + line(before, 1) + line(after, 1) + line(after, 2) + line(after, 3), -1},
 		{"gap at the start", line(after, 3), -1},
 		{"gap larger than containerd buffers", line(before, 0) + line(after, 20000), -1},
 		{"stderr", line(before, 0) + strings.Replace(line(before, 1), "stdout", "stderr", 1), -1},
+		// 0 to 11, then 12, 13, ... with the "1" of "12" written as a partial line.
+		{"partial line at the stop", upTo(before, 12) + partial(before, "1") + full(after, "2") + full(after, "13") + full(after, "14"), 0},
+		{"partial line while up", upTo(before, 12) + partial(before, "1") + full(before, "2") + full(after, "13"), 0},
+		{"partial line, then a gap", upTo(before, 12) + partial(before, "1") + full(after, "4") + full(after, "15"), 6},
+		{"gap ending inside a line", upTo(before, 12) + full(after, "3") + full(after, "14") + full(after, "15"), 4},
+		{"partial line at the end", upTo(before, 12) + partial(after, "1"), 0},
+		{"partial line that is not the output", upTo(before, 12) + partial(before, "7") + full(after, "2"), -1},
+		// 26801 to 27999 lost; the next line begins like the one due.
+		{"gap at a line beginning like the one due", upTo(before, 26801) + full(after, "28000") + full(after, "28001"), 7194},
+		{"repeat after a partial line", upTo(before, 12) + partial(before, "1") + full(after, "1") + full(after, "12") + full(after, "13"), -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "log")

@@ -13,7 +13,7 @@ echo "[cgroup2-guest] runc: $(runc --version | head -1); runsc: $("$RUNSC_BINARY
 mkdir -p /sys/fs/cgroup/test.slice && echo $$ > /sys/fs/cgroup/test.slice/cgroup.procs
 cd "$ROOT/integration" || exit 125
 echo "[cgroup2-guest] go test -run '$TEST_RUN' at $(up)s"
-"$TEST_BINARY" -test.v -test.count=1 -test.timeout "$TEST_TIMEOUT" -test.run "$TEST_RUN" 2>&1 | tee /v2out/test.log
+"$TEST_BINARY" -test.v -test.count="${TEST_COUNT:-1}" -test.timeout "$TEST_TIMEOUT" -test.run "$TEST_RUN" 2>&1 | tee /v2out/test.log
 rc=${PIPESTATUS[0]}
 echo "[cgroup2-guest] go test exit $rc at $(up)s"
 # Container cgroups (/<namespace>/<id>) a run left behind show here, for the reader of a failed run; the

@@ -12,7 +12,8 @@
 #      first failing guest's (each guest writes its status to _output/cgroup2/<backend>/status).
 #
 # env: CGROUP2_TESTS (regexp of top-level tests), CGROUP2_TIMEOUT (go test -timeout in a guest),
-#      CGROUP2_BACKENDS ("runc runsc"), CGROUP2_CONTAINERD (2.4.2), CGROUP2_TIME_SCALE (the suite's timeouts
+#      CGROUP2_COUNT (go test -count, to repeat a test that failed once), CGROUP2_BACKENDS ("runc runsc"),
+#      CGROUP2_CONTAINERD (2.4.2), CGROUP2_TIME_SCALE (the suite's timeouts
 #      x3: TEST_TIME_SCALE), MEM, SMP (see vm.sh).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -50,7 +51,7 @@ for b in $backends; do
     SHIM_BINARY "$shim" TEST_REPORT /v2out/report.txt \
     CONTAINERD_VERSIONS "${CGROUP2_CONTAINERD:-2.4.2}" BACKENDS "$b" TEST_TIME_SCALE "${CGROUP2_TIME_SCALE:-3}" \
     RUNSC_BINARY "${RUNSC_BINARY:-$root/.tools/runsc/runsc}" BUSYBOX_IMAGE_TAR "$root/.tools/images/busybox.tar" \
-    EVENT_LIFECYCLES "${EVENT_LIFECYCLES:-10}" CHURN_LIFECYCLES "${CHURN_LIFECYCLES:-10}" \
+    TEST_COUNT "${CGROUP2_COUNT:-1}" EVENT_LIFECYCLES "${EVENT_LIFECYCLES:-10}" CHURN_LIFECYCLES "${CHURN_LIFECYCLES:-10}" \
     CHURN_LIFECYCLES_GVISOR "${CHURN_LIFECYCLES_GVISOR:-5}" RESTART_TASKS "${RESTART_TASKS:-3}" > "$out/$b/env"
   # The guest's watchdog allows the go test timeout plus boot and teardown; the console goes to a file, its
   # milestones (boot, each test's result, watchdog, kernel trouble) to stdout as they come.
@@ -95,6 +96,7 @@ for b in $backends; do
     "$(case $(cat "$out/$b/rc" 2>/dev/null) in 0) echo PASS;; 124) echo "FAIL (timed out)";; 125) echo "FAIL (no test run)";; *) echo FAIL;; esac)"
 done
 row "make test-cgroup2 total" "$(secs "$t0" "$t_end")"
+for b in $backends; do bash scripts/failures.sh "$out/$b/test.log"; done
 case $rc in
   0) echo "cgroup v2: PASS" ;;
   124) echo "cgroup v2: FAIL (timed out; the watchdog's process list is in the guest console)" ;;
