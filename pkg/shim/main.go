@@ -102,7 +102,9 @@ func Run(ctx context.Context, args []string) int {
 	}
 	switch f.action {
 	case nsholder.Mode:
-		return nsholder.Main(f.args)
+		// holder.c takes this mode over before the Go runtime starts.
+		fmt.Fprintf(os.Stderr, "%s: %s: the holder did not run (a build without cgo?)\n", Name, nsholder.Mode)
+		return 1
 	case runsc.PauseMode:
 		return runPause()
 	case "check":

@@ -11,6 +11,9 @@
 // namespaces, tells the shim it is ready, and then waits for a signal. It
 // lives in a cgroup of its own under the pod's cgroup, as pause does, and
 // is SIGKILLed when the pod stops: it never holds the pod up.
+//
+// The holder process is C (holder.c), run before the Go runtime starts:
+// this file is the shim's side of it.
 package nsholder
 
 import (
@@ -20,7 +23,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	goruntime "runtime"
 	"sort"
 	"strconv"
@@ -39,9 +41,11 @@ import (
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 )
 
-// Mode is the binary's argument that runs Main.
+// Mode is the binary's argument that makes it the holder (holder.c's
+// HOLDER_MODE).
 const Mode = "sandbox-holder"
 
 // oomScoreAdj is what pause gets from CRI; where lowering is refused (no
@@ -214,37 +218,6 @@ func joinCgroup(parent, id string, pid int) (string, error) {
 	return path, nil
 }
 
-// deleteCgroup removes the holder's cgroup once it is empty.
-func deleteCgroup(path string) error {
-	if path == "" || strings.Contains(path, ":") {
-		return nil // none, or a systemd scope: it goes with its last process
-	}
-	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroup2.Load(path)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil // already gone
-		}
-		if err != nil {
-			return err
-		}
-		// Load does not look; Delete walks the tree first and fails on
-		// a cgroup already gone (a second stop, or the pod cgroup's owner
-		// removed it).
-		if err := m.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		return nil
-	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
-	if err != nil {
-		if errors.Is(err, cgroup1.ErrCgroupDeleted) || errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	return cg.Delete()
-}
-
 func adjustOOMScore(ctx context.Context, pid int) {
 	err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(oomScoreAdj)), 0)
 	if err != nil {
@@ -331,7 +304,8 @@ func (h *Holder) recordedPid() int {
 }
 
 // Delete implements runtime.PodSandbox: the holder's cgroup goes once its
-// process has (a SIGKILLed process leaves its cgroup a moment later).
+// process has (a SIGKILLed process leaves its cgroup a moment later), with
+// anything that escaped into it.
 func (h *Holder) Delete(ctx context.Context) error {
 	h.mu.Lock()
 	cg := h.cgroup
@@ -339,19 +313,11 @@ func (h *Holder) Delete(ctx context.Context) error {
 	if cg == "" && h.pod.CgroupParent != "" && !strings.HasSuffix(h.pod.CgroupParent, ".slice") {
 		cg = strings.TrimSuffix(h.pod.CgroupParent, "/") + "/" + h.pod.ID
 	}
-	var err error
-	for range 50 {
-		if err = deleteCgroup(cg); err == nil {
-			break
+	if cg != "" && !strings.Contains(cg, ":") {
+		// A systemd scope ("slice:prefix:name") goes with its process.
+		if err := cgroup.RemoveOrphan("/" + strings.TrimPrefix(cg, "/")); err != nil {
+			return fmt.Errorf("remove sandbox cgroup %s: %w", cg, err)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("remove sandbox cgroup %s: %w", cg, err)
 	}
 	_ = os.Remove(holderPidFile(h.pod.Bundle)) // gone with the bundle anyway
 	return nil
@@ -375,81 +341,4 @@ func startTime(pid int) (uint64, error) {
 		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
 	return strconv.ParseUint(f[19], 10, 64)
-}
-
-// Main is the holder process: the binary re-executed in the pod's new
-// namespaces. It returns only on failure or a signal to end.
-func Main(args []string) int {
-	var (
-		hostname string
-		sysctls  []string
-		pid1     bool
-	)
-	for i := 0; i < len(args); i++ {
-		switch args[i] {
-		case "--hostname":
-			i++
-			if i < len(args) {
-				hostname = args[i]
-			}
-		case "--sysctl":
-			i++
-			if i < len(args) {
-				sysctls = append(sysctls, args[i])
-			}
-		case "--pid1":
-			pid1 = true
-		}
-	}
-	ready := os.NewFile(3, "ready")
-	fail := func(err error) int {
-		fmt.Fprint(ready, err.Error())
-		_ = ready.Close() // the shim reads until EOF
-		return 1
-	}
-	if hostname != "" {
-		if err := unix.Sethostname([]byte(hostname)); err != nil {
-			return fail(fmt.Errorf("set hostname %q: %w", hostname, err))
-		}
-	}
-	for _, kv := range sysctls {
-		k, v, _ := strings.Cut(kv, "=")
-		path := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
-		if err := os.WriteFile(path, []byte(v), 0); err != nil {
-			return fail(fmt.Errorf("sysctl %s=%s: %w", k, v, err))
-		}
-	}
-	signals := make(chan os.Signal, 16)
-	notify(signals, pid1)
-	fmt.Fprint(ready, "ok")
-	_ = ready.Close() // the shim reads until EOF
-	for s := range signals {
-		switch s {
-		case unix.SIGCHLD:
-			reapAll()
-		case unix.SIGTERM, unix.SIGINT:
-			return 0
-		}
-	}
-	return 0
-}
-
-// reapAll collects the exits of orphans in the pod's PID namespace, whose
-// init the holder is.
-func reapAll() {
-	for {
-		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-		if err != nil || pid <= 0 {
-			return
-		}
-	}
-}
-
-func notify(c chan os.Signal, pid1 bool) {
-	sigs := []os.Signal{unix.SIGTERM, unix.SIGINT}
-	if pid1 {
-		sigs = append(sigs, unix.SIGCHLD)
-	}
-	signal.Notify(c, sigs...)
 }

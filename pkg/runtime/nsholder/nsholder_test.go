@@ -7,21 +7,20 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 )
 
-// The test binary is the holder when re-executed, as the shim binary is.
-func init() {
-	if len(os.Args) > 1 && os.Args[1] == Mode {
-		os.Exit(Main(os.Args[2:]))
-	}
-}
+// The test binary is the holder when re-executed, as the shim binary is:
+// holder.c's constructor is linked into both.
 
 func nsInode(t *testing.T, path string) uint64 {
 	t.Helper()
@@ -69,6 +68,12 @@ func TestHolderHoldsThePodsNamespaces(t *testing.T) {
 	netns := filepath.Join("/var/run/netns", name)
 
 	parent := fmt.Sprintf("nsholder-test-%d", os.Getpid())
+	// The pod's cgroup is its owner's (kubelet's) to remove, here the test's.
+	t.Cleanup(func() {
+		if err := cgroup.RemoveOrphan("/" + parent); err != nil {
+			t.Error(err)
+		}
+	})
 	h := New(&runtime.Pod{
 		ID: "sb1", Bundle: bundle.Bundle(t.TempDir()), NetNS: netns, Hostname: "web-0", SharedPID: true,
 		Sysctls:      map[string]string{"net.ipv4.ping_group_range": "0 2147483647", "kernel.shm_rmid_forced": "1"},
@@ -151,7 +156,92 @@ func TestHolderRefusedSysctl(t *testing.T) {
 // Stopping a pod twice, or after its cgroup went, is not an error (cgroup
 // v2's Delete failed on the missing directory: make test-cgroup2 found it).
 func TestDeleteMissingCgroup(t *testing.T) {
-	if err := deleteCgroup("/custom-shim-test-missing/" + t.Name()); err != nil {
-		t.Fatalf("delete a cgroup that does not exist: %v", err)
+	h := New(&runtime.Pod{ID: "sb3", Bundle: bundle.Bundle(t.TempDir()), CgroupParent: "/custom-shim-test-missing/" + t.Name()})
+	for range 2 {
+		if err := h.Delete(context.Background()); err != nil {
+			t.Fatalf("delete a cgroup that does not exist: %v", err)
+		}
+	}
+}
+
+// startHolder starts a holder for a pod sharing one PID namespace and
+// stops it when the test ends.
+func startHolder(t *testing.T) int {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	h := New(&runtime.Pod{ID: t.Name(), Bundle: bundle.Bundle(t.TempDir()), SharedPID: true})
+	ctx := context.Background()
+	pid, err := h.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = h.Stop(ctx)
+		var ws unix.WaitStatus
+		_, _ = unix.Wait4(pid, &ws, 0, nil)
+	})
+	return pid
+}
+
+func procStatus(t *testing.T, pid int, key string) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
+	return ""
+}
+
+// The holder is holder.c, never a Go runtime: one thread (a Go program has
+// several from its start), pause's footprint.
+func TestHolderIsNotAGoProcess(t *testing.T) {
+	pid := startHolder(t)
+	if th := procStatus(t, pid, "Threads"); th != "1" {
+		t.Fatalf("the holder has %s threads: the Go runtime started", th)
+	}
+	t.Logf("holder RSS %s (anonymous %s)", procStatus(t, pid, "VmRSS"), procStatus(t, pid, "RssAnon"))
+}
+
+// As the init of the pod's PID namespace the holder reaps the orphans
+// reparented to it, and SIGTERM ends it with status 0.
+func TestHolderReapsOrphansAndStopsOnSIGTERM(t *testing.T) {
+	pid := startHolder(t)
+	// sh starts a short sleep in the background and exits: the sleep's
+	// parent becomes the holder, which must collect it.
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-p", "--", "sh", "-c", "sleep 0.2 & echo $!").CombinedOutput()
+	if err != nil {
+		t.Skipf("nsenter: %v: %s", err, out)
+	}
+	orphan := strings.TrimSpace(string(out))
+	children := fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, _ := os.ReadFile(children)
+		if strings.TrimSpace(string(data)) == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			st, _ := os.ReadFile(fmt.Sprintf("/proc/%s/stat", strings.Fields(string(data))[0]))
+			t.Fatalf("orphan (pid %s in the pod) not reaped by the holder: %s", orphan, st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := unix.Kill(pid, unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Fatalf("holder ended with %v after SIGTERM, want exit 0", ws)
 	}
 }
