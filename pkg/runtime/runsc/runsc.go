@@ -698,6 +698,9 @@ func (b *Backend) Checkpoint(ctx context.Context, id string, c *runtime.Checkpoi
 func (b *Backend) command(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, b.bin, append(append([]string(nil), b.global...), args...)...)
 	cmd.Dir = b.bundle.Path()
+	// A sandbox process that inherited a captured stdout or stderr would
+	// keep the pipe open and the wait for its output would never end.
+	cmd.WaitDelay = 10 * time.Second
 	return cmd
 }
 
@@ -713,7 +716,39 @@ func (b *Backend) run(ctx context.Context, op string, cio *runtime.IO, out io.Wr
 		cmd.Stdout = out
 		cmd.Stderr = &stderr
 	}
-	return b.wait(cmd, op, &stderr)
+	began := time.Now()
+	err := b.wait(cmd, op, &stderr)
+	if err != nil && ctx.Err() != nil && len(args) > 0 {
+		return b.unanswered(op, args[len(args)-1], time.Since(began), ctx.Err())
+	}
+	return err
+}
+
+// maxStacks bounds the sandbox stacks one unanswered command logs.
+const maxStacks = 256 << 10
+
+// unanswered reports a runsc command killed because its request ended
+// first. runsc waits on the sandbox and does not return while the sentry
+// does not answer, so the request's deadline is what ends it: the error
+// says so, and the sandbox's stacks go to the log for the operator (the
+// wedged goroutine is in them), fetched with a bound of their own.
+func (b *Backend) unanswered(op, id string, took time.Duration, cause error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var stacks bytes.Buffer
+	cmd := b.command(ctx, "debug", "--stacks", id)
+	cmd.Stdout = &stacks
+	derr := b.wait(cmd, "debug", &bytes.Buffer{})
+	text := stacks.String()
+	if len(text) > maxStacks {
+		text = text[:maxStacks] + "\n[cut]"
+	}
+	entry := log.L.WithFields(log.Fields{"op": op, "id": id, "after": took.Round(time.Millisecond).String()})
+	if derr != nil {
+		entry = entry.WithField("stacks_error", derr.Error())
+	}
+	entry.WithField("stacks", text).Warn("runsc did not return before the request ended and was killed; the sandbox's stacks follow")
+	return fmt.Errorf("runsc %s %s: no answer from the sandbox after %s, killed: %w", op, id, took.Round(time.Millisecond), cause)
 }
 
 // wait runs a prepared command and classifies its failure: runsc's stderr

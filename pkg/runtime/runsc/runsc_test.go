@@ -1,7 +1,9 @@
 package runsc
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,8 +14,10 @@ import (
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 )
@@ -256,5 +260,39 @@ func check(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A runsc command the sandbox never answers (a wedged sentry) ends with
+// its request: killed at the deadline, an error that says so, and the
+// sandbox's stacks in the log.
+func TestUnansweredCommandIsKilledWithStacks(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "runsc")
+	script := "#!/bin/sh\ncase \"$*\" in\n*debug*) echo 'goroutine 7 [semacquire, 3 minutes]: wedged'; exit 0 ;;\n*start*) exec sleep 60 ;;\nesac\n"
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	hook := logtest.NewLocal(log.L.Logger)
+	b := &Backend{bin: fake, bundle: bundle.Bundle(dir), log: filepath.Join(dir, "log.json"), sandbox: true}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	err := b.Start(ctx, "web", nil)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "no answer from the sandbox") {
+		t.Fatalf("got %v", err)
+	}
+	// The fake runs 60 s unless killed.
+	if took := time.Since(began); took > 30*time.Second {
+		t.Fatalf("the hung command was not killed at the deadline (%s)", took)
+	}
+	var logged bool
+	for _, e := range hook.AllEntries() {
+		if s, _ := e.Data["stacks"].(string); strings.Contains(s, "wedged") && e.Data["op"] == "start" && e.Data["id"] == "web" {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Fatalf("no stacks logged: %v", hook.AllEntries())
 	}
 }
