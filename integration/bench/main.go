@@ -615,7 +615,15 @@ func (b *bench) floor() {
 	if err != nil {
 		fatal(err)
 	}
-	defer func() { _ = os.RemoveAll(dir) }() // a temp dir: best effort
+	runsc := filepath.Join(b.root, ".tools", "runsc", "runsc")
+	defer func() {
+		// runsc pins a null network namespace (a mount) in its root,
+		// which RemoveAll cannot remove.
+		if err := harness.CleanUnder(dir, runsc, nil); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: clean up %s: %v\n", dir, err)
+		}
+		_ = os.RemoveAll(dir) // a temp dir: best effort
+	}()
 	rootfs := filepath.Join(dir, "rootfs")
 	if out, err := exec.Command("bash", "-c", fmt.Sprintf(
 		"mkdir -p %[1]s && tar -xf %[2]s -C %[3]s && layer=$(ls -S %[3]s/blobs/sha256 | head -1) && tar -xzf %[3]s/blobs/sha256/$layer -C %[1]s",
@@ -634,7 +642,6 @@ func (b *bench) floor() {
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), spec, 0o644); err != nil {
 		fatal(err)
 	}
-	runsc := filepath.Join(b.root, ".tools", "runsc", "runsc")
 	cmds := map[string]func(id string) *exec.Cmd{
 		"runc-shim": func(id string) *exec.Cmd {
 			return exec.Command("runc", "--root", filepath.Join(dir, "state"), "run", "--bundle", dir, id)

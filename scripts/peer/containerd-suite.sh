@@ -67,8 +67,10 @@ cleanup() {
   # in the state dir), runsc sandboxes/gofers (--log in the bundle) and the
   # mounts are all found by the fixed root/state paths, which only this
   # suite uses.
-  peercheck leftovers "$test_state" "$test_root"
-  rm -rf "$test_state" "$test_root" "$work"
+  # /tmp/runc-test: the runtime root containerd's TestKillContainerDeletedByRunc
+  # gives the shim; runsc pins its null network namespace (a mount) there.
+  peercheck leftovers "$test_state" "$test_root" /tmp/runc-test
+  rm -rf "$test_state" "$test_root" "$work" /tmp/runc-test
   exit $rc
 }
 trap cleanup EXIT
