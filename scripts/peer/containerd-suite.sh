@@ -145,6 +145,13 @@ if [ "$backend" = runsc ]; then
   # which does not offer "rro" (gVisor has no recursive read-only mounts), so
   # CRI correctly never asks for it. -info itself is checked on runc.
   skip+=(TestRuntimeInfo)
+  # TestKillContainerDeletedByRunc deletes the container with the runc CLI
+  # behind the shim's back (containerd's suite skips it for any runtime but
+  # runc through RUNC_FLAVOR): runc's forced delete does not stop a gVisor
+  # sandbox, so the exit it waits for never comes. It passes on runc (once
+  # /tmp/runc-test is cleaned between runs; a runsc leftover there failed it
+  # on the baseline too).
+  skip+=(TestKillContainerDeletedByRunc)
 fi
 [ -n "${SKIP_EXTRA:-}" ] && read -r -a extra <<< "$SKIP_EXTRA" && skip+=("${extra[@]}")
 skipre=$(IFS='|'; echo "^(${skip[*]})\$")
