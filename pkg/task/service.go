@@ -122,7 +122,9 @@ func (s *Service) processExited(e runtime.Exit, c *container, p *process) {
 		return // already recorded (a runtime reported it too)
 	}
 	if p.isInit() {
-		s.oom.Check(c.id)
+		// In a cgroup shared with other tasks (a gVisor pod), a kill is only
+		// reported for an init that died of SIGKILL (cgroup.OOMWatcher).
+		s.oom.CheckExit(c.id, e.Status == 128+int(syscall.SIGKILL))
 		if err := c.bundle.WriteExit(bundle.Exit{Pid: e.Pid, Status: e.Status, Timestamp: e.Timestamp}); err != nil {
 			log.G(s.ctx).WithError(err).WithField("id", c.id).Warn("record exit status in bundle")
 		}

@@ -63,31 +63,43 @@ func Load(pid int) (Cgroup, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cgroup of pid %d: %w: %w", pid, err, errdefs.ErrNotFound)
 		}
-		return LoadV2(path)
+		return LoadV2("", path)
 	}
-	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
+	paths := cgroup1.PidPath(pid)
+	cg, err := cgroup1.Load(paths)
 	if err != nil {
 		return nil, fmt.Errorf("load cgroup of pid %d: %w: %w", pid, err, errdefs.ErrNotFound)
 	}
-	return &v1{cg: cg, path: fmt.Sprintf("v1 cgroup of pid %d", pid)}, nil
+	// The memory controller's path names the cgroup: it is where OOM kills
+	// are counted, and tasks with the same one share an OOM watch.
+	path, err := paths(cgroup1.Memory)
+	if err != nil {
+		path = fmt.Sprintf("v1 cgroup of pid %d", pid)
+	}
+	return &v1{cg: cg, path: path}, nil
 }
 
 // LoadV2 loads a cgroup v2 group (a path under the unified mount, e.g.
-// "/kubepods/pod1/c1"); opts select another mountpoint (tests).
-func LoadV2(group string, opts ...cgroup2.InitOpts) (Cgroup, error) {
-	m, err := cgroup2.Load(group, opts...)
+// "/kubepods/pod1/c1") under mountpoint ("": /sys/fs/cgroup; tests give
+// another).
+func LoadV2(mountpoint, group string) (Cgroup, error) {
+	if mountpoint == "" {
+		mountpoint = "/sys/fs/cgroup"
+	}
+	m, err := cgroup2.Load(group, cgroup2.WithMountpoint(mountpoint))
 	if err != nil {
 		return nil, fmt.Errorf("load cgroup %s: %w: %w", group, err, errdefs.ErrNotFound)
 	}
-	return &v2{m: m, path: group}, nil
+	return &v2{m: m, path: group, dir: filepath.Join(mountpoint, group)}, nil
 }
 
-// FromV1 wraps a cgroup v1 handle (tests, callers that built one).
+// FromV1 wraps a cgroup v1 handle (tests, callers that built one); path is
+// its memory controller's path.
 func FromV1(cg cgroup1.Cgroup, path string) Cgroup { return &v1{cg: cg, path: path} }
 
 type v1 struct {
 	cg   cgroup1.Cgroup
-	path string
+	path string // the memory controller's, when there is one
 }
 
 func (c *v1) Path() string { return c.path }
@@ -117,7 +129,8 @@ func (c *v1) MemoryLimit() uint64 {
 
 type v2 struct {
 	m    *cgroup2.Manager
-	path string
+	path string // under the mountpoint
+	dir  string // the cgroup's directory
 }
 
 func (c *v2) Path() string { return c.path }

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
 	cgroup2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/errdefs"
 )
@@ -24,7 +23,7 @@ func loadV2(t *testing.T, group string) Cgroup {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cg, err := LoadV2(group, cgroupsv2.WithMountpoint(mnt))
+	cg, err := LoadV2(mnt, group)
 	if err != nil {
 		t.Fatalf("load %s under %s: %v", group, mnt, err)
 	}

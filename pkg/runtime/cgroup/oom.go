@@ -2,113 +2,205 @@ package cgroup
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 
-	"github.com/containerd/containerd/v2/core/events"
-	"github.com/containerd/containerd/v2/pkg/oom"
-	oomv1 "github.com/containerd/containerd/v2/pkg/oom/v1"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 )
 
-// OOMWatcher reports OOM kills in the cgroups it watches. The kernel's
-// oom_kill counter, not the notification, decides: a notification may come
-// late (after the process was reaped) or twice, and callers check the
-// counter synchronously on a process's exit (Check) so that TaskOOM
+// OOMWatcher reports OOM kills in the cgroups of the tasks it watches. The
+// kernel's oom_kill counter, not the notification, decides: a notification
+// may come late (after the process was reaped) or twice, and callers check
+// the counter synchronously on an init's exit (CheckExit) so that TaskOOM
 // precedes the TaskExit of an OOM-killed init.
+//
+// Tasks may share a cgroup: a gVisor pod's containers all run in the
+// sandbox's. Each cgroup has one watch (an eventfd on cgroup v1, an
+// inotify instance on v2, and one goroutine), however many tasks use it;
+// it is closed when the last of them is removed, so that a crash-looping
+// container does not leak one per restart.
+//
+// Which task a kill is reported for:
+//   - A cgroup of one task (runc, a gVisor sandbox of one container): every
+//     kill counted there is the task's, reported as soon as the watch or
+//     the init's exit sees it, whether or not the init dies (containerd's
+//     runc shim does the same).
+//   - A cgroup several tasks share (a gVisor pod): a kill cannot be
+//     attributed to one container. All of them run in one host process,
+//     the sandbox, which is what the host kills, and every container of the
+//     pod dies with it. So no task is told while it runs; each task whose
+//     init then exits by SIGKILL gets one TaskOOM, right before its
+//     TaskExit, and one that exits otherwise gets none. CRI thus marks
+//     every container the sandbox's death took as OOMKilled, and none that
+//     outlived the kill.
 type OOMWatcher struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	onOOM  func(id string)
+	ctx   context.Context
+	onOOM func(id string)
 
 	mu      sync.Mutex        // leaf lock: onOOM is called without it
-	v1      oom.Watcher       // guarded by mu; created on first use
-	watched map[string]*entry // guarded by mu
+	tasks   map[string]*task  // by task id; guarded by mu
+	watches map[string]*watch // by cgroup (key); guarded by mu
+	closed  bool              // guarded by mu
 }
 
-type entry struct {
+// task is one task's use of a cgroup's watch.
+type task struct {
+	key      string
 	cg       Cgroup
-	reported uint64 // guarded by OOMWatcher.mu
+	reported uint64 // the kill count last reported for it (or at Add)
+}
+
+// watch is the notification source of one cgroup, shared by its tasks.
+type watch struct {
+	tasks map[string]bool // ids of the tasks using it
+	f     *os.File        // nil: cannot be watched (exits still check)
+	done  chan struct{}   // closed when the reading goroutine has returned
 }
 
 // NewOOMWatcher returns a watcher calling onOOM(id) once per new OOM kill
-// count seen in id's cgroup.
+// counted in id's cgroup, per the rules of OOMWatcher. onOOM is called
+// without the watcher's lock, from the watch's goroutine or CheckExit's
+// caller.
 func NewOOMWatcher(ctx context.Context, onOOM func(id string)) *OOMWatcher {
-	ctx, cancel := context.WithCancel(ctx)
-	return &OOMWatcher{ctx: ctx, cancel: cancel, onOOM: onOOM, watched: make(map[string]*entry)}
+	return &OOMWatcher{ctx: ctx, onOOM: onOOM, tasks: make(map[string]*task), watches: make(map[string]*watch)}
+}
+
+// key names a cgroup: tasks whose cgroups have the same key share a watch.
+func key(cg Cgroup) string {
+	switch cg := cg.(type) {
+	case *v1:
+		return "v1:" + cg.path
+	case *v2:
+		return "v2:" + cg.dir
+	}
+	return fmt.Sprintf("%T:%s", cg, cg.Path())
 }
 
 // Add starts watching id's cgroup (nil: nothing to watch). Kills counted
-// before now are not id's.
+// before now are not id's. Adding an id again replaces its cgroup.
 func (w *OOMWatcher) Add(id string, cg Cgroup) {
 	if cg == nil {
 		return
 	}
-	e := &entry{cg: cg}
-	e.reported, _ = cg.OOMKills()
+	t := &task{key: key(cg), cg: cg}
+	t.reported, _ = cg.OOMKills()
+	w.Remove(id)
 	w.mu.Lock()
-	w.watched[id] = e
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return
+	}
+	w.tasks[id] = t
+	if wt := w.watches[t.key]; wt != nil {
+		wt.tasks[id] = true
+		return
+	}
+	// Opening the watch is a few syscalls on cgroupfs; under the lock, two
+	// tasks of one cgroup cannot both open one.
+	wt := &watch{tasks: map[string]bool{id: true}, done: make(chan struct{})}
+	w.watches[t.key] = wt
+	f, err := open(cg)
+	if err != nil {
+		close(wt.done)
+		log.G(w.ctx).WithError(err).WithField("id", id).WithField("cgroup", cg.Path()).Warn("cannot watch the cgroup for OOM kills: they are seen at the init's exit only")
+		return
+	}
+	wt.f = f
+	go w.read(t.key, wt)
+}
+
+// open opens cg's OOM notification, non-blocking so that the runtime's
+// poller waits for it and Close ends a pending read.
+func open(cg Cgroup) (*os.File, error) {
 	switch cg := cg.(type) {
 	case *v1:
-		if err := w.addV1(id, cg); err != nil {
-			log.G(w.ctx).WithError(err).WithField("id", id).Warn("cannot watch cgroup v1 OOM events")
-		}
-	case *v2:
-		events, errs := cg.m.EventChan()
-		go func() {
-			for {
-				select {
-				case ev := <-events:
-					if ev.OOMKill > 0 {
-						w.Check(id)
-					}
-				case err := <-errs:
-					if err != nil {
-						log.G(w.ctx).WithError(err).WithField("id", id).Debug("cgroup v2 OOM watch ended")
-					}
-					return
-				case <-w.ctx.Done():
-					return
-				}
-			}
-		}()
-	}
-}
-
-func (w *OOMWatcher) addV1(id string, cg *v1) error {
-	w.mu.Lock()
-	if w.v1 == nil {
-		v, err := oomv1.New(publisherFunc(w.Check))
+		// Signalled on each OOM of the cgroup (and once when it is removed);
+		// closing it unregisters it from the kernel.
+		efd, err := cg.cg.OOMEventFD()
 		if err != nil {
-			w.mu.Unlock()
-			return err
+			return nil, fmt.Errorf("register OOM eventfd: %w", err)
 		}
-		w.v1 = v
-		go v.Run(w.ctx)
+		if err := unix.SetNonblock(int(efd), true); err != nil {
+			unix.Close(int(efd))
+			return nil, fmt.Errorf("OOM eventfd: %w", err)
+		}
+		return os.NewFile(efd, "oom eventfd "+cg.path), nil
+	case *v2:
+		// memory.events is modified when oom_kill is counted.
+		fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+		if err != nil {
+			return nil, fmt.Errorf("inotify: %w", err)
+		}
+		if _, err := unix.InotifyAddWatch(fd, filepath.Join(cg.dir, "memory.events"), unix.IN_MODIFY); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("inotify watch on memory.events: %w", err)
+		}
+		return os.NewFile(uintptr(fd), "inotify "+cg.dir), nil
 	}
-	v := w.v1
-	w.mu.Unlock()
-	return v.Add(id, cg.cg)
+	return nil, fmt.Errorf("cgroup %s of type %T: %w", cg.Path(), cg, errors.ErrUnsupported)
 }
 
-// Check reports whether id's cgroup counted OOM kills not yet reported, and
-// calls onOOM if so.
-func (w *OOMWatcher) Check(id string) bool {
+// read waits for the watch's notifications until its file is closed.
+func (w *OOMWatcher) read(key string, wt *watch) {
+	defer close(wt.done)
+	buf := make([]byte, 4096)
+	for {
+		if _, err := wt.f.Read(buf); err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				log.G(w.ctx).WithError(err).WithField("cgroup", key).Warn("OOM watch ended")
+			}
+			return
+		}
+		w.notified(key)
+	}
+}
+
+// notified reports a new kill in a cgroup of one task. In a shared one,
+// the tasks' exits decide (see OOMWatcher).
+func (w *OOMWatcher) notified(key string) {
 	w.mu.Lock()
-	e := w.watched[id]
+	wt := w.watches[key]
+	var id string
+	if wt != nil && len(wt.tasks) == 1 {
+		for only := range wt.tasks {
+			id = only
+		}
+	}
 	w.mu.Unlock()
-	if e == nil {
+	if id != "" {
+		w.check(id, false)
+	}
+}
+
+// CheckExit is called when id's init exits, before its TaskExit goes out:
+// it reports a kill counted in id's cgroup and not yet reported (calling
+// onOOM), and tells whether it did. killed says that the init died of
+// SIGKILL, which a kill in a shared cgroup needs to be reported for it.
+func (w *OOMWatcher) CheckExit(id string, killed bool) bool {
+	return w.check(id, killed)
+}
+
+func (w *OOMWatcher) check(id string, exitKilled bool) bool {
+	w.mu.Lock()
+	t := w.tasks[id]
+	shared := t != nil && len(w.watches[t.key].tasks) > 1
+	w.mu.Unlock()
+	if t == nil || (shared && !exitKilled) {
 		return false
 	}
-	n, err := e.cg.OOMKills()
+	n, err := t.cg.OOMKills()
 	if err != nil {
 		log.G(w.ctx).WithError(err).WithField("id", id).Debug("read OOM kill count")
 		return false
 	}
 	w.mu.Lock()
-	fresh := n > e.reported
+	fresh := n > t.reported
 	if fresh {
-		e.reported = n
+		t.reported = n
 	}
 	w.mu.Unlock()
 	if fresh {
@@ -117,22 +209,44 @@ func (w *OOMWatcher) Check(id string) bool {
 	return fresh
 }
 
-// Remove stops watching id.
+// Remove stops watching id; the cgroup's watch is closed, and its
+// goroutine has returned, when id was its last task. Not to be called
+// with a lock that onOOM takes.
 func (w *OOMWatcher) Remove(id string) {
 	w.mu.Lock()
-	delete(w.watched, id)
+	t := w.tasks[id]
+	if t == nil {
+		w.mu.Unlock()
+		return
+	}
+	delete(w.tasks, id)
+	wt := w.watches[t.key]
+	delete(wt.tasks, id)
+	if len(wt.tasks) > 0 {
+		w.mu.Unlock()
+		return
+	}
+	delete(w.watches, t.key)
 	w.mu.Unlock()
+	wt.close()
 }
 
-// Close stops every watch.
-func (w *OOMWatcher) Close() { w.cancel() }
-
-// publisherFunc adapts the v1 watcher's event publisher to a callback.
-type publisherFunc func(id string) bool
-
-func (f publisherFunc) Publish(ctx context.Context, topic string, event events.Event) error {
-	if ev, ok := event.(interface{ GetContainerID() string }); ok {
-		f(ev.GetContainerID())
+func (wt *watch) close() {
+	if wt.f != nil {
+		_ = wt.f.Close() // ends the pending read; nothing was written
 	}
-	return nil
+	<-wt.done
+}
+
+// Close stops every watch; later Adds watch nothing.
+func (w *OOMWatcher) Close() {
+	w.mu.Lock()
+	w.closed = true
+	watches := w.watches
+	w.watches = make(map[string]*watch)
+	w.tasks = make(map[string]*task)
+	w.mu.Unlock()
+	for _, wt := range watches {
+		wt.close()
+	}
 }

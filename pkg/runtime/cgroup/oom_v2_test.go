@@ -8,8 +8,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
 )
 
 // v2Group is a cgroup v2 directory in a temporary mountpoint holding the
@@ -30,7 +28,7 @@ func newV2Group(t *testing.T, kills int) *v2Group {
 	}
 	g.write("cgroup.events", "populated 1\nfrozen 0\n")
 	g.setKills(kills)
-	cg, err := LoadV2("/testing/c1", cgroupsv2.WithMountpoint(mnt))
+	cg, err := LoadV2(mnt, "/testing/c1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,13 +100,13 @@ func TestOOMWatcherV2(t *testing.T) {
 			w.Add("c1", g.cg)
 			g.setKills(1)
 			r.waitCount(t, 1)
-			w.Check("c1") // the init's exit afterwards: already reported
+			w.CheckExit("c1", true) // the init's exit afterwards: already reported
 			r.waitCount(t, 1)
 		}},
 		{"kill seen first by the exit path", func(t *testing.T, w *OOMWatcher, g *v2Group, r *oomRecorder) {
 			w.Add("c1", g.cg)
 			g.setKills(1)
-			w.Check("c1")
+			w.CheckExit("c1", true)
 			if r.count() != 1 {
 				t.Fatalf("the exit path's check did not publish synchronously (%d events)", r.count())
 			}
@@ -124,7 +122,7 @@ func TestOOMWatcherV2(t *testing.T) {
 		{"kills before the task are not its own", func(t *testing.T, w *OOMWatcher, g *v2Group, r *oomRecorder) {
 			g.setKills(2)
 			w.Add("c1", g.cg)
-			w.Check("c1")
+			w.CheckExit("c1", true)
 			r.waitCount(t, 0)
 			g.setKills(3)
 			r.waitCount(t, 1)
@@ -140,7 +138,7 @@ func TestOOMWatcherV2(t *testing.T) {
 			w.Add("c1", g.cg)
 			w.Remove("c1")
 			g.setKills(1)
-			w.Check("c1")
+			w.CheckExit("c1", true)
 			r.waitCount(t, 0)
 		}},
 	} {
