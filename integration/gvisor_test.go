@@ -274,3 +274,64 @@ func TestHostNetworkAndName(t *testing.T) {
 		}
 	})
 }
+
+// podAnnotations make a container part of podID's pod as CRI's would: the
+// pod's sandbox container, or one of its containers.
+func podAnnotations(podID, kind string) oci.SpecOpts {
+	return oci.WithAnnotations(map[string]string{
+		"io.kubernetes.cri.container-type": kind,
+		"io.kubernetes.cri.sandbox-id":     podID,
+	})
+}
+
+// TestPodContainerChurnKeepsShimFds (issue 19, finding 2): a container of
+// a pod that is created and deleted again and again (a crash loop) costs
+// the pod's shim nothing that stays. On gVisor every container of the pod
+// has the sandbox's cgroup; each one used to add an OOM watch (an eventfd
+// on cgroup v1, an inotify instance on v2) that its delete never closed.
+func TestPodContainerChurnKeepsShimFds(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := testContext(t)
+		podID := containerID(t, "pod")
+		pod := newContainer(t, e, podID, nil, oci.WithProcessArgs("sleep", "1000"), podAnnotations(podID, "sandbox"))
+		podTask, _ := startTask(t, pod, nil)
+		shims := shimsFor(podID)
+		if len(shims) != 1 {
+			t.Fatalf("pod shims %d, want 1", len(shims))
+		}
+		shim := shims[0].Pid
+		crash := func(i int) {
+			t.Helper()
+			id := containerID(t, fmt.Sprintf("app%d", i))
+			c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "exit 3"), podAnnotations(podID, "container"))
+			task, statusC := startTask(t, c, nil)
+			if st := waitExit(t, statusC, 30*time.Second); st.ExitCode() != 3 {
+				t.Fatalf("%s: exit %d, want 3", id, st.ExitCode())
+			}
+			if _, err := task.Delete(ctx); err != nil {
+				t.Fatalf("delete task %s: %v", id, err)
+			}
+			removeContainer(e, id)
+		}
+		// The first container of the pod may set up what the shim keeps
+		// for the pod's life.
+		crash(0)
+		fdsBefore, kindsBefore := fdCount(shim), fdTargets(shim)
+		const restarts = 20
+		for i := 1; i <= restarts; i++ {
+			crash(i)
+		}
+		// containerd's connections close asynchronously.
+		var fdsAfter int
+		eventually(t, 30*time.Second, "shim descriptors back", func() error {
+			if fdsAfter = fdCount(shim); fdsAfter > fdsBefore+3 {
+				return fmt.Errorf("shim fds grew from %d to %d over %d restarts (%v)", fdsBefore, fdsAfter, restarts, fdDiff(kindsBefore, fdTargets(shim)))
+			}
+			return nil
+		})
+		t.Logf("%s: shim fds %d before, %d after %d restarts of a pod's container", e.name(), fdsBefore, fdsAfter, restarts)
+		if st, err := podTask.Status(ctx); err != nil || st.Status != "running" {
+			t.Fatalf("pod after the restarts: %v %v", st, err)
+		}
+	})
+}
