@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -332,6 +333,65 @@ func TestPodContainerChurnKeepsShimFds(t *testing.T) {
 		t.Logf("%s: shim fds %d before, %d after %d restarts of a pod's container", e.name(), fdsBefore, fdsAfter, restarts)
 		if st, err := podTask.Status(ctx); err != nil || st.Status != "running" {
 			t.Fatalf("pod after the restarts: %v %v", st, err)
+		}
+	})
+}
+
+// TestPodOOM: an OOM kill in a pod is reported for the containers it
+// killed, once each, right before their TaskExit. On runc the app's own
+// cgroup counts it and the pod's sandbox container hears nothing. On gVisor
+// the pod's containers share the sandbox's cgroup, and the host kills the
+// sandbox as a whole: every container dies of it and each is told (the
+// rule in cgroup.OOMWatcher and the README).
+func TestPodOOM(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := testContext(t)
+		rec := harness.Record(t, e.client, namespace)
+		podID := containerID(t, "pod")
+		podOpts := []oci.SpecOpts{oci.WithProcessArgs("sleep", "1000"), podAnnotations(podID, "sandbox")}
+		appOpts := []oci.SpecOpts{oci.WithProcessArgs("sh", "-c", "x=a; while :; do x=$x$x; done"), podAnnotations(podID, "container")}
+		if e.backend == "runsc" {
+			// The sandbox's cgroup is made from the pod container's spec, and
+			// gVisor itself needs memory under the limit.
+			podOpts = append(podOpts, oci.WithMemoryLimit(128<<20))
+		} else {
+			appOpts = append(appOpts, oci.WithMemoryLimit(16<<20))
+		}
+		pod := newContainer(t, e, podID, nil, podOpts...)
+		podTask, podStatus := startTask(t, pod, nil)
+		appID := containerID(t, "app")
+		app := newContainer(t, e, appID, nil, appOpts...)
+		appTask, appStatus := startTask(t, app, nil)
+		if st := waitExit(t, appStatus, 60*time.Second); st.ExitCode() != 137 {
+			t.Fatalf("app exit %d, want 137", st.ExitCode())
+		}
+		killed := []string{appID}
+		if e.backend == "runsc" {
+			if st := waitExit(t, podStatus, 60*time.Second); st.ExitCode() != 137 {
+				t.Fatalf("pod exit %d after its sandbox's OOM kill, want 137", st.ExitCode())
+			}
+			killed = append(killed, podID)
+		} else if st, err := podTask.Status(ctx); err != nil || st.Status != "running" {
+			t.Fatalf("pod after the app's OOM kill: %v %v", st, err)
+		}
+		if _, err := appTask.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rec.WaitFor(harness.Match(harness.TopicTaskDelete, appID), scaled(30*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{podID, appID} {
+			topics := strings.Join(rec.Topics(id), " ")
+			want := 0
+			if slices.Contains(killed, id) {
+				want = 1
+				if !strings.Contains(topics, harness.TopicTaskOOM+" "+harness.TopicTaskExit) {
+					t.Errorf("%s: want TaskOOM right before TaskExit, got %s", id, topics)
+				}
+			}
+			if n := strings.Count(topics, harness.TopicTaskOOM); n != want {
+				t.Errorf("%s: %d TaskOOM, want %d: %s", id, n, want, topics)
+			}
 		}
 	})
 }

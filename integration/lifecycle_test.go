@@ -367,8 +367,8 @@ func TestStatsAndUpdate(t *testing.T) {
 	})
 }
 
-// TestOOM: a task over its memory limit is OOM-killed; TaskOOM comes before
-// TaskExit and Stats counts the kill.
+// TestOOM: a task over its memory limit is OOM-killed; one TaskOOM comes
+// right before TaskExit and Stats counts the kill.
 func TestOOM(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		ctx := testContext(t)
@@ -408,6 +408,10 @@ func TestOOM(t *testing.T) {
 		topics := strings.Join(rec.Topics(id), " ")
 		if !strings.Contains(topics, harness.TopicTaskOOM+" "+harness.TopicTaskExit) {
 			t.Fatalf("want TaskOOM right before TaskExit, got %s", topics)
+		}
+		// The watch and the exit both see the kill: one TaskOOM.
+		if n := strings.Count(topics, harness.TopicTaskOOM); n != 1 {
+			t.Fatalf("%d TaskOOM, want 1: %s", n, topics)
 		}
 	})
 }

@@ -24,7 +24,7 @@ cd "$root"
 export PATH=/usr/local/go/bin:$PATH
 
 # The subset: the tests that touch cgroups or the task lifecycle (README, "cgroup versions").
-tests=${CGROUP2_TESTS:-TestExitCodes|TestSignals|TestExec|TestTTY|TestPauseResume|TestStatsAndUpdate|TestOOM|TestShimCgroupAndIOOwner|TestSharedParentCgroup|TestGrouping|TestContainerdRestart|TestMetrics|TestCRIStdoutWhileContainerdDown|TestEventCompleteness|TestChurn|TestCtrRun|TestSandboxedPod|TestSandboxedPodShimKilled|TestSandboxedPodProcessDies}
+tests=${CGROUP2_TESTS:-TestExitCodes|TestSignals|TestExec|TestTTY|TestPauseResume|TestStatsAndUpdate|TestOOM|TestPodOOM|TestPodContainerChurnKeepsShimFds|TestShimCgroupAndIOOwner|TestSharedParentCgroup|TestGrouping|TestContainerdRestart|TestMetrics|TestCRIStdoutWhileContainerdDown|TestEventCompleteness|TestChurn|TestCtrRun|TestSandboxedPod|TestSandboxedPodShimKilled|TestSandboxedPodProcessDies}
 timeout=${CGROUP2_TIMEOUT:-20m}
 backends=${CGROUP2_BACKENDS:-runc runsc}
 
