@@ -33,7 +33,7 @@
 // Locks 2-5 are never held across a runtime command, an I/O wait, an event
 // send or a call into another component. A pid is an atomic, read without
 // any lock. The event queue, the OOM watcher and the metrics recorder have
-// leaf locks of their own. OOMWatcher.Remove waits for its cgroup's watch
-// to stop, which may be publishing a TaskOOM (Service.mu): it is called
+// leaf locks of their own. OOMWatcher.CheckExit and Remove may wait for a
+// TaskOOM being published (publishOOM takes Service.mu): they are called
 // without locks 2-5.
 package task

@@ -49,9 +49,15 @@ type OOMWatcher struct {
 
 // task is one task's use of a cgroup's watch.
 type task struct {
-	key      string
-	cg       Cgroup
-	reported uint64 // the kill count last reported for it (or at Add)
+	key string
+	cg  Cgroup
+	// check serialises the task's checks, onOOM included: an exit's check
+	// that finds the watch reporting a kill waits until its TaskOOM is
+	// queued, so that the TaskExit queued next comes after it. Taken
+	// without OOMWatcher.mu; onOOM may take the caller's locks (the task
+	// service's Service.mu), so no check runs under them.
+	check    sync.Mutex
+	reported uint64 // the kill count last reported for it (or at Add); guarded by check
 }
 
 // watch is the notification source of one cgroup, shared by its tasks.
@@ -63,8 +69,9 @@ type watch struct {
 
 // NewOOMWatcher returns a watcher calling onOOM(id) once per new OOM kill
 // counted in id's cgroup, per the rules of OOMWatcher. onOOM is called
-// without the watcher's lock, from the watch's goroutine or CheckExit's
-// caller.
+// from the watch's goroutine or CheckExit's caller, without the watcher's
+// lock; CheckExit and Remove may wait for a call in progress, so they must
+// not be called with a lock onOOM takes.
 func NewOOMWatcher(ctx context.Context, onOOM func(id string)) *OOMWatcher {
 	return &OOMWatcher{ctx: ctx, onOOM: onOOM, tasks: make(map[string]*task), watches: make(map[string]*watch)}
 }
@@ -87,7 +94,7 @@ func (w *OOMWatcher) Add(id string, cg Cgroup) {
 		return
 	}
 	t := &task{key: key(cg), cg: cg}
-	t.reported, _ = cg.OOMKills()
+	t.reported, _ = cg.OOMKills() // t is not shared yet
 	w.Remove(id)
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -192,26 +199,23 @@ func (w *OOMWatcher) check(id string, exitKilled bool) bool {
 	if t == nil || (shared && !exitKilled) {
 		return false
 	}
+	t.check.Lock()
+	defer t.check.Unlock()
 	n, err := t.cg.OOMKills()
 	if err != nil {
 		log.G(w.ctx).WithError(err).WithField("id", id).Debug("read OOM kill count")
 		return false
 	}
-	w.mu.Lock()
-	fresh := n > t.reported
-	if fresh {
-		t.reported = n
+	if n <= t.reported {
+		return false
 	}
-	w.mu.Unlock()
-	if fresh {
-		w.onOOM(id)
-	}
-	return fresh
+	t.reported = n
+	w.onOOM(id)
+	return true
 }
 
 // Remove stops watching id; the cgroup's watch is closed, and its
-// goroutine has returned, when id was its last task. Not to be called
-// with a lock that onOOM takes.
+// goroutine has returned, when id was its last task.
 func (w *OOMWatcher) Remove(id string) {
 	w.mu.Lock()
 	t := w.tasks[id]

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -198,4 +199,59 @@ func TestOOMSharedCgroup(t *testing.T) {
 	r.waitCount(t, 3)
 	w.CheckExit("alone", true)
 	r.waitCount(t, 3)
+}
+
+// TestOOMReportedBeforeExit: when the watch has seen a kill and is still
+// publishing its TaskOOM as the init's exit is handled, the exit's check
+// waits for it, so that TaskOOM goes out before TaskExit (containerd's
+// order). Before, the check found the kill already claimed and returned at
+// once, and TaskExit could overtake the TaskOOM.
+func TestOOMReportedBeforeExit(t *testing.T) {
+	g := newV2Group(t, 0)
+	var (
+		mu        sync.Mutex
+		order     []string
+		once      sync.Once
+		entered   = make(chan struct{})
+		release   = make(chan struct{})
+		published = make(chan struct{})
+	)
+	record := func(ev string) {
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, ev)
+	}
+	w := NewOOMWatcher(context.Background(), func(id string) {
+		once.Do(func() { close(entered) })
+		<-release // the event queue is slow to take it
+		record("TaskOOM " + id)
+		close(published)
+	})
+	defer w.Close()
+	w.Add("c1", g.cg)
+	g.setKills(1)
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watch did not report the kill")
+	}
+	exited := make(chan struct{})
+	go func() {
+		w.CheckExit("c1", true)
+		record("TaskExit c1")
+		close(exited)
+	}()
+	// A check that does not wait for the publishing returns now.
+	select {
+	case <-exited:
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(release)
+	<-exited
+	<-published
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(order, ", "); got != "TaskOOM c1, TaskExit c1" {
+		t.Fatalf("events %s; want TaskOOM c1, TaskExit c1", got)
+	}
 }
