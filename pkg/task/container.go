@@ -234,8 +234,16 @@ func (c *container) watchCgroup(ctx context.Context, pid int) {
 	}
 	// Only the first load is kept and watched (stats may retry a failed
 	// one concurrently).
-	if c.cgroup.CompareAndSwap(nil, &cgroupRef{cg}) {
-		c.h.oom.Add(c.id, cg)
+	if !c.cgroup.CompareAndSwap(nil, &cgroupRef{cg}) {
+		return
+	}
+	c.h.oom.Add(c.id, cg)
+	// A Stats retry may get here after the init stopped and deleteInit
+	// removed the task's watch: an init that stopped has had its exit's
+	// OOM check, and a watch added now would outlive the task (and, on a
+	// gVisor pod's shared cgroup, keep the pod's watch open for good).
+	if c.init.current() >= stateStopped {
+		c.h.oom.Remove(c.id)
 	}
 }
 
