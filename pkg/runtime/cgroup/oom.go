@@ -35,8 +35,10 @@ import (
 //     pod dies with it. So no task is told while it runs; each task whose
 //     init then exits by SIGKILL gets one TaskOOM, right before its
 //     TaskExit, and one that exits otherwise gets none. CRI thus marks
-//     every container the sandbox's death took as OOMKilled, and none that
-//     outlived the kill.
+//     every container the sandbox's death took as OOMKilled. Should the
+//     sandbox outlive a kill (the kernel took another of its processes),
+//     its containers are told only if they are later SIGKILLed: the shim
+//     cannot tell that death from the kill's.
 type OOMWatcher struct {
 	ctx   context.Context
 	onOOM func(id string)
