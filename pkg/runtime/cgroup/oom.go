@@ -134,7 +134,7 @@ func open(cg Cgroup) (*os.File, error) {
 			return nil, fmt.Errorf("register OOM eventfd: %w", err)
 		}
 		if err := unix.SetNonblock(int(efd), true); err != nil {
-			unix.Close(int(efd))
+			_ = unix.Close(int(efd)) // the setup error says it all
 			return nil, fmt.Errorf("OOM eventfd: %w", err)
 		}
 		return os.NewFile(efd, "oom eventfd "+cg.path), nil
@@ -145,7 +145,7 @@ func open(cg Cgroup) (*os.File, error) {
 			return nil, fmt.Errorf("inotify: %w", err)
 		}
 		if _, err := unix.InotifyAddWatch(fd, filepath.Join(cg.dir, "memory.events"), unix.IN_MODIFY); err != nil {
-			unix.Close(fd)
+			_ = unix.Close(fd) // the setup error says it all
 			return nil, fmt.Errorf("inotify watch on memory.events: %w", err)
 		}
 		return os.NewFile(uintptr(fd), "inotify "+cg.dir), nil
