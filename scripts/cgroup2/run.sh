@@ -27,7 +27,7 @@ guest=$root/.tools/cgroup2
 cd "$root"
 export PATH=/usr/local/go/bin:$PATH
 
-# The subset: the tests that touch cgroups or the task lifecycle (README, "cgroup versions").
+# The subset: the tests that touch cgroups or the task lifecycle (README, "host setups").
 tests=${CGROUP2_TESTS:-TestExitCodes|TestSignals|TestExec|TestTTY|TestPauseResume|TestStatsAndUpdate|TestOOM|TestShimCgroupAndIOOwner|TestSharedParentCgroup|TestGrouping|TestContainerdRestart|TestMetrics|TestCRIStdoutWhileContainerdDown|TestEventCompleteness|TestChurn|TestCtrRun|TestSandboxedPod|TestSandboxedPodShimKilled|TestSandboxedPodProcessDies}
 timeout=${CGROUP2_TIMEOUT:-20m}
 backends=${CGROUP2_BACKENDS:-runc runsc}
