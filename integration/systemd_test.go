@@ -145,17 +145,19 @@ func writeSystemdConfig(t *testing.T, backend string) string {
 	return p
 }
 
-// podSlice creates a Pod's slice as kubelet does with cgroupDriver: systemd
-// (a transient unit over D-Bus; systemd makes kubepods.slice and
-// kubepods-besteffort.slice with it) and returns the cgroup parent kubelet
-// gives CRI: the slice's cgroupfs path. The slice is stopped at cleanup,
-// as kubelet does once the Pod is gone.
-func podSlice(t *testing.T, uid string) (name, parent string) {
+// podSlice creates a Burstable Pod's slice as kubelet does with
+// cgroupDriver: systemd (a transient unit over D-Bus, the Pod's memory
+// limit, the sum of its containers', as a property; systemd makes
+// kubepods.slice and kubepods-burstable.slice with it) and returns the
+// cgroup parent kubelet gives CRI: the slice's cgroupfs path. The slice is
+// stopped at cleanup, as kubelet does once the Pod is gone.
+func podSlice(t *testing.T, uid string, memoryMax int64) (name, parent string) {
 	t.Helper()
-	name = "kubepods-besteffort-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"
+	name = "kubepods-burstable-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"
 	out, err := exec.Command("busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
 		"org.freedesktop.systemd1.Manager", "StartTransientUnit", "ssa(sv)a(sa(sv))", name, "replace",
-		"2", "Description", "s", "test pod "+uid, "MemoryAccounting", "b", "true", "0").CombinedOutput()
+		"3", "Description", "s", "test pod "+uid, "MemoryAccounting", "b", "true", "MemoryMax", "t", fmt.Sprint(memoryMax),
+		"0").CombinedOutput()
 	if err != nil {
 		t.Fatalf("create %s: %v: %s", name, err, out)
 	}
@@ -166,7 +168,7 @@ func podSlice(t *testing.T, uid string) (name, parent string) {
 		}
 		return nil
 	})
-	return name, "/kubepods.slice/kubepods-besteffort.slice/" + name
+	return name, "/kubepods.slice/kubepods-burstable.slice/" + name
 }
 
 // unitProps reads unit properties as systemctl show prints them.
@@ -237,7 +239,8 @@ func TestSystemdCgroupDriver(t *testing.T) {
 func systemdPodChecks(t *testing.T, rc runtimeapi.RuntimeServiceClient, h sdHandler) {
 	ctx := testContext(t)
 	uid := containerID(t, "uid")
-	slice, parent := podSlice(t, uid)
+	const mib = 1 << 20
+	slice, parent := podSlice(t, uid, 256*mib)
 	podCfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "sd", Uid: uid, Namespace: "test"},
 		LogDirectory: t.TempDir(),
@@ -266,7 +269,6 @@ func systemdPodChecks(t *testing.T, rc runtimeapi.RuntimeServiceClient, h sdHand
 	podUnit := "cri-containerd-" + podID + ".scope"
 	assertScope(t, podUnit, slice)
 
-	const mib = 1 << 20
 	create := func(name string, mem int64, cmd string) string {
 		t.Helper()
 		cc, err := rc.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
@@ -291,14 +293,11 @@ func systemdPodChecks(t *testing.T, rc runtimeapi.RuntimeServiceClient, h sdHand
 		return cc.ContainerId
 	}
 
-	// The limits: on the container's scope under runc; gVisor enforces
-	// them on its sandbox (the Pod's scope), whose limit is the Pod's.
+	// The limits: on the container's scope.
 	id := create("app", 64*mib, "sleep 100000")
 	unit := "cri-containerd-" + id + ".scope"
 	limited := unit
-	if h.gvisor {
-		limited = podUnit
-	} else {
+	if !h.gvisor {
 		assertScope(t, unit, slice)
 	}
 	wantMem := func(what string, want int64) {
@@ -338,13 +337,10 @@ func systemdPodChecks(t *testing.T, rc runtimeapi.RuntimeServiceClient, h sdHand
 			t.Fatalf("daemon-reload: %v: %s", err, out)
 		}
 		wantMem("after Update and daemon-reload", 96*mib)
-	} else {
-		// gVisor: the sandbox's cgroup must carry the limit (runsc sets the
-		// sandbox's from the first container's; the Pod's otherwise).
-		if p := unitProps(t, limited, "MemoryMax")["MemoryMax"]; p == "infinity" {
-			t.Errorf("%s MemoryMax=infinity: the container's 64 MiB limit is enforced nowhere", limited)
-		}
 	}
+	// gVisor runs every container of the Pod in its sandbox's cgroup: the
+	// Pod's limit (kubelet's, on the slice) bounds them only if the
+	// sandbox's scope is in the slice (assertScope above).
 	// Stats read the container's cgroup (the scope; gVisor: its sandbox).
 	eventually(t, 30*time.Second, "ContainerStats shows memory", func() error {
 		st, err := rc.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: id})
@@ -420,7 +416,7 @@ func TestSystemdCgroupDriverMismatch(t *testing.T) {
 		}
 		_, rc := systemdDaemon(t, like, handlers, sdConfig)
 		uid := containerID(t, "uid")
-		_, slice := podSlice(t, uid)
+		_, slice := podSlice(t, uid, 256<<20)
 		for _, c := range []struct{ handler, parent, want string }{
 			{"systemd", "/kubepods/besteffort/pod" + uid, "systemd"},
 			{"cgroupfs", slice, "cgroupfs"},
