@@ -228,15 +228,12 @@ func TestSystemdCgroupDriver(t *testing.T) {
 		handlers := systemdHandlers(like.backend, sdConfig)
 		e, rc := systemdDaemon(t, like, handlers, sdConfig)
 		for _, h := range handlers {
-			t.Run(h.name, func(t *testing.T) {
-				logOnFailure(t, e, "")
-				systemdPodChecks(t, rc, h)
-			})
+			t.Run(h.name, func(t *testing.T) { systemdPodChecks(t, e, rc, h) })
 		}
 	})
 }
 
-func systemdPodChecks(t *testing.T, rc runtimeapi.RuntimeServiceClient, h sdHandler) {
+func systemdPodChecks(t *testing.T, e *env, rc runtimeapi.RuntimeServiceClient, h sdHandler) {
 	ctx := testContext(t)
 	uid := containerID(t, "uid")
 	const mib = 1 << 20
@@ -256,6 +253,7 @@ func systemdPodChecks(t *testing.T, rc runtimeapi.RuntimeServiceClient, h sdHand
 		t.Fatalf("RunPodSandbox: %v", err)
 	}
 	podID := pod.PodSandboxId
+	logOnFailure(t, e, podID)
 	removed := false
 	t.Cleanup(func() {
 		if !removed {
