@@ -18,7 +18,8 @@ echo "[systemd-guest] go test -run '$TEST_RUN' at $(up)s"
 SYSTEMD_GUEST=1 "$TEST_BINARY" -test.v -test.count="${TEST_COUNT:-1}" -test.timeout "$TEST_TIMEOUT" -test.run "$TEST_RUN" 2>&1 | tee /v2out/test.log
 rc=${PIPESTATUS[0]}
 echo "[systemd-guest] go test exit $rc at $(up)s"
-# What a run left behind, for the reader of a failed run: container scopes and kubepods slices.
-left=$(systemctl list-units --all --no-legend --plain 'cri-containerd-*' 'kubepods*' 2>/dev/null | head -20)
+# What a run left behind, for the reader of a failed run: container scopes and Pod slices (kubepods.slice
+# and kubepods-burstable.slice, which systemd made for the tests' Pod slices, stay, as on a node).
+left=$(systemctl list-units --all --no-legend --plain 'cri-containerd-*' 'kubepods-*-pod*' 2>/dev/null | head -20)
 [ -z "$left" ] || { echo "[systemd-guest] units left:"; echo "$left"; }
 finish "$rc"
