@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revis
 CONTAINERD_VERSIONS ?= 2.4.2 2.2.9 1.7.36
 export CONTAINERD_VERSIONS
 
-.PHONY: all build deps test test-cgroup2 lint unit integration stress fuzz demo bench peer e2e-k8s install clean help
+.PHONY: all build deps test test-cgroup2 test-systemd lint unit integration stress fuzz demo bench peer e2e-k8s install clean help
 
 all: build
 
@@ -45,6 +45,9 @@ integration: build ## integration suite against real containerd + runc (root; ru
 
 test-cgroup2: deps build ## the cgroup and lifecycle integration tests on pure cgroup v2: a QEMU guest (TCG) runs them on containerd 2.4.2 x runc, runsc (root; the first run fetches qemu and Debian's kernel into .tools/cgroup2)
 	bash scripts/cgroup2/run.sh
+
+test-systemd: deps build ## every CRI handler under the systemd cgroup driver: the cgroup v2 guest with systemd as PID 1 (scripts/systemd), on containerd 2.4.2 x runc, runsc (root)
+	bash scripts/systemd/run.sh
 
 stress: build ## the long fault and load runs: 1000 lifecycles, 200-exec storm, 50 tasks across a restart, 300000 fuzz inputs per target
 	@mkdir -p _output

@@ -161,8 +161,24 @@ func (s *Schema) ParseConfig(data []byte, source string) (*Config, error) {
 	}
 	c := s.DefaultConfig()
 	c.Source = source
-	if err := s.decodeTOML(data, c); err != nil {
+	var rk runcKeys
+	if err := s.decodeTOML(data, c, &rk); err != nil {
 		return nil, fmt.Errorf("%s: %s: %w", source, describeTOMLError(err), errdefs.ErrInvalidArgument)
+	}
+	if len(rk.set) > 0 {
+		// As containerd's runc options do over the defaults file: a
+		// BinaryName picks the backend that claims it unless the table
+		// names one, and the keys apply over the backend's table.
+		if c.Backend == "" && rk.BinaryName != "" {
+			c.Backend = s.backendFor(rk.BinaryName)
+		}
+		if c.Backend == "" {
+			c.Backend = s.defaultBackend()
+		}
+		if sec, ok := c.Sections[c.Backend]; ok {
+			sec.ApplyRuncOptions(&rk.Options)
+		}
+		c.IoUID, c.IoGID, c.ShimCgroup = int(rk.IoUid), int(rk.IoGid), rk.ShimCgroup
 	}
 	if c.Backend == "" {
 		c.Backend = s.defaultBackend()
@@ -176,7 +192,7 @@ func (s *Schema) ParseConfig(data []byte, source string) (*Config, error) {
 // decodeTOML decodes into a struct built for this schema (the common keys
 // plus one field per backend table, holding the backend's defaults), so
 // that the TOML decoder itself rejects unknown keys with their position.
-func (s *Schema) decodeTOML(data []byte, c *Config) error {
+func (s *Schema) decodeTOML(data []byte, c *Config, rk *runcKeys) error {
 	fields := []reflect.StructField{
 		{Name: "Backend", Type: reflect.TypeFor[string](), Tag: `toml:"backend"`},
 		{Name: "AllowBackendAnnotation", Type: reflect.TypeFor[bool](), Tag: `toml:"allow_backend_annotation"`},
@@ -186,6 +202,12 @@ func (s *Schema) decodeTOML(data []byte, c *Config) error {
 		{Name: "TypeURL", Type: reflect.TypeFor[string](), Tag: `toml:"TypeUrl"`},
 	}
 	const common = 4
+	// containerd's runc option keys, as a handler's table spells them
+	// (runcKeys): after the backends' tables.
+	for _, k := range runcKeyFields {
+		fields = append(fields, reflect.StructField{Name: k.name, Type: k.typ, Tag: reflect.StructTag(fmt.Sprintf("toml:%q", k.name))})
+	}
+	sections := common + len(runcKeyFields)
 	for i, n := range s.names {
 		fields = append(fields, reflect.StructField{
 			Name: fmt.Sprintf("Section%d", i),
@@ -195,7 +217,7 @@ func (s *Schema) decodeTOML(data []byte, c *Config) error {
 	}
 	v := reflect.New(reflect.StructOf(fields)).Elem()
 	for i, n := range s.names {
-		v.Field(common + i).Set(reflect.ValueOf(c.Sections[n]).Elem())
+		v.Field(sections + i).Set(reflect.ValueOf(c.Sections[n]).Elem())
 	}
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -205,10 +227,43 @@ func (s *Schema) decodeTOML(data []byte, c *Config) error {
 	c.Backend = v.Field(0).String()
 	c.AllowBackendAnnotation = v.Field(1).Bool()
 	c.RuntimeHandler = v.Field(2).String()
+	for i, k := range runcKeyFields {
+		if f := v.Field(common + i); !f.IsNil() {
+			k.set(&rk.Options, f.Elem())
+			rk.set = append(rk.set, k.name)
+		}
+	}
 	for i, n := range s.names {
-		reflect.ValueOf(c.Sections[n]).Elem().Set(v.Field(common + i))
+		reflect.ValueOf(c.Sections[n]).Elem().Set(v.Field(sections + i))
 	}
 	return nil
+}
+
+// runcKeys are containerd's runc options written as top-level keys of a
+// configuration: CRI passes a handler's whole options table as ConfigBody
+// when the runtime type is not runc's, so a handler configured as
+// containerd's docs say for runc (SystemdCgroup = true) arrives this way.
+type runcKeys struct {
+	runcoptions.Options
+	set []string // the keys present, in runcKeyFields' order
+}
+
+// runcKeyFields are the runc option keys a configuration may carry: the
+// ones configFromRuncOptions reads.
+var runcKeyFields = []struct {
+	name string
+	typ  reflect.Type
+	set  func(o *runcoptions.Options, v reflect.Value)
+}{
+	{"BinaryName", reflect.TypeFor[*string](), func(o *runcoptions.Options, v reflect.Value) { o.BinaryName = v.String() }},
+	{"Root", reflect.TypeFor[*string](), func(o *runcoptions.Options, v reflect.Value) { o.Root = v.String() }},
+	{"SystemdCgroup", reflect.TypeFor[*bool](), func(o *runcoptions.Options, v reflect.Value) { o.SystemdCgroup = v.Bool() }},
+	{"NoPivotRoot", reflect.TypeFor[*bool](), func(o *runcoptions.Options, v reflect.Value) { o.NoPivotRoot = v.Bool() }},
+	{"NoNewKeyring", reflect.TypeFor[*bool](), func(o *runcoptions.Options, v reflect.Value) { o.NoNewKeyring = v.Bool() }},
+	{"CriuWorkPath", reflect.TypeFor[*string](), func(o *runcoptions.Options, v reflect.Value) { o.CriuWorkPath = v.String() }},
+	{"ShimCgroup", reflect.TypeFor[*string](), func(o *runcoptions.Options, v reflect.Value) { o.ShimCgroup = v.String() }},
+	{"IoUid", reflect.TypeFor[*uint32](), func(o *runcoptions.Options, v reflect.Value) { o.IoUid = uint32(v.Uint()) }},
+	{"IoGid", reflect.TypeFor[*uint32](), func(o *runcoptions.Options, v reflect.Value) { o.IoGid = uint32(v.Uint()) }},
 }
 
 // readConfigFile reads a regular file of at most maxConfigSize bytes. A

@@ -21,8 +21,9 @@ import (
 // Test sections shaped like the real backends' tables: this package
 // decodes tables it does not know, so its tests bring their own.
 type tRunc struct {
-	BinaryName string `toml:"binary_name" json:"binary_name"`
-	Root       string `toml:"root" json:"root"`
+	BinaryName    string `toml:"binary_name" json:"binary_name"`
+	Root          string `toml:"root" json:"root"`
+	SystemdCgroup bool   `toml:"systemd_cgroup" json:"systemd_cgroup"`
 }
 
 func (c *tRunc) Validate() error {
@@ -40,6 +41,7 @@ func (c *tRunc) ApplyRuncOptions(ro *runcoptions.Options) {
 	if ro.Root != "" {
 		c.Root = ro.Root
 	}
+	c.SystemdCgroup = ro.SystemdCgroup
 }
 
 type tRunsc struct {
@@ -131,6 +133,47 @@ func TestParseConfig(t *testing.T) {
 				t.Fatalf("unexpected config %+v", c)
 			}
 		})
+	}
+}
+
+// TestConfigBodyRuncKeys: a CRI handler whose options table is written as
+// containerd's docs write runc's (SystemdCgroup = true) reaches the shim as
+// ConfigBody; the keys mean what they mean in containerd's runc options
+// instead of failing RunPodSandbox with "unknown option key".
+func TestConfigBodyRuncKeys(t *testing.T) {
+	cases := []struct {
+		name, body string
+		check      func(*Config) bool
+	}{
+		{"SystemdCgroup alone", "SystemdCgroup = true\n", func(c *Config) bool {
+			return c.Backend == "runc" && runcOf(c).SystemdCgroup
+		}},
+		{"runsc by BinaryName", "BinaryName = \"/usr/local/bin/runsc\"\nSystemdCgroup = true\n", func(c *Config) bool {
+			return c.Backend == "runsc" && runscOf(c).BinaryName == "/usr/local/bin/runsc"
+		}},
+		{"with CRI's TypeUrl and a shim cgroup", "TypeUrl = \"x\"\nSystemdCgroup = true\nShimCgroup = \"/shim\"\nIoUid = 7\n", func(c *Config) bool {
+			return runcOf(c).SystemdCgroup && c.ShimCgroup == "/shim" && c.IoUID == 7
+		}},
+		{"the table's backend stands", "backend = \"runc\"\nBinaryName = \"runsc\"\n", func(c *Config) bool {
+			return c.Backend == "runc" && runcOf(c).BinaryName == "runsc"
+		}},
+		{"own key without runc keys", "[runc]\nsystemd_cgroup = true\n", func(c *Config) bool { return runcOf(c).SystemdCgroup }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := testSchema().ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte(tc.body)}))
+			if err != nil {
+				t.Fatalf("ConfigBody %q: %v", tc.body, err)
+			}
+			if !tc.check(c) {
+				t.Fatalf("ConfigBody %q: backend %s, runc %+v, runsc %+v, shim cgroup %q", tc.body, c.Backend, runcOf(c), runscOf(c), c.ShimCgroup)
+			}
+		})
+	}
+	// A misspelt key is still refused.
+	_, err := testSchema().ConfigFromOptions(anyOf(t, &runtimeoptions.Options{ConfigBody: []byte("SystemdCgroups = true\n")}))
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "SystemdCgroups") {
+		t.Fatalf("misspelt key: %v, want InvalidArgument naming it", err)
 	}
 }
 

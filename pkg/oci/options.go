@@ -85,13 +85,7 @@ func (s *Schema) configFromRuncOptions(ro *runcoptions.Options) (*Config, error)
 	// I/O owner, or containerd 2.2's task API address for a pod sandbox's
 	// containers) the defaults file's backend stands.
 	if ro.BinaryName != "" {
-		c.Backend = s.defaultBackend()
-		for _, n := range s.names {
-			if c.Sections[n].ClaimsBinary(filepath.Base(ro.BinaryName)) {
-				c.Backend = n
-				break
-			}
-		}
+		c.Backend = s.backendFor(ro.BinaryName)
 	}
 	c.Section().ApplyRuncOptions(ro)
 	c.IoUID = int(ro.IoUid)
@@ -101,6 +95,17 @@ func (s *Schema) configFromRuncOptions(ro *runcoptions.Options) (*Config, error)
 		return nil, err
 	}
 	return c, nil
+}
+
+// backendFor is the backend that claims a runtime binary (runsc), else the
+// default one.
+func (s *Schema) backendFor(binary string) string {
+	for _, n := range s.names {
+		if s.newFn[n]().ClaimsBinary(filepath.Base(binary)) {
+			return n
+		}
+	}
+	return s.defaultBackend()
 }
 
 // stored is a Config as a bundle keeps it: the selected backend's table

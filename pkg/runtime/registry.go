@@ -67,6 +67,11 @@ func (r *Registry) New(cfg *oci.Config, c *Container) (Backend, error) {
 	if c.Reaper == nil {
 		c.Reaper = r.reaper
 	}
+	if c.Spec != nil && c.Spec.Linux != nil {
+		if err := oci.CheckCgroupsPath(cfg, c.Spec.Linux.CgroupsPath); err != nil {
+			return nil, err
+		}
+	}
 	b, err := reg.New(cfg.Section(), c)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cfg.Source, err)
@@ -95,6 +100,9 @@ func (r *Registry) NewPod(cfg *oci.Config, p *Pod) (PodSandbox, error) {
 	}
 	if p.Reaper == nil {
 		p.Reaper = r.reaper
+	}
+	if err := oci.CheckCgroupParent(cfg, p.CgroupParent); err != nil {
+		return nil, err
 	}
 	return reg.NewPod(cfg.Section(), p)
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
@@ -55,5 +56,75 @@ func TestRegistryFeatures(t *testing.T) {
 	cfg.Backend = "quiet"
 	if f, err := reg.Features(context.Background(), cfg); err != nil || f != nil {
 		t.Fatalf("a backend without features says nothing: %v %v", f, err)
+	}
+}
+
+// TestRegistryRefusesCgroupDriverMismatch: kubelet's cgroup driver and the
+// handler's must agree. A cgroupfs path on a systemd handler (or a slice on
+// a cgroupfs one) is refused before the backend sees it, with
+// InvalidArgument naming the path and the driver, for containers and for
+// sandboxed Pods alike.
+func TestRegistryRefusesCgroupDriverMismatch(t *testing.T) {
+	built := 0
+	reg := runtime.NewRegistry(runtime.Registration{
+		Name:     "b",
+		Settings: func() oci.Section { return &runc.Config{BinaryName: "runc", Root: "/r", Mode: runc.ModeInProcess} },
+		New: func(oci.Section, *runtime.Container) (runtime.Backend, error) {
+			built++
+			return nil, nil
+		},
+		NewPod: func(oci.Section, *runtime.Pod) (runtime.PodSandbox, error) {
+			built++
+			return nil, nil
+		},
+	})
+	const (
+		slicePath  = "kubepods-besteffort-pod1.slice:cri-containerd:c1"
+		cgfsPath   = "/kubepods/besteffort/pod1/c1"
+		sliceParnt = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice"
+		cgfsParent = "/kubepods/besteffort/pod1"
+	)
+	cases := []struct {
+		name          string
+		systemd       bool
+		path, parent  string
+		wantRefusal   bool
+		wantInMessage string
+	}{
+		{"systemd handler, slice path", true, slicePath, "", false, ""},
+		{"systemd handler, cgroupfs path", true, cgfsPath, "", true, "systemd"},
+		{"cgroupfs handler, cgroupfs path", false, cgfsPath, "", false, ""},
+		{"cgroupfs handler, slice path", false, slicePath, "", true, "cgroupfs"},
+		{"no cgroup asked for", true, "", "", false, ""},
+		{"systemd handler, slice parent", true, "", sliceParnt, false, ""},
+		{"systemd handler, cgroupfs parent", true, "", cgfsParent, true, "systemd"},
+		{"cgroupfs handler, slice parent", false, "", sliceParnt, true, "cgroupfs"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := reg.Schema().DefaultConfig()
+			cfg.Section().(*runc.Config).SystemdCgroup = tc.systemd
+			before := built
+			var err error
+			what := tc.path
+			if tc.parent != "" {
+				what = tc.parent
+				_, err = reg.NewPod(cfg, &runtime.Pod{ID: "pod1", CgroupParent: tc.parent})
+			} else {
+				_, err = reg.New(cfg, &runtime.Container{ID: "c1", Spec: &specs.Spec{Linux: &specs.Linux{CgroupsPath: tc.path}}})
+			}
+			if !tc.wantRefusal {
+				if err != nil || built != before+1 {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), what) || !strings.Contains(err.Error(), tc.wantInMessage) {
+				t.Fatalf("got %v, want InvalidArgument naming %q and the %s driver", err, what, tc.wantInMessage)
+			}
+			if built != before {
+				t.Fatalf("the backend was built for a refused path")
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -256,5 +257,20 @@ func TestShutdownUnknownSandboxExits(t *testing.T) {
 	case <-exited:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the shim was not asked to exit")
+	}
+}
+
+// TestPodCgroupStatsSystemdParent: kubelet's systemd driver gives a Pod's
+// cgroup parent as the slice's cgroupfs path; SandboxMetrics reads that
+// path (here absent: NotFound) rather than refusing it as a slice name.
+func TestPodCgroupStatsSystemdParent(t *testing.T) {
+	for _, parent := range []string{
+		"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podnone" + strconv.Itoa(os.Getpid()) + ".slice",
+		"kubepods-burstable-podnone" + strconv.Itoa(os.Getpid()) + ".slice",
+	} {
+		_, err := podCgroupStats(parent)
+		if !errdefs.IsNotFound(err) {
+			t.Errorf("podCgroupStats(%q): %v, want NotFound (no such cgroup here)", parent, err)
+		}
 	}
 }

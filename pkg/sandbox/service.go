@@ -545,7 +545,10 @@ func podCgroupStats(parent string) (proto.Message, error) {
 		return nil, fmt.Errorf("the pod has no cgroup parent: %w", errdefs.ErrNotFound)
 	}
 	path := parent
-	if strings.HasSuffix(parent, ".slice") {
+	// A slice's name expands to its path; kubelet's systemd driver passes
+	// the path itself (/kubepods.slice/.../<pod>.slice), which ExpandSlice
+	// refuses.
+	if strings.HasSuffix(parent, ".slice") && !strings.Contains(parent, "/") {
 		p, err := systemd.ExpandSlice(parent)
 		if err != nil {
 			return nil, fmt.Errorf("cgroup parent %s: %w", parent, err)

@@ -15,18 +15,37 @@
 #      CGROUP2_COUNT (go test -count, to repeat a test that failed once), CGROUP2_BACKENDS ("runc runsc"),
 #      CGROUP2_CONTAINERD (2.4.2), CGROUP2_TIME_SCALE (the suite's timeouts
 #      x3: TEST_TIME_SCALE), MEM, SMP (see vm.sh).
+# GUEST=systemd (scripts/systemd/run.sh, make test-systemd) boots the same kernel and initramfs with systemd
+# as PID 1 instead (scripts/systemd/guest-init) and runs SYSTEMD_TESTS there; SYSTEMD_BACKENDS,
+# SYSTEMD_TIMEOUT and SYSTEMD_COUNT stand for the CGROUP2_ ones.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 here=$root/scripts/cgroup2
-out=$root/_output/cgroup2
+kind=${GUEST:-cgroup2}
+out=$root/_output/$kind
 guest=$root/.tools/cgroup2
 cd "$root"
 export PATH=/usr/local/go/bin:$PATH
 
-# The subset: the tests that touch cgroups or the task lifecycle (README, "cgroup versions").
+# The subset: the tests that touch cgroups or the task lifecycle (README, "host setups").
 tests=${CGROUP2_TESTS:-TestExitCodes|TestSignals|TestExec|TestTTY|TestPauseResume|TestStatsAndUpdate|TestOOM|TestPodOOM|TestPodContainerChurnKeepsShimFds|TestShimCgroupAndIOOwner|TestSharedParentCgroup|TestGrouping|TestContainerdRestart|TestMetrics|TestCRIStdoutWhileContainerdDown|TestEventCompleteness|TestChurn|TestCtrRun|TestSandboxedPod|TestSandboxedPodShimKilled|TestSandboxedPodProcessDies}
 timeout=${CGROUP2_TIMEOUT:-20m}
 backends=${CGROUP2_BACKENDS:-runc runsc}
+label="cgroup v2"; vminit=; append=
+if [ "$kind" = systemd ]; then
+  # The systemd subset (README, "host setups"): every handler under the systemd cgroup driver, driven through
+  # CRI as kubelet with cgroupDriver: systemd, and the lifecycle tests that touch cgroups.
+  # (TestStatsAndUpdate and TestSandboxedPod, cgroupfs paths, run in the cgroup v2 guest: here they would
+  # double the time.)
+  tests=${SYSTEMD_TESTS:-TestSystemd.*|TestOOM}
+  timeout=${SYSTEMD_TIMEOUT:-15m}
+  backends=${SYSTEMD_BACKENDS:-runc runsc}
+  CGROUP2_COUNT=${SYSTEMD_COUNT:-${CGROUP2_COUNT:-1}}
+  label="systemd (cgroup v2)"; vminit=$root/scripts/systemd/guest-init
+  append="systemd.unit=shim-test.target systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all systemd.show_status=error systemd.crash_reboot=1"
+elif [ "$kind" != cgroup2 ]; then
+  echo "run.sh: unknown GUEST=$kind (cgroup2 or systemd)" >&2; exit 2
+fi
 
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
@@ -43,7 +62,7 @@ bash scripts/mkimage.sh .tools/images >/dev/null
 t_compile=$(now)
 
 gotimeout=$(awk -v t="$timeout" 'BEGIN{n=t+0; if (t ~ /m$/) n*=60; else if (t ~ /h$/) n*=3600; print int(n)}')
-echo "=== cgroup v2 guests ($backends): tests ^($tests)\$, go test -timeout $timeout, timeouts x${CGROUP2_TIME_SCALE:-3}"
+echo "=== $label guests ($backends): tests ^($tests)\$, go test -timeout $timeout, timeouts x${CGROUP2_TIME_SCALE:-3}"
 t_boot=$(now)
 for b in $backends; do
   mkdir -p "$out/$b"
@@ -57,13 +76,13 @@ for b in $backends; do
   # milestones (boot, each test's result, watchdog, kernel trouble) to stdout as they come.
   (
     set +e
-    TIMEOUT=$((gotimeout + 120)) KEEP="$root $(readlink -f .tools) $(dirname "$shim")" \
-      bash "$here/vm.sh" "$guest" "$here/guest-test.sh" "$out/$b" 2>&1 | {
+    TIMEOUT=$((gotimeout + 120)) KEEP="$root $(readlink -f .tools) $(dirname "$shim")" V2INIT=$vminit APPEND=$append \
+      bash "$here/vm.sh" "$guest" "$root/scripts/$kind/guest-test.sh" "$out/$b" 2>&1 | {
       while IFS= read -r line; do
         printf '%s\n' "$line" >> "$out/$b/console.log"
         case $line in
-          "[cgroup2-guest] ready at"*) now > "$out/$b/.ready"; echo "[$b] $line" ;;
-          "--- "*|"[cgroup2-guest]"*|*WATCHDOG*|*"soft lockup"*|*"Kernel panic"*|*"rcu_sched"*) echo "[$b] $line" ;;
+          "[$kind-guest] ready at"*) now > "$out/$b/.ready"; echo "[$b] $line" ;;
+          "--- "*|"[$kind-guest]"*|*WATCHDOG*|*"soft lockup"*|*"Kernel panic"*|*"rcu_sched"*) echo "[$b] $line" ;;
         esac
       done
     }
@@ -77,7 +96,7 @@ t_end=$(now)
 rc=0
 for b in $backends; do
   echo
-  echo "=== go test -v output, cgroup v2, $b (guest console: $out/$b/console.log)"
+  echo "=== go test -v output, $label, $b (guest console: $out/$b/console.log)"
   cat "$out/$b/test.log" 2>/dev/null || { echo "(no test output; the guest console's end:)"; tail -40 "$out/$b/console.log"; }
   r=$(cat "$out/$b/rc" 2>/dev/null || echo 125)
   [ "$rc" -ne 0 ] || rc=$r
@@ -95,12 +114,12 @@ for b in $backends; do
   [ -s "$out/$b/.end" ] && row "$b guest: boot, tests, power off" "$(secs "$t_boot" "$(cat "$out/$b/.end")")" \
     "$(case $(cat "$out/$b/rc" 2>/dev/null) in 0) echo PASS;; 124) echo "FAIL (timed out)";; 125) echo "FAIL (no test run)";; *) echo FAIL;; esac)"
 done
-row "make test-cgroup2 total" "$(secs "$t0" "$t_end")"
+row "make test-$kind total" "$(secs "$t0" "$t_end")"
 for b in $backends; do bash scripts/failures.sh "$out/$b/test.log"; done
 case $rc in
-  0) echo "cgroup v2: PASS" ;;
-  124) echo "cgroup v2: FAIL (timed out; the watchdog's process list is in the guest console)" ;;
-  125) echo "cgroup v2: FAIL (a guest did not run the tests)" ;;
-  *) echo "cgroup v2: FAIL (go test exit $rc)" ;;
+  0) echo "$label: PASS" ;;
+  124) echo "$label: FAIL (timed out; the watchdog's process list is in the guest console)" ;;
+  125) echo "$label: FAIL (a guest did not run the tests)" ;;
+  *) echo "$label: FAIL (go test exit $rc)" ;;
 esac
 exit "$rc"

@@ -23,6 +23,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	goruntime "runtime"
 	"sort"
 	"strconv"
@@ -36,6 +37,8 @@ import (
 	"github.com/containerd/cgroups/v3/cgroup2"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	occgroups "github.com/opencontainers/cgroups"
+	sdcgroups "github.com/opencontainers/cgroups/systemd"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -181,7 +184,8 @@ func (h *Holder) startIn(netns string, cmd *exec.Cmd) error {
 
 // joinCgroup puts the holder in a cgroup of its own under the pod's
 // cgroup, named as CRI names pause's (cgroupfs: <parent>/<id>; systemd
-// slices: cri-containerd-<id>.scope). No parent: it stays where it is.
+// slices: the scope cri-containerd-<id>.scope in the Pod's slice). No
+// parent: it stays where it is.
 func joinCgroup(parent, id string, pid int) (string, error) {
 	if parent == "" {
 		return "", nil
@@ -191,11 +195,23 @@ func joinCgroup(parent, id string, pid int) (string, error) {
 			log.L.WithField("parent", parent).Warn("systemd cgroup parent on cgroup v1: the sandbox holder stays in the shim's cgroup")
 			return "", nil
 		}
-		unit := "cri-containerd-" + id + ".scope"
-		if _, err := cgroup2.NewSystemd(parent, unit, pid, &cgroup2.Resources{}); err != nil {
-			return "", fmt.Errorf("sandbox cgroup %s/%s: %w", parent, unit, err)
+		// kubelet passes the slice's cgroupfs path (/kubepods.slice/...
+		// /kubepods-besteffort-pod<uid>.slice); systemd knows the slice by
+		// its last element, as containerd's slice:prefix:name paths do.
+		// runc's systemd manager, as for pause: containerd/cgroups'
+		// NewSystemd would put the scope in system.slice whatever the
+		// slice it is given.
+		slice := path.Base(parent)
+		m, err := sdcgroups.NewUnifiedManager(&occgroups.Cgroup{
+			Name: id, Parent: slice, ScopePrefix: "cri-containerd", Resources: &occgroups.Resources{},
+		}, "")
+		if err == nil {
+			err = m.Apply(pid)
 		}
-		return parent + ":cri-containerd:" + id, nil
+		if err != nil {
+			return "", fmt.Errorf("sandbox scope cri-containerd-%s.scope in %s: %w", id, slice, err)
+		}
+		return slice + ":cri-containerd:" + id, nil
 	}
 	path := strings.TrimSuffix(parent, "/") + "/" + id
 	if cgroups.Mode() == cgroups.Unified {

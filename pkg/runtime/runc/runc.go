@@ -114,6 +114,9 @@ func (c *Config) ApplyRuncOptions(ro *runcoptions.Options) {
 	}
 }
 
+// UsesSystemdCgroup implements oci.CgroupDriverSection.
+func (c *Config) UsesSystemdCgroup() bool { return c.SystemdCgroup }
+
 // Registration registers the backend with the shim.
 func Registration() runtime.Registration {
 	return runtime.Registration{

@@ -68,3 +68,19 @@ func TestCgroupParentError(t *testing.T) {
 		t.Fatal("no error when the parent cannot be made")
 	}
 }
+
+// TestPodCgroupsPath: a sandboxed Pod's gVisor sandbox gets the cgroups
+// path CRI would give its pause container. kubelet's systemd driver passes
+// the slice's whole cgroupfs path; systemd knows the slice by its name.
+func TestPodCgroupsPath(t *testing.T) {
+	for _, tc := range []struct{ parent, want string }{
+		{"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice", "kubepods-besteffort-pod1.slice:cri-containerd:sb"},
+		{"kubepods-pod1.slice", "kubepods-pod1.slice:cri-containerd:sb"},
+		{"/kubepods/besteffort/pod1/", "/kubepods/besteffort/pod1/sb"},
+		{"", ""},
+	} {
+		if got := cgroupsPath(tc.parent, "sb"); got != tc.want {
+			t.Errorf("cgroupsPath(%q) = %q, want %q", tc.parent, got, tc.want)
+		}
+	}
+}

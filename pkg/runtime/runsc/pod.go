@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -54,7 +55,9 @@ func cgroupsPath(parent, id string) string {
 		return ""
 	}
 	if strings.HasSuffix(parent, ".slice") {
-		return parent + ":cri-containerd:" + id
+		// systemd knows the slice by its name, the last element of the
+		// cgroupfs path kubelet passes, as in containerd's CRI paths.
+		return path.Base(parent) + ":cri-containerd:" + id
 	}
 	return strings.TrimSuffix(parent, "/") + "/" + id
 }

@@ -64,6 +64,9 @@ type Config struct {
 	Network    string            `toml:"network" json:"network,omitempty"`
 	DebugLog   string            `toml:"debug_log" json:"debug_log,omitempty"`
 	Flags      map[string]string `toml:"flags" json:"flags,omitempty"`
+	// SystemdCgroup runs runsc with --systemd-cgroup: the sandbox's cgroup
+	// is a scope unit in the Pod's slice (kubelet's cgroupDriver: systemd).
+	SystemdCgroup bool `toml:"systemd_cgroup" json:"systemd_cgroup,omitempty"`
 }
 
 // Validate implements oci.Section.
@@ -107,7 +110,11 @@ func (c *Config) ApplyRuncOptions(ro *runcoptions.Options) {
 	if ro.Root != "" {
 		c.Root = ro.Root
 	}
+	c.SystemdCgroup = ro.SystemdCgroup
 }
+
+// UsesSystemdCgroup implements oci.CgroupDriverSection.
+func (c *Config) UsesSystemdCgroup() bool { return c.SystemdCgroup }
 
 // Registration registers the backend with the shim.
 func Registration() runtime.Registration {
@@ -211,6 +218,9 @@ func newBackend(cfg Config, namespace string, bdl bundle.Bundle, spec *specs.Spe
 	}
 	if cfg.DebugLog != "" {
 		flags = append(flags, "--debug", "--debug-log="+cfg.DebugLog)
+	}
+	if _, set := cfg.Flags["systemd-cgroup"]; cfg.SystemdCgroup && !set {
+		flags = append(flags, "--systemd-cgroup=true")
 	}
 	keys := make([]string, 0, len(cfg.Flags))
 	for k := range cfg.Flags {

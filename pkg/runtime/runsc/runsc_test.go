@@ -65,8 +65,14 @@ func TestConfigFromRuncOptions(t *testing.T) {
 		t.Fatal("runsc claims exactly the runsc binaries")
 	}
 	c.ApplyRuncOptions(&runcoptions.Options{BinaryName: "/opt/runsc", Root: "/r"})
-	if c.BinaryName != "/opt/runsc" || c.Root != "/r" || c.Platform != "systrap" {
+	if c.BinaryName != "/opt/runsc" || c.Root != "/r" || c.Platform != "systrap" || c.UsesSystemdCgroup() {
 		t.Fatalf("%+v", c)
+	}
+	// SystemdCgroup = true, as containerd's runc shim reads it: runsc's
+	// --systemd-cgroup (kubelet's cgroupDriver: systemd).
+	c.ApplyRuncOptions(&runcoptions.Options{SystemdCgroup: true})
+	if !c.SystemdCgroup || !c.UsesSystemdCgroup() {
+		t.Fatalf("SystemdCgroup not taken: %+v", c)
 	}
 }
 
