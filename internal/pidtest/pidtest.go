@@ -1,0 +1,71 @@
+// Package pidtest makes a pid be reused on purpose, for tests proving that
+// the shim never signals a pid it no longer owns.
+package pidtest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// lastPid is the pid the kernel allocated last in this PID namespace; the
+// next fork gets the next free one after it (root only).
+const lastPid = "/proc/sys/kernel/ns_last_pid"
+
+// Reuse starts a process (sleep) with the given pid, which must be free:
+// its previous owner exited and was reaped. Other forks on the host may
+// take the pid first; then it tries again, and fails the test if the pid
+// stays taken by a stranger. The process is killed and reaped when the
+// test ends; its exit tells what signalled it (Killed).
+func Reuse(t testing.TB, pid int) *exec.Cmd {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("reusing a pid needs root (writes " + lastPid + ")")
+	}
+	for range 200 {
+		if err := os.WriteFile(lastPid, []byte(strconv.Itoa(pid-1)), 0); err != nil {
+			t.Fatalf("set the last pid: %v", err)
+		}
+		cmd := exec.Command("sleep", "1000")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Process.Pid == pid {
+			t.Cleanup(func() {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+			})
+			return cmd
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if unix.Kill(pid, 0) == nil {
+			t.Fatalf("pid %d was taken by another process on the host", pid)
+		}
+	}
+	t.Fatalf("could not get pid %d", pid)
+	return nil
+}
+
+// Killed ends the process Reuse started with SIGTERM and reports the
+// signal that ended it: SIGTERM, unless something signalled it before
+// (a SIGKILL sent before is pending and takes precedence).
+func Killed(t testing.TB, cmd *exec.Cmd) syscall.Signal {
+	t.Helper()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	err := cmd.Wait()
+	ee, ok := err.(*exec.ExitError)
+	if !ok {
+		t.Fatalf("the process that reused pid %d: %v", cmd.Process.Pid, err)
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() {
+		t.Fatalf("the process that reused pid %d: %v", cmd.Process.Pid, fmt.Sprint(err))
+	}
+	return ws.Signal()
+}
