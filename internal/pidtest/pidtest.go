@@ -3,7 +3,7 @@
 package pidtest
 
 import (
-	"fmt"
+	"errors"
 	"os"
 	"os/exec"
 	"strconv"
@@ -65,13 +65,13 @@ func Killed(t testing.TB, cmd *exec.Cmd) syscall.Signal {
 	t.Helper()
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	err := cmd.Wait()
-	ee, ok := err.(*exec.ExitError)
-	if !ok {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
 		t.Fatalf("the process that reused pid %d: %v", cmd.Process.Pid, err)
 	}
 	ws, ok := ee.Sys().(syscall.WaitStatus)
 	if !ok || !ws.Signaled() {
-		t.Fatalf("the process that reused pid %d: %v", cmd.Process.Pid, fmt.Sprint(err))
+		t.Fatalf("the process that reused pid %d: %v, want an end by a signal", cmd.Process.Pid, err)
 	}
 	return ws.Signal()
 }
