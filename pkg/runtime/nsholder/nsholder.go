@@ -302,7 +302,7 @@ func (h *Holder) Stop(ctx context.Context) error {
 	if pidfd < 0 {
 		return nil // never started, or gone (its pid may be someone else's now)
 	}
-	defer unix.Close(pidfd)
+	defer func() { _ = unix.Close(pidfd) }()
 	return sendSignal(pidfd, pid, unix.SIGKILL)
 }
 
