@@ -103,7 +103,7 @@ func TestDecodePodConfig(t *testing.T) {
 
 // The states are CRI's enum names, which CRI compares as strings.
 func TestStateNames(t *testing.T) {
-	if stateReady != criapi.PodSandboxState_SANDBOX_READY.String() || stateNotReady != criapi.PodSandboxState_SANDBOX_NOTREADY.String() {
+	if criReady != criapi.PodSandboxState_SANDBOX_READY.String() || criNotReady != criapi.PodSandboxState_SANDBOX_NOTREADY.String() {
 		t.Fatal("state names differ from CRI's")
 	}
 }

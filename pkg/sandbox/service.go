@@ -44,8 +44,8 @@ import (
 // recovery) reads them (runtime.v1.PodSandboxState's names): anything else
 // is NotReady to the kubelet.
 const (
-	stateReady    = "SANDBOX_READY"
-	stateNotReady = "SANDBOX_NOTREADY"
+	criReady    = "SANDBOX_READY"
+	criNotReady = "SANDBOX_NOTREADY"
 )
 
 // specTypeURL is how containerd names an OCI spec in an Any.
@@ -62,12 +62,10 @@ type Service struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox // guarded by mu
-	// unmatched keeps recent exits no sandbox claimed yet: a sandbox
-	// process that exits before StartSandbox learned its pid; guarded by mu.
-	unmatched []runtime.Exit
+	// closed: Holds let the shim go, so no sandbox may be created any
+	// more; guarded by mu.
+	closed bool
 }
-
-const maxUnmatched = 64
 
 // shutdownGrace is how long the shim stays after ShutdownSandbox replied.
 const shutdownGrace = 500 * time.Millisecond
@@ -99,9 +97,11 @@ var _ sandboxapi.TTRPCSandboxService = (*Service)(nil)
 
 // sandbox is one pod's sandbox.
 //
-// Locks: op serialises Start, Stop and Shutdown and may be held across the
-// backend's commands; mu guards the fields below it and is a leaf. Status,
-// Wait, Platform and exit handling never take op.
+// Locks, outermost first: op serialises StartSandbox, StopSandbox and
+// ShutdownSandbox, each whole, and is the only lock held across the
+// backend's commands; Service.mu; mu guards the fields below it, held for
+// field access only. Status, Wait, Platform and exit handling never take
+// op. Every state change goes through transition (state.go).
 type sandbox struct {
 	id        string
 	bundle    bundle.Bundle
@@ -116,14 +116,25 @@ type sandbox struct {
 	op sync.Mutex
 
 	mu       sync.Mutex
-	state    string // stateNotReady until started, stateReady while it runs
-	started  bool
-	stopping bool // StopSandbox ended it (metrics: stopped, not died)
-	pid      int
+	st       state
+	pid      int // 0 until started
 	status   uint32
 	exitedAt time.Time
-	exited   chan struct{} // closed when the sandbox process is gone (or never started and shut down)
-	shutDown bool
+	exited   chan struct{} // closed when the sandbox process is gone (or stopped before it started)
+	// pending: while starting, every exit is kept, for the sandbox
+	// process may exit before the backend's Start returns its pid. Only
+	// one reaped after the start began can be its: the pid may have been
+	// another process's before (a recycled pid).
+	pending []runtime.Exit
+}
+
+// criStateLocked is the sandbox's state as CRI reads it; the caller holds
+// sb.mu.
+func (sb *sandbox) criStateLocked() string {
+	if sb.st == stateRunning {
+		return criReady
+	}
+	return criNotReady
 }
 
 func (s *Service) get(id string) (*sandbox, error) {
@@ -138,18 +149,21 @@ func (s *Service) get(id string) (*sandbox, error) {
 
 // Holds reports whether a sandbox still needs the shim: the shim must not
 // exit on the last task's Shutdown while its pod lives (containerd 2.4
-// sends Task Shutdown after every task delete).
+// sends Task Shutdown after every task delete). False is final: the shim
+// may go, so CreateSandbox is refused from then on (a pod must not get a
+// sandbox on a shim that is exiting).
 func (s *Service) Holds() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, sb := range s.sandboxes {
 		sb.mu.Lock()
-		gone := sb.shutDown
+		gone := sb.st == stateShutdown
 		sb.mu.Unlock()
 		if !gone {
 			return true
 		}
 	}
+	s.closed = true
 	return false
 }
 
@@ -195,10 +209,14 @@ func (s *Service) CreateSandbox(ctx context.Context, r *sandboxapi.CreateSandbox
 		netns:  r.GetNetnsPath(),
 		files:  files,
 		labels: metrics.Labels{Backend: cfg.Backend, Handler: cfg.RuntimeHandler},
-		state:  stateNotReady,
+		st:     stateCreated,
 		exited: make(chan struct{}),
 	}
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("create sandbox %s: the shim is shutting down: %w", sb.id, errdefs.ErrFailedPrecondition)
+	}
 	if _, ok := s.sandboxes[sb.id]; ok {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("sandbox %s: %w", sb.id, errdefs.ErrAlreadyExists)
@@ -287,27 +305,37 @@ func (s *Service) StartSandbox(ctx context.Context, r *sandboxapi.StartSandboxRe
 	}
 	sb.op.Lock()
 	defer sb.op.Unlock()
-	sb.mu.Lock()
-	started, shut := sb.started, sb.shutDown
-	sb.mu.Unlock()
-	switch {
-	case shut:
-		return nil, fmt.Errorf("start sandbox %s: it was shut down: %w", sb.id, errdefs.ErrFailedPrecondition)
-	case started:
-		return nil, fmt.Errorf("start sandbox %s: already started: %w", sb.id, errdefs.ErrFailedPrecondition)
-	}
 	begin := time.Now()
+	// From here on HandleExit keeps every exit for this sandbox until its
+	// pid is known: the state, the pid and pending change together.
+	sb.mu.Lock()
+	_, err = sb.transitionLocked(opStart)
+	sb.pending = nil
+	sb.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	pid, err := sb.ps.Start(ctx)
 	if err != nil {
 		_ = sb.ps.Delete(context.WithoutCancel(ctx)) // the start's error is the one to report
+		sb.mu.Lock()
+		_, _ = sb.transitionLocked(opStartFailed) // op is held: it is starting
+		sb.pending = nil
+		sb.mu.Unlock()
 		return nil, fmt.Errorf("start sandbox %s: %w", sb.id, err)
 	}
 	sb.mu.Lock()
-	sb.started, sb.pid, sb.state = true, pid, stateReady
+	sb.pid = pid
+	_, _ = sb.transitionLocked(opStarted) // op is held: it is starting
+	pending := sb.pending
+	sb.pending = nil
 	sb.mu.Unlock()
 	s.metrics.SandboxStarted(sb.labels, time.Since(begin))
-	if e, ok := s.takeUnmatched(pid); ok {
-		s.exited(sb, e) // it died before we knew its pid
+	for _, e := range pending {
+		if e.Pid == pid && !e.Timestamp.Before(begin) {
+			s.exited(sb, e) // it died before we knew its pid
+			break
+		}
 	}
 	resp := &sandboxapi.StartSandboxResponse{Pid: uint32(pid), CreatedAt: protobuf.ToTimestamp(sb.createdAt)}
 	if spec, err := sb.spec(pid); err != nil {
@@ -361,7 +389,7 @@ func (s *Service) Platform(ctx context.Context, r *sandboxapi.PlatformRequest) (
 // sandbox runs.
 func (sb *sandbox) relay(ctx context.Context) {
 	sb.mu.Lock()
-	ready := sb.state == stateReady
+	ready := sb.st == stateRunning
 	sb.mu.Unlock()
 	if !ready {
 		return
@@ -379,23 +407,43 @@ func (s *Service) StopSandbox(ctx context.Context, r *sandboxapi.StopSandboxRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := sb.stop(ctx); err != nil {
+	sb.op.Lock()
+	defer sb.op.Unlock()
+	if _, err := sb.stop(ctx); err != nil {
 		return nil, err
 	}
 	return &sandboxapi.StopSandboxResponse{}, nil
 }
 
-func (sb *sandbox) stop(ctx context.Context) error {
-	sb.op.Lock()
-	defer sb.op.Unlock()
+// stop ends the sandbox's process, if it runs, and removes the backend's
+// state and the pod's /dev/shm mount; the caller holds sb.op. done: the
+// sandbox was shut down, there is nothing to stop.
+func (sb *sandbox) stop(ctx context.Context) (done bool, err error) {
 	sb.mu.Lock()
-	started := sb.started
-	done := isClosed(sb.exited)
-	if started && !done {
-		sb.stopping = true
-	}
+	from := sb.st
+	done, err = sb.transitionLocked(opStop)
 	sb.mu.Unlock()
-	if started && !done {
+	if done || err != nil {
+		return done, err
+	}
+	err = sb.end(ctx, from == stateRunning)
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if err != nil && from == stateRunning && !isClosed(sb.exited) {
+		_, _ = sb.transitionLocked(opStopFailed) // the process outlived the stop
+		return false, err
+	}
+	_, _ = sb.transitionLocked(opStopped)
+	if !isClosed(sb.exited) {
+		close(sb.exited) // never started: release waiters
+		sb.exitedAt = time.Now()
+	}
+	return false, err
+}
+
+// end is the work of stop: the backend's commands, run without sb.mu.
+func (sb *sandbox) end(ctx context.Context, running bool) error {
+	if running && !isClosed(sb.exited) {
 		if err := sb.ps.Stop(ctx); err != nil {
 			return fmt.Errorf("stop sandbox %s: %w", sb.id, err)
 		}
@@ -444,12 +492,11 @@ func (s *Service) SandboxStatus(ctx context.Context, r *sandboxapi.SandboxStatus
 	defer sb.mu.Unlock()
 	resp := &sandboxapi.SandboxStatusResponse{
 		SandboxID: sb.id,
-		Pid:       uint32(sb.pid),
-		State:     sb.state,
+		State:     sb.criStateLocked(),
 		CreatedAt: protobuf.ToTimestamp(sb.createdAt),
 	}
-	if sb.state != stateReady {
-		resp.Pid = 0
+	if sb.st == stateRunning {
+		resp.Pid = uint32(sb.pid)
 	}
 	if !sb.exitedAt.IsZero() {
 		resp.ExitedAt = protobuf.ToTimestamp(sb.exitedAt)
@@ -479,23 +526,21 @@ func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxapi.ShutdownSan
 	if err != nil {
 		return nil, err
 	}
-	if err := sb.stop(ctx); err != nil {
-		return nil, err
-	}
+	// op is held from the stop to the end: a StartSandbox waiting for it
+	// finds the sandbox shut down, not merely stopped.
 	sb.op.Lock()
 	defer sb.op.Unlock()
-	if err := sb.files.remove(); err != nil {
-		return nil, fmt.Errorf("shut down sandbox %s: %w", sb.id, err)
+	done, err := sb.stop(ctx)
+	if err != nil {
+		return nil, err
 	}
-	sb.mu.Lock()
-	first := !sb.shutDown
-	sb.shutDown = true
-	if !isClosed(sb.exited) {
-		close(sb.exited) // never started: release waiters
-		sb.exitedAt = time.Now()
-	}
-	sb.mu.Unlock()
-	if first {
+	if !done {
+		if err := sb.files.remove(); err != nil {
+			return nil, fmt.Errorf("shut down sandbox %s: %w", sb.id, err)
+		}
+		if _, err := sb.transition(opShutdown); err != nil {
+			return nil, err
+		}
 		s.metrics.SandboxShutdown(sb.labels)
 	}
 	s.exitAfterReply()
@@ -582,33 +627,18 @@ func (s *Service) HandleExit(e runtime.Exit) {
 	var sb *sandbox
 	for _, c := range s.sandboxes {
 		c.mu.Lock()
-		if c.pid == e.Pid && c.started {
+		switch {
+		case c.st == stateStarting:
+			c.pending = append(c.pending, e) // StartSandbox sorts them out
+		case c.pid != 0 && c.pid == e.Pid && !isClosed(c.exited):
 			sb = c
 		}
 		c.mu.Unlock()
-	}
-	if sb == nil {
-		s.unmatched = append(s.unmatched, e)
-		if len(s.unmatched) > maxUnmatched {
-			s.unmatched = s.unmatched[1:]
-		}
 	}
 	s.mu.Unlock()
 	if sb != nil {
 		s.exited(sb, e)
 	}
-}
-
-func (s *Service) takeUnmatched(pid int) (runtime.Exit, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i, e := range s.unmatched {
-		if e.Pid == pid {
-			s.unmatched = append(s.unmatched[:i], s.unmatched[i+1:]...)
-			return e, true
-		}
-	}
-	return runtime.Exit{}, false
 }
 
 // exited records the end of a sandbox's process and releases its waiters.
@@ -618,10 +648,14 @@ func (s *Service) exited(sb *sandbox, e runtime.Exit) {
 		sb.mu.Unlock()
 		return
 	}
-	sb.state = stateNotReady
+	stopped := sb.st == stateStopping // StopSandbox ended it (metrics: stopped, not died)
+	if _, err := sb.transitionLocked(opExit); err != nil {
+		sb.mu.Unlock()
+		log.G(s.ctx).WithError(err).Warn("sandbox process exit")
+		return
+	}
 	sb.status = uint32(e.Status)
 	sb.exitedAt = e.Timestamp
-	stopped := sb.stopping
 	close(sb.exited)
 	sb.mu.Unlock()
 	s.metrics.SandboxExited(sb.labels, stopped)

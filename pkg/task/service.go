@@ -45,7 +45,8 @@ type Service struct {
 	// requestShutdown asks the server to flush events and exit.
 	requestShutdown func()
 	// hold reports whether something else (a pod sandbox) still needs the
-	// shim when its last task goes.
+	// shim when its last task goes; false is final. Called under mu: it
+	// takes only the sandbox service's own locks and never calls back.
 	hold func() bool
 	// created tells the shim about each task created (pod sandboxes record
 	// their containers).
@@ -68,7 +69,8 @@ type Config struct {
 	// no task left.
 	Shutdown func()
 	// Hold, if set, keeps the shim up while it returns true even with no
-	// task left (a pod sandbox the shim hosts).
+	// task left (a pod sandbox the shim hosts). Once it returned false the
+	// shim goes: it must refuse whatever would need the shim afterwards.
 	Hold func() bool
 	// Created, if set, is told of every task created.
 	Created func(id string, b bundle.Bundle)
@@ -555,12 +557,12 @@ func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 }
 
 // ShutdownIfIdle ends the shim if it hosts no task and nothing holds it.
+// hold is asked under s.mu, so that neither a task (reserve) nor a pod
+// sandbox (hold's false is final: the sandbox service refuses new ones)
+// can be created between the decision and the shutdown.
 func (s *Service) ShutdownIfIdle() {
-	if s.hold != nil && s.hold() {
-		return
-	}
 	s.mu.Lock()
-	if len(s.containers) > 0 || s.shuttingDown {
+	if len(s.containers) > 0 || s.shuttingDown || (s.hold != nil && s.hold()) {
 		s.mu.Unlock()
 		return
 	}

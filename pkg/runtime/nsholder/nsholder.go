@@ -10,7 +10,9 @@
 // it reaps. It sets the pod's hostname and sysctls from inside those
 // namespaces, tells the shim it is ready, and then waits for a signal. It
 // lives in a cgroup of its own under the pod's cgroup, as pause does, and
-// is SIGKILLed when the pod stops: it never holds the pod up.
+// is SIGKILLed when the pod stops: it never holds the pod up. It is
+// signalled only through a pidfd, kept from its fork to Delete: once the
+// shim's reaper has collected it, its pid may be another process's.
 //
 // The holder process is C (holder.c), run before the Go runtime starts:
 // this file is the shim's side of it.
@@ -59,15 +61,19 @@ const oomScoreAdj = -998
 type Holder struct {
 	pod *runtime.Pod
 
-	mu     sync.Mutex
-	pid    int    // guarded by mu; 0 until started
+	mu  sync.Mutex
+	pid int // guarded by mu; 0 until started
+	// pidfd is the holder's process, from its fork until Delete; -1
+	// without one. Guarded by mu, which is held while it is used, so that
+	// Delete cannot close it (and the number be reused) under a signal.
+	pidfd  int
 	cgroup string // guarded by mu; the cgroup it was put in
 }
 
 var _ runtime.PodSandbox = (*Holder)(nil)
 
 // New returns the holder for pod; Start starts it.
-func New(p *runtime.Pod) *Holder { return &Holder{pod: p} }
+func New(p *runtime.Pod) *Holder { return &Holder{pod: p, pidfd: -1} }
 
 // CgroupPath implements runtime.PodSandbox.
 func (h *Holder) CgroupPath() string {
@@ -115,18 +121,34 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 	cmd.Args[0] = "containerd-shim-custom-v2"
 	cmd.Dir = "/"
 	cmd.ExtraFiles = []*os.File{readyW}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Setpgid: true}
+	// The pidfd comes from the fork itself (CLONE_PIDFD): the reaper may
+	// collect the holder at any moment after it, and its pid be reused.
+	pidfd := -1
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Setpgid: true, PidFD: &pidfd}
 	err = h.startIn(p.NetNS, cmd)
 	_ = readyW.Close() // the holder has its copy; ours must go for EOF to come
 	if err != nil {
 		return 0, fmt.Errorf("start sandbox holder: %w", err)
 	}
 	pid := cmd.Process.Pid
-	// The reaper collects its exit; the handle is not needed (a pidfd).
+	// The reaper collects its exit; Go's own handle is not needed.
 	_ = cmd.Process.Release()
+	if pidfd < 0 {
+		// No pidfd, no safe signal later: end it now, by pid, while it
+		// certainly still is the holder (it exits on its own only if its
+		// setup fails).
+		_ = unix.Kill(pid, unix.SIGKILL)
+		return 0, fmt.Errorf("start sandbox holder: the kernel gave no pidfd (CLONE_PIDFD, Linux 5.2): %w", errdefs.ErrNotImplemented)
+	}
+	h.mu.Lock()
+	if h.pidfd >= 0 {
+		_ = unix.Close(h.pidfd) // a failed start's, not deleted
+	}
+	h.pid, h.pidfd = pid, pidfd
+	h.mu.Unlock()
 	defer func() {
 		if retErr != nil {
-			_ = unix.Kill(pid, unix.SIGKILL)
+			_ = h.signal(unix.SIGKILL)
 		}
 	}()
 	cg, err := joinCgroup(p.CgroupParent, p.ID, pid)
@@ -134,7 +156,7 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 		return 0, err
 	}
 	h.mu.Lock()
-	h.pid, h.cgroup = pid, cg
+	h.cgroup = cg
 	h.mu.Unlock()
 	adjustOOMScore(ctx, pid)
 	if err := waitReady(ctx, ready); err != nil {
@@ -280,43 +302,66 @@ func writePid(b bundle.Bundle, pid int) error {
 	return bundle.WriteFileAtomic(holderPidFile(b), []byte(fmt.Sprintf("%d %d", pid, start)), 0o600)
 }
 
-// Stop implements runtime.PodSandbox. A holder this process did not start
-// (the "delete" action after a shim died) is found through its pid file;
-// the recorded start time guards against a reused pid.
+// Stop implements runtime.PodSandbox. A holder this process started is
+// signalled through its pidfd: once it is gone, nothing is. One it did not
+// start (the "delete" action after a shim died) is found through its pid
+// file, pinned by a pidfd and checked against the recorded start time
+// before the signal.
 func (h *Holder) Stop(ctx context.Context) error {
 	h.mu.Lock()
-	pid := h.pid
+	started := h.pid != 0
 	h.mu.Unlock()
-	if pid == 0 {
-		pid = h.recordedPid()
-		if pid == 0 {
-			return nil // never started, or gone (its pid may be someone else's now)
-		}
+	if started {
+		return h.signal(unix.SIGKILL)
 	}
-	if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+	pidfd, pid := h.recordedPidfd()
+	if pidfd < 0 {
+		return nil // never started, or gone (its pid may be someone else's now)
+	}
+	defer func() { _ = unix.Close(pidfd) }()
+	return sendSignal(pidfd, pid, unix.SIGKILL)
+}
+
+// signal signals the holder this process started, if it still exists.
+func (h *Holder) signal(sig unix.Signal) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pidfd < 0 {
+		return nil // deleted: gone
+	}
+	return sendSignal(h.pidfd, h.pid, sig)
+}
+
+// sendSignal signals the process pidfd refers to; one that is gone
+// (reaped, ESRCH) is not an error: Stop wants it gone.
+func sendSignal(pidfd, pid int, sig unix.Signal) error {
+	if err := unix.PidfdSendSignal(pidfd, sig, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("stop sandbox holder %d: %w", pid, err)
 	}
 	return nil
 }
 
-// recordedPid is the holder's pid from its pid file if that process still
-// is the holder (same start time), else 0.
-func (h *Holder) recordedPid() int {
+// recordedPidfd is a pidfd of the holder named by its pid file, if that
+// process still is the holder (same start time, checked after the pidfd
+// pinned it), else -1.
+func (h *Holder) recordedPidfd() (pidfd, pid int) {
 	data, err := os.ReadFile(holderPidFile(h.pod.Bundle))
 	if err != nil {
-		return 0
+		return -1, 0
 	}
-	var (
-		pid   int
-		start uint64
-	)
+	var start uint64
 	if n, _ := fmt.Sscanf(string(data), "%d %d", &pid, &start); n != 2 || pid <= 0 {
-		return 0
+		return -1, 0
+	}
+	pidfd, err = unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, 0
 	}
 	if now, err := startTime(pid); err != nil || now != start {
-		return 0
+		_ = unix.Close(pidfd)
+		return -1, 0
 	}
-	return pid
+	return pidfd, pid
 }
 
 // Delete implements runtime.PodSandbox: the holder's cgroup goes once its
@@ -325,6 +370,13 @@ func (h *Holder) recordedPid() int {
 func (h *Holder) Delete(ctx context.Context) error {
 	h.mu.Lock()
 	cg := h.cgroup
+	if h.pidfd >= 0 {
+		// Delete comes after the holder's exit (the pod's stop waits for
+		// it), or after a failed start killed it: nothing to signal any
+		// more.
+		_ = unix.Close(h.pidfd)
+		h.pidfd = -1
+	}
 	h.mu.Unlock()
 	if cg == "" && h.pod.CgroupParent != "" && !strings.HasSuffix(h.pod.CgroupParent, ".slice") {
 		cg = strings.TrimSuffix(h.pod.CgroupParent, "/") + "/" + h.pod.ID

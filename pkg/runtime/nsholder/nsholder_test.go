@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/internal/pidtest"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
@@ -244,4 +245,47 @@ func TestHolderReapsOrphansAndStopsOnSIGTERM(t *testing.T) {
 	if !ws.Exited() || ws.ExitStatus() != 0 {
 		t.Fatalf("holder ended with %v after SIGTERM, want exit 0", ws)
 	}
+}
+
+// Once the holder has exited and the reaper collected it, its pid may be
+// another process's: stopping the pod then signals nothing. The pid is
+// reused here for real (pidtest.Reuse), and the new owner must end by the
+// test's own SIGTERM, not by the stop's SIGKILL.
+func TestHolderStopNeverSignalsAReusedPid(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	ctx := context.Background()
+	for range pidtest.Attempts {
+		h := New(&runtime.Pod{ID: "sb-reuse", Bundle: bundle.Bundle(t.TempDir())})
+		pid, err := h.Start(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The holder dies (OOM killer, a kill by hand) and the shim's
+		// reaper collects it.
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+			t.Fatal(err)
+		}
+		stranger := pidtest.Reuse(t, pid)
+		if stranger == nil {
+			_ = h.Delete(ctx)
+			continue
+		}
+		if err := h.Stop(ctx); err != nil {
+			t.Fatalf("stop a holder that is gone: %v", err)
+		}
+		if sig := pidtest.Killed(t, stranger); sig != unix.SIGTERM {
+			t.Fatalf("Stop signalled pid %d after the holder was gone: the process that reused it ended by %v", pid, sig)
+		}
+		if err := h.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Fatal("other processes took the holder's pid every time")
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/cgroups/manager"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/capabilities"
 	"github.com/opencontainers/runc/libcontainer/configs"
@@ -68,6 +69,20 @@ type libBackend struct {
 
 	mu        sync.Mutex
 	container *libcontainer.Container // guarded by mu; nil before Create and after Delete
+	// execs holds a pidfd of each exec process that may still run, by
+	// exec id: an exec is signalled only through it, never by a pid the
+	// reaper may have freed. Guarded by mu, held while a pidfd is used.
+	execs map[string]execProc
+
+	// freeze serialises Pause, Resume and kill --all's freeze, so that a
+	// kill never thaws a container paused meanwhile.
+	freeze sync.Mutex
+}
+
+// execProc is an exec process as the backend signals it.
+type execProc struct {
+	pid   int
+	pidfd int
 }
 
 var _ runtime.Backend = (*libBackend)(nil)
@@ -317,6 +332,11 @@ func (b *libBackend) Exec(ctx context.Context, id string, e *runtime.ExecConfig)
 	defer release()
 	resume := b.gate.Pause()
 	err = c.Run(proc)
+	if err == nil {
+		// Still under the gate: the process cannot have been reaped, so
+		// its pid is still its own.
+		err = b.trackExec(e.ID, proc)
+	}
 	resume()
 	if err != nil {
 		return 0, fmt.Errorf("exec in container %s: %w", id, startError(err))
@@ -343,16 +363,7 @@ func (b *libBackend) Kill(ctx context.Context, id string, sig syscall.Signal, al
 		return err
 	}
 	if all && sig != unix.SIGKILL {
-		pids, err := c.Processes()
-		if err != nil {
-			return fmt.Errorf("list processes of container %s: %w", id, libError(err))
-		}
-		for _, pid := range pids {
-			if err := unix.Kill(pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("signal process %d of container %s: %w", pid, id, err)
-			}
-		}
-		return nil
+		return b.signalAll(c, sig)
 	}
 	err = c.Signal(sig)
 	switch {
@@ -364,10 +375,95 @@ func (b *libBackend) Kill(ctx context.Context, id string, sig syscall.Signal, al
 	return fmt.Errorf("signal container %s: %w", id, libError(err))
 }
 
-// Signal implements runtime.Backend: exec processes are the shim's
-// children, a plain kill(2) reaches them.
+// signalAll signals every process of the container as runc kill --all
+// does: with the cgroup frozen, so that no listed process can exit, be
+// reaped and leave its pid to another before it is signalled. libcontainer
+// 1.5 does this itself only for SIGKILL (Container.Signal). A container
+// already paused stays paused; it gets the signal when resumed.
+func (b *libBackend) signalAll(c *libcontainer.Container, sig unix.Signal) error {
+	st, err := c.State()
+	if err != nil {
+		return fmt.Errorf("signal container %s: %w", c.ID(), libError(err))
+	}
+	cfg := c.Config()
+	m, err := manager.NewWithPaths(cfg.Cgroups, st.CgroupPaths)
+	if err != nil {
+		return fmt.Errorf("signal container %s: cgroup: %w", c.ID(), err)
+	}
+	b.freeze.Lock()
+	defer b.freeze.Unlock()
+	if fs, err := m.GetFreezerState(); err == nil && fs != cgroups.Frozen {
+		if err := m.Freeze(cgroups.Frozen); err != nil {
+			return fmt.Errorf("freeze container %s to signal its processes: %w", c.ID(), err)
+		}
+		defer func() { _ = m.Freeze(cgroups.Thawed) }()
+	}
+	pids, err := m.GetAllPids()
+	if err != nil {
+		return fmt.Errorf("list processes of container %s: %w", c.ID(), err)
+	}
+	for _, pid := range pids {
+		if err := unix.Kill(pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("signal process %d of container %s: %w", pid, c.ID(), err)
+		}
+	}
+	return nil
+}
+
+// trackExec keeps a pidfd of a started exec for Signal; the caller holds
+// the reaper off, so the pid is still the process's. Exec processes that
+// have exited are dropped: an exec id per health probe would otherwise
+// keep one descriptor each.
+func (b *libBackend) trackExec(id string, proc *libcontainer.Process) error {
+	pid, err := proc.Pid()
+	if err != nil {
+		return err
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		_ = proc.Signal(unix.SIGKILL) // no safe way to signal it later
+		return fmt.Errorf("pidfd of exec %s (pid %d): %w", id, pid, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.execs == nil {
+		b.execs = make(map[string]execProc)
+	}
+	for eid, x := range b.execs {
+		if eid == id || exited(x.pidfd) {
+			_ = unix.Close(x.pidfd)
+			delete(b.execs, eid)
+		}
+	}
+	b.execs[id] = execProc{pid: pid, pidfd: pidfd}
+	return nil
+}
+
+// exited reports whether the process of pidfd has exited (a pidfd polls
+// readable then).
+func exited(pidfd int) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}
+
+// Signal implements runtime.Backend: an exec is signalled through the
+// pidfd taken when it started. One that has exited, or that this backend
+// did not start, is NotFound: its pid may be another process's now.
 func (b *libBackend) Signal(ctx context.Context, id string, p runtime.ExecProcess, sig syscall.Signal) error {
-	return SignalPid(p.Pid, sig)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	x, ok := b.execs[p.ID]
+	if !ok || x.pid != p.Pid {
+		return fmt.Errorf("exec %s of container %s (pid %d) is not running: %w", p.ID, id, p.Pid, errdefs.ErrNotFound)
+	}
+	if err := unix.PidfdSendSignal(x.pidfd, sig, nil, 0); err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("exec %s of container %s (pid %d) already finished: %w", p.ID, id, p.Pid, errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("signal exec %s of container %s (pid %d): %w", p.ID, id, p.Pid, err)
+	}
+	return nil
 }
 
 // Delete implements runtime.Backend: runc delete.
@@ -404,6 +500,10 @@ func (b *libBackend) Delete(ctx context.Context, id string, force bool) error {
 	}
 	b.mu.Lock()
 	b.container = nil
+	for eid, x := range b.execs {
+		_ = unix.Close(x.pidfd)
+		delete(b.execs, eid)
+	}
 	b.mu.Unlock()
 	return nil
 }
@@ -451,6 +551,8 @@ func (b *libBackend) Pause(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	b.freeze.Lock()
+	defer b.freeze.Unlock()
 	if err := c.Pause(); err != nil {
 		return fmt.Errorf("pause container %s: %w", id, libError(err))
 	}
@@ -463,6 +565,8 @@ func (b *libBackend) Resume(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	b.freeze.Lock()
+	defer b.freeze.Unlock()
 	if err := c.Resume(); err != nil {
 		return fmt.Errorf("resume container %s: %w", id, libError(err))
 	}

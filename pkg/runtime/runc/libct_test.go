@@ -23,6 +23,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/internal/pidtest"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
@@ -514,5 +515,115 @@ func TestLibcontainerKeepsTheShimsMountNamespace(t *testing.T) {
 	}
 	if _, err := cgroup.Load(os.Getpid()); err != nil {
 		t.Fatalf("the cgroup library after 40 containers: %v", err)
+	}
+}
+
+// Once an exec has exited and the reaper collected it, its pid may be
+// another process's: signalling the exec then returns NotFound and
+// signals nothing. The pid is reused here for real (pidtest.Reuse), and
+// the new owner must end by the test's own SIGTERM, not by the SIGKILL.
+func TestLibcontainerSignalReapedExec(t *testing.T) {
+	busybox := needContainers(t)
+	b, spec := testBundle(t, busybox, "sleep", "1000")
+	ctx := context.Background()
+	g := &rwGate{}
+	r := startReaper(g)
+	defer func() { r.close() }()
+	be := newTestBackend(t, b, spec, g)
+	if _, err := be.Create(ctx, &runtime.CreateConfig{ID: "sig", Bundle: b}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = be.Delete(ctx, "sig", true) })
+	if err := be.Start(ctx, "sig", nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range pidtest.Attempts {
+		execID := fmt.Sprintf("e%d", i)
+		pid, err := be.Exec(ctx, "sig", &runtime.ExecConfig{ID: execID, Spec: &specs.Process{Args: []string{"true"}, Cwd: "/", Env: []string{"PATH=/bin"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.waitExit(t, pid)
+		r.close() // it would collect the process reusing the pid too
+		stranger := pidtest.Reuse(t, pid)
+		if stranger == nil {
+			r = startReaper(g)
+			continue
+		}
+		err = be.Signal(ctx, "sig", runtime.ExecProcess{ID: execID, Pid: pid}, unix.SIGKILL)
+		sig := pidtest.Killed(t, stranger)
+		r = startReaper(g)
+		if !errdefs.IsNotFound(err) {
+			t.Errorf("signal an exec that exited and was reaped: %v, want NotFound", err)
+		}
+		if sig != unix.SIGTERM {
+			t.Fatalf("signalling exec %s (pid %d) after it was reaped reached the process that reused its pid: it ended by %v", execID, pid, sig)
+		}
+		return
+	}
+	t.Fatal("other processes took the exec's pid every time")
+}
+
+// kill --all signals every process of the container (runc's freeze,
+// signal, thaw), and leaves a paused container paused: the signal lands
+// when it is resumed.
+func TestLibcontainerKillAllFreezes(t *testing.T) {
+	busybox := needContainers(t)
+	// sh, the container's pid 1, ignores SIGTERM from outside (no
+	// handler); its child does not, and sh exits when the child has.
+	b, spec := testBundle(t, busybox, "sh", "-c", "sleep 1000 & wait")
+	ctx := context.Background()
+	g := &rwGate{}
+	r := startReaper(g)
+	defer r.close()
+	be := newTestBackend(t, b, spec, g)
+	for _, paused := range []bool{false, true} {
+		id := fmt.Sprintf("all-paused-%v", paused)
+		pid, err := be.Create(ctx, &runtime.CreateConfig{ID: id, Bundle: b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := be.Start(ctx, id, nil); err != nil {
+			t.Fatal(err)
+		}
+		// Wait for the child: kill --all must find two processes.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			pids, err := be.Pids(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(pids) == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the container's child never started: pids %v", pids)
+			}
+		}
+		if paused {
+			if err := be.Pause(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := be.Kill(ctx, id, unix.SIGTERM, true); err != nil {
+			t.Fatalf("kill --all: %v", err)
+		}
+		if paused {
+			c, err := be.get(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st, err := c.Status(); err != nil || st != libcontainer.Paused {
+				t.Fatalf("a paused container after kill --all: %v %v", st, err)
+			}
+			if err := be.Resume(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if st := r.waitExit(t, pid); st != 0 {
+			t.Fatalf("init exit %d", st)
+		}
+		if err := be.Delete(ctx, id, false); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
