@@ -1,6 +1,7 @@
 package reaper
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -49,7 +50,7 @@ func waitZombie(t *testing.T, pid int) {
 		if err == nil {
 			return
 		}
-		if err != unix.ECHILD && err != unix.EINTR {
+		if !errors.Is(err, unix.ECHILD) && !errors.Is(err, unix.EINTR) {
 			t.Fatalf("waitid %d: %v", pid, err)
 		}
 		if time.Now().After(deadline) {
