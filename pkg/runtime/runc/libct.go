@@ -46,7 +46,10 @@ import (
 //   - libcontainer waits for its own children (runc init's stages, hooks,
 //     specconv's user namespace helper) by pid, and the shim's reaper (wait4(-1)) would take their statuses
 //     first: every call that forks runs under gate.Pause, which holds the
-//     reaper off until it returns.
+//     full reap off until it returns. The init or exec it started is
+//     tracked before the resume (libcontainer never waits for those), so
+//     the reaper still collects container exits while another call holds
+//     the gate (pkg/reaper).
 //   - Container.Start marks every descriptor from 3 up close-on-exec in the
 //     calling process (CVE-2024-21626 hardening). The shim hands
 //     descriptors to children only through exec.Cmd's ExtraFiles, which
