@@ -168,7 +168,9 @@ func TestGateHeldTrackedExitsFlow(t *testing.T) {
 			t.Errorf("%d still unreaped after the gate was released", pid)
 		}
 	}
-	r.Reap() // a late SIGCHLD finds nothing more
+	if err := r.Reap(); err != nil { // a late SIGCHLD finds nothing more
+		t.Errorf("reap: %v", err)
+	}
 	select {
 	case e := <-ec:
 		t.Errorf("exit delivered twice or unexpected: %+v", e)
@@ -239,7 +241,10 @@ func TestSlowSubscriberQueuesInOrder(t *testing.T) {
 		reaped := make(chan error, 1)
 		go func() { reaped <- r.Reap() }()
 		select {
-		case <-reaped:
+		case err := <-reaped:
+			if err != nil {
+				t.Fatalf("reap: %v", err)
+			}
 		case <-time.After(patience):
 			t.Fatal("Reap waits for a subscriber that does not read")
 		}

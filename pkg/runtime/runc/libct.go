@@ -173,13 +173,13 @@ func (b *libBackend) Create(ctx context.Context, cc *runtime.CreateConfig) (_ in
 	defer release()
 	resume := b.gate.Pause()
 	err = c.Start(proc)
-	pid, perr := b.track(proc, err)
+	var pid int
+	if err == nil {
+		pid, err = b.track(proc)
+	}
 	resume()
 	if err != nil {
 		return 0, fmt.Errorf("start container init: %w", startError(err))
-	}
-	if perr != nil {
-		return 0, perr
 	}
 	if err := writePidFile(cc.PidFile, pid); err != nil {
 		return 0, err
@@ -221,14 +221,11 @@ func (b *libBackend) attach(proc *libcontainer.Process, io *runtime.IO, console 
 	return func() { _ = f.Close() }, nil // only the shim's copy of the socket
 }
 
-// track hands the reaper the pid of a process libcontainer started (err
-// is how the start went), before the caller resumes the gate it held
-// across the start: libcontainer never waits for it once started, so the
-// reaper may collect its exit while another create holds the gate.
-func (b *libBackend) track(proc *libcontainer.Process, err error) (int, error) {
-	if err != nil {
-		return 0, nil
-	}
+// track hands the reaper the pid of a process libcontainer started, before
+// the caller resumes the gate it held across the start: libcontainer never
+// waits for it once started, so the reaper may collect its exit while
+// another create holds the gate.
+func (b *libBackend) track(proc *libcontainer.Process) (int, error) {
 	pid, err := proc.Pid()
 	if err != nil {
 		return 0, err
@@ -294,13 +291,13 @@ func (b *libBackend) Restore(ctx context.Context, cc *runtime.CreateConfig, r *r
 		ExternalUnixConnections: true,
 		ShellJob:                cc.Console != nil,
 	})
-	pid, perr := b.track(proc, err)
+	var pid int
+	if err == nil {
+		pid, err = b.track(proc)
+	}
 	resume()
 	if err != nil {
 		return 0, fmt.Errorf("restore container %s: %w", cc.ID, libError(err))
-	}
-	if perr != nil {
-		return 0, perr
 	}
 	if err := writePidFile(cc.PidFile, pid); err != nil {
 		return 0, err
@@ -336,13 +333,13 @@ func (b *libBackend) Exec(ctx context.Context, id string, e *runtime.ExecConfig)
 	defer release()
 	resume := b.gate.Pause()
 	err = c.Run(proc)
-	pid, perr := b.track(proc, err)
+	var pid int
+	if err == nil {
+		pid, err = b.track(proc)
+	}
 	resume()
 	if err != nil {
 		return 0, fmt.Errorf("exec in container %s: %w", id, startError(err))
-	}
-	if perr != nil {
-		return 0, perr
 	}
 	if err := writePidFile(e.PidFile, pid); err != nil {
 		return 0, err
