@@ -135,12 +135,21 @@ type Container struct {
 	Reaper ReaperGate
 }
 
-// ReaperGate holds the shim's reaper off while a backend waits for its own
-// children by pid: the reaper's wait4(-1) would otherwise take their exit
-// statuses first. Exits that happen meanwhile are collected on resume.
+// ReaperGate holds the shim's full reap off while a backend waits for its
+// own children by pid: the reaper's wait4(-1) would otherwise take their
+// exit statuses first. Children the backend tracks are still reaped
+// meanwhile (pkg/reaper); the others are collected once the last holder
+// resumes.
 type ReaperGate interface {
-	// Pause holds the reaper off until resume is called.
+	// Pause holds the full reap off until resume is called. It does not
+	// wait for other holders.
 	Pause() (resume func())
+	// Track names pid as a child no one waits for by pid (a container's
+	// init or exec, a sandbox holder), so that its exit is collected even
+	// while the gate is held. Call it between a Pause taken before the
+	// child was started and its resume: the pid is then still that
+	// child's.
+	Track(pid int)
 }
 
 // NoReaper is the gate of a process without a reaper (the "delete" action).
@@ -148,6 +157,9 @@ type NoReaper struct{}
 
 // Pause implements ReaperGate.
 func (NoReaper) Pause() func() { return func() {} }
+
+// Track implements ReaperGate.
+func (NoReaper) Track(int) {}
 
 // CreateConfig describes a container to create.
 type CreateConfig struct {

@@ -16,7 +16,6 @@ import (
 
 	sandboxapi "github.com/containerd/containerd/api/runtime/sandbox/v1"
 	runcshim "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
-	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"github.com/containerd/fifo"
 	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/events"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/reaper"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/sandbox"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/task"
@@ -42,16 +42,17 @@ func runServe(ctx context.Context, f *flags) error {
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("pid", os.Getpid()))
 
 	// Containers' processes are reparented to us; we reap them all.
-	if err := reaper.SetSubreaper(1); err != nil {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("become subreaper: %w", err)
 	}
 	signals := make(chan os.Signal, 128)
 	signal.Notify(signals, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGPIPE, unix.SIGUSR1)
 	// Every child goes through the reaper: go-runc must wait through it, or
-	// its wait4 races the reaper's and loses exits.
-	gorunc.Monitor = releasingMonitor{reaper.Default}
-	exits := reaper.Default.Subscribe()
-	gate := &reaperGate{}
+	// its wait4 races the reaper's and loses exits. The reaper is also the
+	// gate the backends hold while libcontainer waits for its own children.
+	gate := reaper.New()
+	gorunc.Monitor = gate
+	exits := gate.Subscribe()
 
 	platform, err := runcshim.NewPlatform()
 	if err != nil {
@@ -148,7 +149,9 @@ func runServe(ctx context.Context, f *flags) error {
 	return nil
 }
 
-func waitForShutdown(ctx context.Context, signals chan os.Signal, shutdown chan struct{}, serveErr chan error, gate *reaperGate) string {
+// waitForShutdown is the signal loop. Reap never waits for a gate holder,
+// so a SIGTERM is handled at once even while a create waits on a hook.
+func waitForShutdown(ctx context.Context, signals chan os.Signal, shutdown chan struct{}, serveErr chan error, gate *reaper.Reaper) string {
 	for {
 		select {
 		case <-shutdown:
@@ -161,7 +164,7 @@ func waitForShutdown(ctx context.Context, signals chan os.Signal, shutdown chan 
 		case s := <-signals:
 			switch s {
 			case unix.SIGCHLD:
-				if err := gate.reap(); err != nil {
+				if err := gate.Reap(); err != nil {
 					log.G(ctx).WithError(err).Error("reap exited children")
 				}
 			case unix.SIGUSR1:
@@ -189,24 +192,4 @@ func dumpStacks(ctx context.Context) {
 	buf := make([]byte, 1<<20)
 	n := goruntime.Stack(buf, true)
 	log.G(ctx).Infof("=== goroutine stack dump ===\n%s\n=== end ===", buf[:n])
-}
-
-// reaperGate lets a backend that waits for its own children by pid
-// (libcontainer: runc init's stages, hooks) hold the reaper off meanwhile;
-// a SIGCHLD that comes in the meantime is served once it resumes, and
-// wait4(-1) collects every exit since. Backends pause it concurrently.
-type reaperGate struct {
-	mu sync.RWMutex
-}
-
-// Pause implements runtime.ReaperGate.
-func (g *reaperGate) Pause() func() {
-	g.mu.RLock()
-	return g.mu.RUnlock
-}
-
-func (g *reaperGate) reap() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return reaper.Reap()
 }

@@ -97,6 +97,13 @@ func (t *exitTracker) preStart(c *container) (handleStarted func(*container, *pr
 			}
 			return
 		}
+		// A refused or failed start of an init whose exit was handled
+		// already (before this subscription) must not make its dead pid
+		// running again: the next process to get it would be taken for it.
+		if p.isInit() && t.initExits[c] {
+			t.mu.Unlock()
+			return
+		}
 		t.running[pid] = append(t.running[pid], p)
 		t.mu.Unlock()
 	}
@@ -146,6 +153,13 @@ func (t *exitTracker) HandleExit(e runtime.Exit) {
 	}
 	ps := t.running[e.Pid]
 	delete(t.running, e.Pid)
+	// Marked before the lock goes, so that a start racing this exit sees
+	// it (handleStarted), not only once it is dispatched.
+	for _, p := range ps {
+		if p.isInit() {
+			t.initExits[p.c] = true
+		}
+	}
 	t.mu.Unlock()
 	for _, p := range ps {
 		t.dispatch(e, p.c, p)
@@ -214,13 +228,24 @@ func (t *exitTracker) execStarting(c *container) error {
 	return nil
 }
 
-// execDone uncounts an exec that exited or failed to start.
+// execDone uncounts an exec that exited or failed to start. A task
+// without a count was deleted (its exec exited after the delete): nothing
+// is recreated for it.
 func (t *exitTracker) execDone(c *container) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.runningExecs[c]--
+	n, ok := t.runningExecs[c]
+	if !ok {
+		return
+	}
+	n--
+	if n > 0 {
+		t.runningExecs[c] = n
+	} else {
+		delete(t.runningExecs, c)
+	}
 	if ch, ok := t.execCountSubscribers[c]; ok {
-		ch <- t.runningExecs[c]
+		ch <- n
 	}
 }
 
@@ -238,9 +263,16 @@ func (t *exitTracker) forget(pid int, p *process) {
 	t.removeRunningLocked(pid, p)
 }
 
-// deleted drops a deleted task's bookkeeping.
+// deleted drops a deleted task's bookkeeping. An init exit still waiting
+// for execs is let go: the delete recorded the init's exit already, so the
+// waiter publishes nothing (processExited).
 func (t *exitTracker) deleted(c *container) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.initExits, c)
+	delete(t.runningExecs, c)
+	if ch, ok := t.execCountSubscribers[c]; ok {
+		close(ch)
+		delete(t.execCountSubscribers, c)
+	}
 }

@@ -125,7 +125,18 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 	// collect the holder at any moment after it, and its pid be reused.
 	pidfd := -1
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Setpgid: true, PidFD: &pidfd}
+	// Tracked under the gate, so that the reaper collects its exit even
+	// while a container's create holds the gate.
+	gate := p.Reaper
+	if gate == nil {
+		gate = runtime.NoReaper{}
+	}
+	resume := gate.Pause()
 	err = h.startIn(p.NetNS, cmd)
+	if err == nil {
+		gate.Track(cmd.Process.Pid)
+	}
+	resume()
 	_ = readyW.Close() // the holder has its copy; ours must go for EOF to come
 	if err != nil {
 		return 0, fmt.Errorf("start sandbox holder: %w", err)

@@ -47,7 +47,10 @@ import (
 //   - libcontainer waits for its own children (runc init's stages, hooks,
 //     specconv's user namespace helper) by pid, and the shim's reaper (wait4(-1)) would take their statuses
 //     first: every call that forks runs under gate.Pause, which holds the
-//     reaper off until it returns.
+//     full reap off until it returns. The init or exec it started is
+//     tracked before the resume (libcontainer never waits for those), so
+//     the reaper still collects container exits while another call holds
+//     the gate (pkg/reaper).
 //   - Container.Start marks every descriptor from 3 up close-on-exec in the
 //     calling process (CVE-2024-21626 hardening). The shim hands
 //     descriptors to children only through exec.Cmd's ExtraFiles, which
@@ -185,13 +188,13 @@ func (b *libBackend) Create(ctx context.Context, cc *runtime.CreateConfig) (_ in
 	defer release()
 	resume := b.gate.Pause()
 	err = c.Start(proc)
+	var pid int
+	if err == nil {
+		pid, err = b.track(proc)
+	}
 	resume()
 	if err != nil {
 		return 0, fmt.Errorf("start container init: %w", startError(err))
-	}
-	pid, err := proc.Pid()
-	if err != nil {
-		return 0, err
 	}
 	if err := writePidFile(cc.PidFile, pid); err != nil {
 		return 0, err
@@ -231,6 +234,19 @@ func (b *libBackend) attach(proc *libcontainer.Process, io *runtime.IO, console 
 	}
 	proc.ConsoleSocket = f
 	return func() { _ = f.Close() }, nil // only the shim's copy of the socket
+}
+
+// track hands the reaper the pid of a process libcontainer started, before
+// the caller resumes the gate it held across the start: libcontainer never
+// waits for it once started, so the reaper may collect its exit while
+// another create holds the gate.
+func (b *libBackend) track(proc *libcontainer.Process) (int, error) {
+	pid, err := proc.Pid()
+	if err != nil {
+		return 0, err
+	}
+	b.gate.Track(pid)
+	return pid, nil
 }
 
 // Start implements runtime.Backend: runc start.
@@ -290,13 +306,13 @@ func (b *libBackend) Restore(ctx context.Context, cc *runtime.CreateConfig, r *r
 		ExternalUnixConnections: true,
 		ShellJob:                cc.Console != nil,
 	})
+	var pid int
+	if err == nil {
+		pid, err = b.track(proc)
+	}
 	resume()
 	if err != nil {
 		return 0, fmt.Errorf("restore container %s: %w", cc.ID, libError(err))
-	}
-	pid, err := proc.Pid()
-	if err != nil {
-		return 0, err
 	}
 	if err := writePidFile(cc.PidFile, pid); err != nil {
 		return 0, err
@@ -332,18 +348,15 @@ func (b *libBackend) Exec(ctx context.Context, id string, e *runtime.ExecConfig)
 	defer release()
 	resume := b.gate.Pause()
 	err = c.Run(proc)
+	var pid int
 	if err == nil {
 		// Still under the gate: the process cannot have been reaped, so
 		// its pid is still its own.
-		err = b.trackExec(e.ID, proc)
+		pid, err = b.trackExec(e.ID, proc)
 	}
 	resume()
 	if err != nil {
 		return 0, fmt.Errorf("exec in container %s: %w", id, startError(err))
-	}
-	pid, err := proc.Pid()
-	if err != nil {
-		return 0, err
 	}
 	if err := writePidFile(e.PidFile, pid); err != nil {
 		return 0, err
@@ -414,15 +427,15 @@ func (b *libBackend) signalAll(c *libcontainer.Container, sig unix.Signal) error
 // the reaper off, so the pid is still the process's. Exec processes that
 // have exited are dropped: an exec id per health probe would otherwise
 // keep one descriptor each.
-func (b *libBackend) trackExec(id string, proc *libcontainer.Process) error {
-	pid, err := proc.Pid()
+func (b *libBackend) trackExec(id string, proc *libcontainer.Process) (int, error) {
+	pid, err := b.track(proc)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		_ = proc.Signal(unix.SIGKILL) // no safe way to signal it later
-		return fmt.Errorf("pidfd of exec %s (pid %d): %w", id, pid, err)
+		return 0, fmt.Errorf("pidfd of exec %s (pid %d): %w", id, pid, err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -436,7 +449,7 @@ func (b *libBackend) trackExec(id string, proc *libcontainer.Process) error {
 		}
 	}
 	b.execs[id] = execProc{pid: pid, pidfd: pidfd}
-	return nil
+	return pid, nil
 }
 
 // exited reports whether the process of pidfd has exited (a pidfd polls

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	gorunc "github.com/containerd/go-runc"
 	"github.com/opencontainers/runc/libcontainer"
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/internal/pidtest"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/reaper"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 )
@@ -96,48 +98,38 @@ func testBundle(t *testing.T, busybox string, args ...string) (bundle.Bundle, *s
 	return b, spec
 }
 
-// aggressiveReaper collects every exited child of this process as fast as
-// it can, as the shim's reaper does on SIGCHLD, through gate.
+// aggressiveReaper runs the shim's reaper (pkg/reaper, the gate the
+// server uses) as fast as it can, as if SIGCHLD never stopped coming, and
+// records every exit it reports.
 type aggressiveReaper struct {
-	gate interface{ reap(func()) }
+	r    *reaper.Reaper
+	ec   chan gorunc.Exit
 	mu   sync.Mutex
-	exit map[int]int // pid -> wait status
+	exit map[int]int // pid -> exit status
 	stop chan struct{}
 	done chan struct{}
 }
 
-type rwGate struct{ mu sync.RWMutex }
-
-func (g *rwGate) Pause() func() { g.mu.RLock(); return g.mu.RUnlock }
-func (g *rwGate) reap(f func()) { g.mu.Lock(); f(); g.mu.Unlock() }
-
-type noGate struct{}
-
-func (noGate) Pause() func() { return func() {} }
-func (noGate) reap(f func()) { f() }
-
-func startReaper(gate interface{ reap(func()) }) *aggressiveReaper {
-	r := &aggressiveReaper{gate: gate, exit: map[int]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+func startReaper(rp *reaper.Reaper) *aggressiveReaper {
+	r := &aggressiveReaper{r: rp, ec: rp.Subscribe(), exit: map[int]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	recorded := make(chan struct{})
 	go func() {
-		defer close(r.done)
+		defer close(recorded)
+		for e := range r.ec {
+			r.mu.Lock()
+			r.exit[e.Pid] = e.Status
+			r.mu.Unlock()
+		}
+	}()
+	go func() {
+		defer func() { r.r.Unsubscribe(r.ec); <-recorded; close(r.done) }()
 		for {
 			select {
 			case <-r.stop:
 				return
 			default:
 			}
-			r.gate.reap(func() {
-				for {
-					var ws unix.WaitStatus
-					pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-					if err != nil || pid <= 0 {
-						return
-					}
-					r.mu.Lock()
-					r.exit[pid] = ws.ExitStatus()
-					r.mu.Unlock()
-				}
-			})
+			_ = r.r.Reap()
 			runtimeGosched()
 		}
 	}()
@@ -208,8 +200,8 @@ func TestLibcontainerReaperGate(t *testing.T) {
 	busybox := needContainers(t)
 	b, spec := testBundle(t, busybox, "sh", "-c", "echo hi; exit 3")
 
-	r := startReaper(noGate{})
-	be := newTestBackend(t, b, spec, noGate{})
+	r := startReaper(reaper.New()) // never held: every reap is a full one
+	be := newTestBackend(t, b, spec, runtime.NoReaper{})
 	stolen := 0
 	var first error
 	for i := range 20 {
@@ -228,7 +220,7 @@ func TestLibcontainerReaperGate(t *testing.T) {
 	}
 	t.Logf("without the gate, %d of 20 creates failed, e.g.: %v", stolen, first)
 
-	g := &rwGate{}
+	g := reaper.New()
 	r = startReaper(g)
 	defer r.close()
 	be = newTestBackend(t, b, spec, g)
@@ -250,7 +242,7 @@ func TestLibcontainerLeavesShimDescriptorsUsable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	g := &rwGate{}
+	g := reaper.New()
 	r := startReaper(g)
 	defer r.close()
 	if err := lifecycle(t, "fds", newTestBackend(t, b, spec, g), r); err != nil {
@@ -294,7 +286,7 @@ func TestLibcontainerRelativePathsAgainstTheBundle(t *testing.T) {
 	hookOut := filepath.Join(t.TempDir(), "hook-state.json")
 	spec.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/bin/sh", Args: []string{"sh", "-c", "cat > " + hookOut}}}}
 	t.Chdir(t.TempDir()) // not the bundle, as in a grouped shim
-	g := &rwGate{}
+	g := reaper.New()
 	r := startReaper(g)
 	defer r.close()
 	if err := lifecycle(t, "cwd", newTestBackend(t, b, spec, g), r); err != nil {
@@ -317,7 +309,7 @@ func TestLibcontainerRelativePathsAgainstTheBundle(t *testing.T) {
 func TestLibcontainerErrorKinds(t *testing.T) {
 	busybox := needContainers(t)
 	b, spec := testBundle(t, busybox, "sleep", "100")
-	g := &rwGate{}
+	g := reaper.New()
 	r := startReaper(g)
 	defer r.close()
 	be := newTestBackend(t, b, spec, g)
@@ -408,7 +400,7 @@ func TestLibcontainerExeSeal(t *testing.T) {
 	level := logrus.GetLevel()
 	logrus.SetLevel(logrus.DebugLevel)
 	defer logrus.SetLevel(level)
-	g := &rwGate{}
+	g := reaper.New()
 	r := startReaper(g)
 	defer r.close()
 	if err := lifecycle(t, "seal", newTestBackend(t, b, spec, g), r); err != nil {
@@ -468,15 +460,15 @@ func TestLibcontainerUsernsMappingsUnderTheGate(t *testing.T) {
 		}
 		return failed, first
 	}
-	r := startReaper(noGate{})
-	failed, first := convert(noGate{}, 50)
+	r := startReaper(reaper.New()) // never held: every reap is a full one
+	failed, first := convert(runtime.NoReaper{}, 50)
 	r.close()
 	if failed == 0 {
 		t.Fatal("an ungated reaper never took specconv's helper: this test cannot tell the gate works")
 	}
 	t.Logf("without the gate, %d of 50 conversions failed, e.g.: %v", failed, first)
 
-	g := &rwGate{}
+	g := reaper.New()
 	r = startReaper(g)
 	defer r.close()
 	if failed, first := convert(g, 50); failed > 0 {
@@ -501,7 +493,7 @@ func TestLibcontainerKeepsTheShimsMountNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &rwGate{}
+	g := reaper.New()
 	r := startReaper(g)
 	defer r.close()
 	be := newTestBackend(t, b, spec, g)
@@ -526,7 +518,7 @@ func TestLibcontainerSignalReapedExec(t *testing.T) {
 	busybox := needContainers(t)
 	b, spec := testBundle(t, busybox, "sleep", "1000")
 	ctx := context.Background()
-	g := &rwGate{}
+	g := reaper.New()
 	r := startReaper(g)
 	defer func() { r.close() }()
 	be := newTestBackend(t, b, spec, g)
@@ -573,7 +565,7 @@ func TestLibcontainerKillAllFreezes(t *testing.T) {
 	// handler); its child does not, and sh exits when the child has.
 	b, spec := testBundle(t, busybox, "sh", "-c", "sleep 1000 & wait")
 	ctx := context.Background()
-	g := &rwGate{}
+	g := reaper.New()
 	r := startReaper(g)
 	defer r.close()
 	be := newTestBackend(t, b, spec, g)
