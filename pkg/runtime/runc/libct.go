@@ -68,6 +68,12 @@ type libBackend struct {
 
 	mu        sync.Mutex
 	container *libcontainer.Container // guarded by mu; nil before Create and after Delete
+
+	// startMu orders an exec's start, where libcontainer checks the
+	// config's SkipDevices, after Update's clearing of it, which happens
+	// outside libcontainer's lock. Held across those libcontainer calls
+	// only, which hold libcontainer's own container lock throughout.
+	startMu sync.Mutex
 }
 
 var _ runtime.Backend = (*libBackend)(nil)
@@ -315,9 +321,11 @@ func (b *libBackend) Exec(ctx context.Context, id string, e *runtime.ExecConfig)
 		return 0, err
 	}
 	defer release()
+	b.startMu.Lock()
 	resume := b.gate.Pause()
 	err = c.Run(proc)
 	resume()
+	b.startMu.Unlock()
 	if err != nil {
 		return 0, fmt.Errorf("exec in container %s: %w", id, startError(err))
 	}
@@ -475,12 +483,63 @@ func (b *libBackend) Update(ctx context.Context, id string, r *specs.LinuxResour
 	if err != nil {
 		return err
 	}
+	// Config is a shallow copy: its Cgroups and Resources are the live
+	// container's, shared with its cgroup manager, and Set rolls a refused
+	// update back to them. The update goes to a copy of its own.
 	config := c.Config()
+	live := config.Cgroups.Resources
+	if live == nil {
+		live = &cgroups.Resources{} // nothing to roll back to, nothing shared
+	}
+	config.Cgroups = cloneCgroup(config.Cgroups)
 	applyResources(&config, r)
-	if err := c.Set(config); err != nil {
+	// As runc update, skip the device rules, which keeps those a device
+	// plugin added; in the rollback of a refused update too, which
+	// applies the live resources. Only for this Set: libcontainer refuses
+	// to start a process in a container whose config has the flag (runc's
+	// CLI never keeps it: state.json leaves it out). startMu orders these
+	// writes against that check, the flag's only other reader.
+	b.startMu.Lock()
+	defer b.startMu.Unlock()
+	live.SkipDevices, config.Cgroups.SkipDevices = true, true
+	err = c.Set(config)
+	live.SkipDevices, config.Cgroups.SkipDevices = false, false
+	if err != nil {
 		return fmt.Errorf("update container %s: %w", id, libError(err))
 	}
 	return nil
+}
+
+// cloneCgroup copies a cgroup configuration deeply enough for
+// applyResources: the structs, and the device lists whose entries it
+// changes in place. What it only replaces (maps, pointers to values) stays
+// shared.
+func cloneCgroup(cg *cgroups.Cgroup) *cgroups.Cgroup {
+	c := *cg
+	if cg.Resources == nil {
+		c.Resources = &cgroups.Resources{}
+		return &c
+	}
+	r := *cg.Resources
+	r.BlkioWeightDevice = cloneEntries(r.BlkioWeightDevice)
+	r.BlkioThrottleReadBpsDevice = cloneEntries(r.BlkioThrottleReadBpsDevice)
+	r.BlkioThrottleWriteBpsDevice = cloneEntries(r.BlkioThrottleWriteBpsDevice)
+	r.BlkioThrottleReadIOPSDevice = cloneEntries(r.BlkioThrottleReadIOPSDevice)
+	r.BlkioThrottleWriteIOPSDevice = cloneEntries(r.BlkioThrottleWriteIOPSDevice)
+	c.Resources = &r
+	return &c
+}
+
+func cloneEntries[T any](s []*T) []*T {
+	if s == nil {
+		return nil
+	}
+	out := make([]*T, len(s))
+	for i, e := range s {
+		v := *e
+		out[i] = &v
+	}
+	return out
 }
 
 // Pids implements runtime.Backend.
@@ -768,7 +827,6 @@ func applyResources(config *configs.Config, in *specs.LinuxResources) {
 	}
 	res.PidsLimit = r.Pids.Limit
 	res.Unified = r.Unified
-	config.Cgroups.SkipDevices = true
 }
 
 func upsertWeightDevice(devices []*cgroups.WeightDevice, wd specs.LinuxWeightDevice) []*cgroups.WeightDevice {
