@@ -330,13 +330,32 @@ func (b *libBackend) Exec(ctx context.Context, id string, e *runtime.ExecConfig)
 		return 0, fmt.Errorf("exec in container %s: %w", id, startError(err))
 	}
 	pid, err := proc.Pid()
-	if err != nil {
-		return 0, err
+	if err == nil {
+		err = writePidFile(e.PidFile, pid)
 	}
-	if err := writePidFile(e.PidFile, pid); err != nil {
+	if err != nil {
+		// The process runs, and the task layer, which gets no pid, would
+		// never know it.
+		b.killStarted(ctx, proc)
 		return 0, err
 	}
 	return pid, nil
+}
+
+// killStarted ends an exec process whose start failed after it ran:
+// SIGKILL (through its pidfd: Go's os.Process keeps one), and reaped here,
+// under the gate, so that its exit never reaches the reaper as a pid no
+// process claims.
+func (b *libBackend) killStarted(ctx context.Context, proc *libcontainer.Process) {
+	resume := b.gate.Pause()
+	defer resume()
+	if err := proc.Signal(unix.SIGKILL); err != nil {
+		log.G(ctx).WithError(err).Warn("kill exec process after a failed start")
+	}
+	var exitErr *exec.ExitError
+	if _, err := proc.Wait(); err != nil && !errors.As(err, &exitErr) {
+		log.G(ctx).WithError(err).Warn("wait for exec process killed after a failed start")
+	}
 }
 
 // Kill implements runtime.Backend: runc kill. With all, every process of
