@@ -3,6 +3,7 @@ package runc
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -197,5 +198,32 @@ func TestLibcontainerUpdateKeepsDevicesAndExec(t *testing.T) {
 	n, _ := rd.Read(out)
 	if got := string(out[:n]); got != "ok\n" {
 		t.Fatalf("exec output %q", got)
+	}
+}
+
+// Updates racing execs: each exec starts with a config that does not skip
+// devices, and (under -race) Update's setting and clearing of the flag is
+// ordered against libcontainer's check of it.
+func TestLibcontainerUpdatesRacingExecs(t *testing.T) {
+	be, _ := runningContainer(t, "racing")
+	ctx := context.Background()
+	const n = 10
+	errs := make(chan error, 2*n)
+	go func() {
+		for i := range n {
+			limit := int64(128+i) << 20
+			errs <- be.Update(ctx, "racing", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})
+		}
+	}()
+	go func() {
+		for i := range n {
+			_, err := be.Exec(ctx, "racing", &runtime.ExecConfig{ID: fmt.Sprint("e", i), Spec: &specs.Process{Args: []string{"true"}, Cwd: "/", Env: []string{"PATH=/bin"}}})
+			errs <- err
+		}
+	}()
+	for range 2 * n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }
