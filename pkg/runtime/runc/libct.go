@@ -69,10 +69,11 @@ type libBackend struct {
 	mu        sync.Mutex
 	container *libcontainer.Container // guarded by mu; nil before Create and after Delete
 
-	// startMu orders an exec's start, where libcontainer checks the
-	// config's SkipDevices, after Update's clearing of it, which happens
-	// outside libcontainer's lock. Held across those libcontainer calls
-	// only, which hold libcontainer's own container lock throughout.
+	// startMu orders Update's setting and clearing of the config's
+	// SkipDevices, done outside libcontainer's lock, against an exec's
+	// start, where libcontainer checks it. Held across those two
+	// libcontainer calls only (which hold the container's own lock
+	// throughout anyway).
 	startMu sync.Mutex
 }
 
