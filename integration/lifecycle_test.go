@@ -354,6 +354,12 @@ func TestStatsAndUpdate(t *testing.T) {
 		if f, err := stats(); err != nil || f.limit != 128<<20 {
 			t.Fatalf("memory limit %d after the CPU update, want it kept at %d (%v)", f.limit, 128<<20, err)
 		}
+		// An update is no reason for a later exec to fail (in-process
+		// runc kept the update's SkipDevices in the live config:
+		// "can't start container with SkipDevices set").
+		if code := execToExit(t, c, task, "after-update", nil, "true"); code != 0 {
+			t.Fatalf("exec after an update: exit %d", code)
+		}
 		out, _, err := e.d.Ctr("-n", namespace, "task", "metrics", id)
 		if err != nil || !strings.Contains(out, "memory") {
 			t.Fatalf("ctr task metrics: %v\n%s", err, out)

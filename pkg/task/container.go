@@ -419,13 +419,15 @@ func (c *container) deleteInit(ctx context.Context) (*taskAPI.DeleteResponse, er
 	p := c.init
 	p.op.Lock()
 	defer p.op.Unlock()
+	created := false
 	switch st := p.current(); st {
 	case stateCreated:
 		// Never started: the backend's delete kills the waiting init. Its
-		// exit is ours to record now; the reaper's report is dropped (an
-		// exit that came first was recorded already and stands).
+		// exit is ours to record once that delete succeeded; the reaper's
+		// report is dropped (an exit that came first was recorded already
+		// and stands).
 		c.h.exits.forget(p.getPid(), p)
-		p.setExited(128+int(syscall.SIGKILL), time.Now())
+		created = true
 	case stateStopped:
 	default:
 		return nil, p.refusal("delete", st)
@@ -438,8 +440,12 @@ func (c *container) deleteInit(ctx context.Context) (*taskAPI.DeleteResponse, er
 		}
 	}
 	if err := c.backend.Delete(ctx, c.id, false); err != nil {
-		// Still stopped: containerd may retry.
+		// Still created or stopped: containerd may retry. A created init
+		// may still run, so no exit is recorded and Wait keeps waiting.
 		return nil, fmt.Errorf("delete task %s: %w", c.id, err)
+	}
+	if created {
+		p.setExited(128+int(syscall.SIGKILL), time.Now())
 	}
 	if pio != nil {
 		_ = pio.Close() // its error is of no use (procio.IO.Close)

@@ -80,6 +80,13 @@ type libBackend struct {
 	// freeze serialises Pause, Resume and kill --all's freeze, so that a
 	// kill never thaws a container paused meanwhile.
 	freeze sync.Mutex
+
+	// startMu orders Update's setting and clearing of the config's
+	// SkipDevices, done outside libcontainer's lock, against an exec's
+	// start, where libcontainer checks it. Held across those two
+	// libcontainer calls only (which hold the container's own lock
+	// throughout anyway).
+	startMu sync.Mutex
 }
 
 // execProc is an exec process as the backend signals it.
@@ -346,6 +353,7 @@ func (b *libBackend) Exec(ctx context.Context, id string, e *runtime.ExecConfig)
 		return 0, err
 	}
 	defer release()
+	b.startMu.Lock()
 	resume := b.gate.Pause()
 	err = c.Run(proc)
 	var pid int
@@ -355,13 +363,34 @@ func (b *libBackend) Exec(ctx context.Context, id string, e *runtime.ExecConfig)
 		pid, err = b.trackExec(e.ID, proc)
 	}
 	resume()
+	b.startMu.Unlock()
 	if err != nil {
 		return 0, fmt.Errorf("exec in container %s: %w", id, startError(err))
 	}
 	if err := writePidFile(e.PidFile, pid); err != nil {
+		// The process runs, and the task layer, which gets no pid, would
+		// never know it.
+		b.killStarted(ctx, proc)
 		return 0, err
 	}
 	return pid, nil
+}
+
+// killStarted ends an exec process whose start failed after it ran:
+// SIGKILL (through its pidfd: Go's os.Process keeps one), and reaped here,
+// under the gate, so that its exit never reaches the reaper as a pid no
+// process claims.
+func (b *libBackend) killStarted(ctx context.Context, proc *libcontainer.Process) {
+	resume := b.gate.Pause()
+	defer resume()
+	if err := proc.Signal(unix.SIGKILL); err != nil {
+		log.G(ctx).WithError(err).Warn("kill exec process after a failed start")
+	}
+	// ECHILD: the reaper collected it first (its pid is tracked).
+	var exitErr *exec.ExitError
+	if _, err := proc.Wait(); err != nil && !errors.As(err, &exitErr) && !errors.Is(err, unix.ECHILD) {
+		log.G(ctx).WithError(err).Warn("wait for exec process killed after a failed start")
+	}
 }
 
 // Kill implements runtime.Backend: runc kill. With all, every process of
@@ -592,12 +621,63 @@ func (b *libBackend) Update(ctx context.Context, id string, r *specs.LinuxResour
 	if err != nil {
 		return err
 	}
+	// Config is a shallow copy: its Cgroups and Resources are the live
+	// container's, shared with its cgroup manager, and Set rolls a refused
+	// update back to them. The update goes to a copy of its own.
 	config := c.Config()
+	live := config.Cgroups.Resources
+	if live == nil {
+		live = &cgroups.Resources{} // nothing to roll back to, nothing shared
+	}
+	config.Cgroups = cloneCgroup(config.Cgroups)
 	applyResources(&config, r)
-	if err := c.Set(config); err != nil {
+	// As runc update, skip the device rules, which keeps those a device
+	// plugin added; in the rollback of a refused update too, which
+	// applies the live resources. Only for this Set: libcontainer refuses
+	// to start a process in a container whose config has the flag (runc's
+	// CLI never keeps it: state.json leaves it out). startMu orders these
+	// writes against that check, the flag's only other reader.
+	b.startMu.Lock()
+	defer b.startMu.Unlock()
+	live.SkipDevices, config.Cgroups.SkipDevices = true, true
+	err = c.Set(config)
+	live.SkipDevices, config.Cgroups.SkipDevices = false, false
+	if err != nil {
 		return fmt.Errorf("update container %s: %w", id, libError(err))
 	}
 	return nil
+}
+
+// cloneCgroup copies a cgroup configuration deeply enough for
+// applyResources: the structs, and the device lists whose entries it
+// changes in place. What it only replaces (maps, pointers to values) stays
+// shared.
+func cloneCgroup(cg *cgroups.Cgroup) *cgroups.Cgroup {
+	c := *cg
+	if cg.Resources == nil {
+		c.Resources = &cgroups.Resources{}
+		return &c
+	}
+	r := *cg.Resources
+	r.BlkioWeightDevice = cloneEntries(r.BlkioWeightDevice)
+	r.BlkioThrottleReadBpsDevice = cloneEntries(r.BlkioThrottleReadBpsDevice)
+	r.BlkioThrottleWriteBpsDevice = cloneEntries(r.BlkioThrottleWriteBpsDevice)
+	r.BlkioThrottleReadIOPSDevice = cloneEntries(r.BlkioThrottleReadIOPSDevice)
+	r.BlkioThrottleWriteIOPSDevice = cloneEntries(r.BlkioThrottleWriteIOPSDevice)
+	c.Resources = &r
+	return &c
+}
+
+func cloneEntries[T any](s []*T) []*T {
+	if s == nil {
+		return nil
+	}
+	out := make([]*T, len(s))
+	for i, e := range s {
+		v := *e
+		out[i] = &v
+	}
+	return out
 }
 
 // Pids implements runtime.Backend.
@@ -885,7 +965,6 @@ func applyResources(config *configs.Config, in *specs.LinuxResources) {
 	}
 	res.PidsLimit = r.Pids.Limit
 	res.Unified = r.Unified
-	config.Cgroups.SkipDevices = true
 }
 
 func upsertWeightDevice(devices []*cgroups.WeightDevice, wd specs.LinuxWeightDevice) []*cgroups.WeightDevice {

@@ -444,6 +444,11 @@ func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (i
 		return 0, err
 	}
 	internal := b.bundle.ExecInternalPidFile(e.ID)
+	// A file left by an earlier exec of this id would name a process that
+	// is not this exec's.
+	if err := os.Remove(internal); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
 	args := []string{"exec", "--process", f.Name(), "--detach", "--pid-file", e.PidFile, "--internal-pid-file", internal}
 	if e.Console != nil {
 		args = append(args, "--console-socket", e.Console.Path)
@@ -456,6 +461,7 @@ func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (i
 		// through the reaper like any other.
 		pid, perr := bundle.ReadPidFile(e.PidFile)
 		if _, ierr := bundle.ReadPidFile(internal); perr != nil || ierr != nil || pid <= 0 {
+			b.killStarted(ctx, id, internal)
 			return 0, err
 		}
 		log.G(ctx).WithError(err).WithField("pid", pid).Debug("runsc exec reported a failure after the process started")
@@ -463,9 +469,37 @@ func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (i
 	}
 	pid, err := bundle.ReadPidFile(e.PidFile)
 	if err != nil {
+		b.killStarted(ctx, id, internal)
 		return 0, fmt.Errorf("read exec pid file: %w", err)
 	}
 	return pid, nil
+}
+
+// killStarted ends the sandboxed process of an exec that failed after
+// runsc started it, as its internal pid file (written first) says: the
+// task layer gets no pid and would never know it. SIGKILL, then "runsc
+// wait" reaps it in the sandbox, which also ends its host "runsc exec"
+// process if one is left. On a context of its own: the request's may be
+// what ended the exec.
+func (b *Backend) killStarted(ctx context.Context, id, internal string) {
+	ipid, err := bundle.ReadPidFile(internal)
+	if err != nil {
+		return // never started, as far as runsc told
+	}
+	defer os.Remove(internal)
+	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	pid := strconv.Itoa(ipid)
+	entry := log.G(ctx).WithField("internal_pid", ipid)
+	if err := b.run(kctx, "kill", nil, nil, "kill", "--pid", pid, id, strconv.Itoa(int(unix.SIGKILL))); err != nil {
+		if !errdefs.IsNotFound(err) {
+			entry.WithError(err).Warn("kill exec process after a failed start")
+		}
+		return
+	}
+	if err := b.run(kctx, "wait", nil, io.Discard, "wait", "--pid", pid, id); err != nil {
+		entry.WithError(err).Debug("wait for exec process killed after a failed start")
+	}
 }
 
 // Kill implements runtime.Backend.
