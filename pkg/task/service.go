@@ -78,7 +78,7 @@ type Config struct {
 // fed to HandleExit.
 func NewService(ctx context.Context, cfg Config) *Service {
 	s := &Service{
-		events:          events.NewQueue(cfg.Namespace, cfg.Events),
+		events:          events.NewQueue(cfg.Namespace, cfg.Events, cfg.Metrics),
 		backends:        cfg.Backends,
 		requestShutdown: cfg.Shutdown,
 		hold:            cfg.Hold,
