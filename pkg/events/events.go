@@ -38,8 +38,9 @@ type Sender interface {
 // were queued. One goroutine sends; while containerd cannot be reached, the
 // event is retried in place, never requeued behind later events; an event
 // containerd refuses is dropped (logged and counted) so that the events
-// behind it flow. Close flushes what is queued before the shim exits. containerd's runc shim requeues failures at the back and stops
-// forwarding at shutdown, which is how it loses and reorders events in quick
+// behind it flow. Close flushes what is queued before the shim exits.
+// containerd's runc shim requeues failures at the back and stops forwarding
+// at shutdown, which is how it loses and reorders events in quick
 // create/exit/delete cycles.
 type Queue struct {
 	namespace string
@@ -173,7 +174,11 @@ func (q *Queue) drop(env *types.Envelope, err error, reason metrics.EventDropRea
 			l = l.WithField("id", e.GetContainerID())
 		}
 	}
-	l.Warn("event dropped")
+	if reason == metrics.EventUnreachable {
+		l.Error("event dropped: containerd still unreachable as the shim exits")
+	} else {
+		l.Warn("event dropped")
+	}
 	q.metrics.EventDropped(env.Topic, reason)
 }
 

@@ -19,15 +19,16 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
-// panickyTasks is a Task service whose Pause panics for task "boom" (as a
-// nil from a backend would) and answers everything else it implements.
+// panickyTasks is a Task service whose Pause panics for task "boom" (with
+// a runtime error, as a nil from a backend would) and answers everything
+// else it implements.
 // Methods it does not implement panic too (nil interface).
 type panickyTasks struct{ taskv3.TTRPCTaskService }
 
 func (panickyTasks) Pause(ctx context.Context, r *taskv3.PauseRequest) (*emptypb.Empty, error) {
 	if r.ID == "boom" {
-		var m map[string]int
-		m["x"]++ // assignment to entry in nil map
+		var st *taskv3.StateResponse
+		_ = st.ID // nil pointer dereference
 	}
 	return &emptypb.Empty{}, nil
 }
