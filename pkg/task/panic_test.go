@@ -110,6 +110,12 @@ func TestPanickingBackendCallMarksOnlyItsTask(t *testing.T) {
 		t.Fatalf("State of b: %v, %v", st, err)
 	}
 
+	// A shim-wide request names a task but changes none.
+	h.svc.Panicked("b", "Shutdown", "x")
+	if _, err := h.svc.State(h.ctx, &taskAPI.StateRequest{ID: "b"}); err != nil {
+		t.Fatalf("State of b after a Shutdown panicked: %v", err)
+	}
+
 	// containerd cleans a up: kill, wait, delete.
 	if _, err := h.svc.Kill(h.ctx, &taskAPI.KillRequest{ID: "a", Signal: uint32(syscall.SIGKILL), All: true}); err != nil {
 		t.Fatalf("Kill of a: %v", err)

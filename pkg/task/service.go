@@ -288,6 +288,9 @@ func (s *Service) reserve(id string) error {
 // Connect and Shutdown. A Create that panicked leaves no task: its
 // reservation goes, or the shim could never exit.
 func (s *Service) Panicked(id, method string, v any) {
+	if method == "Connect" || method == "Shutdown" {
+		return // shim-wide: they change no task's state
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.panicked[id]; !ok { // the first panic says the most
