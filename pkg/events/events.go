@@ -1,14 +1,19 @@
 // Package events delivers a shim's task events to containerd: one ordered
-// queue, retried in place, flushed before the shim exits, so that no event
-// is lost or reordered.
+// queue, retried in place while containerd is unreachable, flushed before
+// the shim exits, so that no event is lost or reordered; an event
+// containerd refuses is dropped and counted rather than holding back the
+// events behind it.
 package events
 
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
@@ -20,6 +25,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
 // Sender delivers one event envelope to containerd.
@@ -28,14 +35,17 @@ type Sender interface {
 }
 
 // Queue forwards task events to containerd strictly in the order they
-// were queued. One goroutine sends; a failed send is retried in place, never
-// requeued behind later events, and Close flushes what is queued before the
-// shim exits. containerd's runc shim requeues failures at the back and stops
-// forwarding at shutdown, which is how it loses and reorders events in quick
+// were queued. One goroutine sends; while containerd cannot be reached, the
+// event is retried in place, never requeued behind later events; an event
+// containerd refuses is dropped (logged and counted) so that the events
+// behind it flow. Close flushes what is queued before the shim exits.
+// containerd's runc shim requeues failures at the back and stops forwarding
+// at shutdown, which is how it loses and reorders events in quick
 // create/exit/delete cycles.
 type Queue struct {
 	namespace string
 	sender    Sender
+	metrics   *metrics.Recorder
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -51,17 +61,23 @@ type Queue struct {
 
 const (
 	sendTimeout = 5 * time.Second
-	// rejectedTries bounds retries of an event containerd answered with an
-	// error; connection failures (containerd restarting) are retried until
-	// it is back.
-	rejectedTries = 3
-	maxBackoff    = time.Second
-	flushDeadline = 10 * time.Second
+	// ambiguousTries bounds the tries of an event that got an ambiguous
+	// answer (see classify). Unknown is what containerd sends for a plain
+	// error of its handler: a payload it cannot take fails the same way
+	// every time, and every exit queued behind it waits; when it means that
+	// containerd is stopping, its connection closes next and the event is
+	// lost to that containerd anyway (the next one learns task states from
+	// State and Wait). A few quick tries cover a blip; then the queue moves
+	// on.
+	ambiguousTries = 3
+	maxBackoff     = time.Second
+	flushDeadline  = 10 * time.Second
 )
 
-// NewQueue starts a queue sending through s; Close stops it.
-func NewQueue(namespace string, s Sender) *Queue {
-	q := &Queue{namespace: namespace, sender: s, done: make(chan struct{})}
+// NewQueue starts a queue sending through s; Close stops it. rec counts
+// the events dropped; nil counts nothing.
+func NewQueue(namespace string, s Sender, rec *metrics.Recorder) *Queue {
+	q := &Queue{namespace: namespace, sender: s, metrics: rec, done: make(chan struct{})}
 	q.cond = sync.NewCond(&q.mu)
 	go q.run()
 	return q
@@ -117,8 +133,7 @@ func (q *Queue) run() {
 
 func (q *Queue) deliver(env *types.Envelope) {
 	backoff := 10 * time.Millisecond
-	rejected := 0
-	for {
+	for tries := 1; ; tries++ {
 		ctx, cancel := context.WithTimeout(context.Background(), sendTimeout)
 		err := q.sender.Send(ctx, env)
 		cancel()
@@ -128,14 +143,21 @@ func (q *Queue) deliver(env *types.Envelope) {
 		if err == nil {
 			return
 		}
-		if rejectedByServer(err) {
-			rejected++
+		switch classify(err) {
+		case refused:
+			q.drop(env, err, metrics.EventRefused)
+			return
+		case ambiguous:
+			if tries >= ambiguousTries {
+				q.drop(env, err, metrics.EventRefused)
+				return
+			}
 		}
 		q.mu.Lock()
 		expired := q.closed && time.Now().After(q.flushBy)
 		q.mu.Unlock()
-		if rejected >= rejectedTries || expired {
-			log.L.WithError(err).WithField("topic", env.Topic).Error("event dropped")
+		if expired {
+			q.drop(env, err, metrics.EventUnreachable)
 			return
 		}
 		log.L.WithError(err).WithField("topic", env.Topic).Warn("forward event to containerd; retrying")
@@ -144,18 +166,65 @@ func (q *Queue) deliver(env *types.Envelope) {
 	}
 }
 
-// rejectedByServer tells an answer from containerd apart from a failure to
-// reach it.
-func rejectedByServer(err error) bool {
-	st, ok := status.FromError(err)
-	if !ok {
-		return false
+// drop gives up on env: logged with its topic and container, and counted.
+func (q *Queue) drop(env *types.Envelope, err error, reason metrics.EventDropReason) {
+	l := log.L.WithError(err).WithFields(log.Fields{"topic": env.Topic, "reason": reason})
+	if v, uerr := typeurl.UnmarshalAny(env.Event); uerr == nil {
+		if e, ok := v.(interface{ GetContainerID() string }); ok {
+			l = l.WithField("id", e.GetContainerID())
+		}
 	}
-	switch st.Code() {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Unknown:
-		return false
+	if reason == metrics.EventUnreachable {
+		l.Error("event dropped: containerd still unreachable as the shim exits")
+	} else {
+		l.Warn("event dropped")
 	}
-	return true
+	q.metrics.EventDropped(env.Topic, reason)
+}
+
+// verdict is what a failed send tells about containerd.
+type verdict uint8
+
+const (
+	// unreachable: containerd did not answer (socket missing, connection
+	// refused or closed, no answer in time). It will take the event once
+	// it is back, so the event is retried in place however long that takes.
+	unreachable verdict = iota
+	// refused: containerd answered with an error; it would answer the
+	// same again.
+	refused
+	// ambiguous: an answer that may be transient (Unknown: a plain error
+	// of containerd's handler, such as its exchange's "sink closed" while
+	// it stops), or an error the sender does not know.
+	ambiguous
+)
+
+// classify sorts a send error by what ttrpc returns: a status (even
+// wrapped, as ttrpc's OversizedMessageErr) is containerd's answer, or the
+// client's own refusal to send; without one the request got no answer: the
+// dial's *net.OpError (ENOENT, ECONNREFUSED, EAGAIN), ttrpc.ErrClosed for a
+// connection that closed under the call, our send timeout.
+func classify(err error) verdict {
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+			return unreachable
+		case codes.Unknown:
+			return ambiguous
+		}
+		return refused
+	}
+	var opErr *net.OpError
+	switch {
+	case errors.As(err, &opErr),
+		errors.Is(err, ttrpc.ErrClosed), errors.Is(err, net.ErrClosed), errors.Is(err, io.EOF),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
+		errors.Is(err, os.ErrDeadlineExceeded),
+		errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return unreachable
+	}
+	return ambiguous
 }
 
 // Close stops accepting events and waits, at most flushDeadline, until every

@@ -30,6 +30,8 @@ func populated(opts Options) *Recorder {
 	}
 	r.RPC("Create", "ok", time.Millisecond)
 	r.RPC("Wait", "ok", time.Minute)
+	r.EventDropped("/tasks/exit", EventRefused)
+	r.Panic("/containerd.task.v3.Task/Pause")
 	return r
 }
 

@@ -31,6 +31,7 @@ const (
 	labelMethod  = "method"
 	labelResult  = "result"
 	labelCommand = "command"
+	labelTopic   = "topic"
 )
 
 // overflow replaces label values past the cardinality caps below (and
@@ -230,6 +231,10 @@ type Recorder struct {
 	rpcDuration                              *prometheus.HistogramVec
 	commandDuration                          *prometheus.HistogramVec
 	commandFailures                          *prometheus.CounterVec
+	// Rare events (a dropped event, a recovered panic): children resolved
+	// per call. Their label values are bounded: containerd's event topics,
+	// the ttrpc methods the server registered.
+	eventsDropped, panics *prometheus.CounterVec
 
 	// Pod sandboxes (containerd's Sandbox API): a handful per shim, so
 	// their children are resolved per call.
@@ -315,6 +320,10 @@ func New(opts Options) *Recorder {
 	r.rpcDuration = histogram("task_rpc_duration_seconds", "Time to serve a Task API request, by method (Wait, which lasts as long as the process, is not timed).", rpcBuckets, []string{labelMethod})
 	r.commandDuration = histogram("backend_command_duration_seconds", "Time a backend command (runc create, runsc wait…) took, failed or not.", commandBuckets, append(append([]string{}, base...), labelCommand))
 	r.commandFailures = counter("backend_command_failures_total", "Backend commands that failed.", labelCommand)
+	r.eventsDropped = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "events_dropped_total",
+		Help: "Task events not delivered to containerd, by topic and reason: refused (containerd answered with an error) or unreachable (still unreachable when the shim exited)."}, []string{labelTopic, labelReason})
+	r.panics = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "panics_total",
+		Help: "Request handlers that panicked (recovered; the request got Internal), by method."}, []string{labelMethod})
 	r.sandboxesCreated = counter("sandboxes_created_total", "Pod sandboxes created through containerd's Sandbox API (CRI sandboxer = \"shim\").")
 	r.sandboxesStarted = counter("sandboxes_started_total", "Pod sandboxes started (ready for containers).")
 	r.sandboxesExited = counter("sandboxes_exited_total", "Pod sandboxes whose process ended, by reason: stopped (StopSandbox) or died (anything else).", labelReason)
@@ -329,7 +338,7 @@ func New(opts Options) *Recorder {
 	r.reg.MustRegister(r.tasksCreated, r.tasksStarted, r.tasksExited, r.tasksDeleted, r.oomEvents,
 		r.execsStarted, r.execsExited, r.startLatency, r.runDuration, r.rpcRequests, r.rpcDuration,
 		r.commandDuration, r.commandFailures, r.sandboxesCreated, r.sandboxesStarted, r.sandboxesExited,
-		r.sandboxesShutdown, r.sandboxStartLatency, build, newTaskCollector(r))
+		r.sandboxesShutdown, r.sandboxStartLatency, r.eventsDropped, r.panics, build, newTaskCollector(r))
 	if opts.ProcessMetrics {
 		r.reg.MustRegister(newProcessCollector())
 	} else {
@@ -530,6 +539,39 @@ func (r *Recorder) BackendCommand(l Labels, command string, err error, d time.Du
 	if err != nil {
 		s.failures.Inc()
 	}
+}
+
+// EventDropReason is the reason label of events_dropped_total.
+type EventDropReason string
+
+// The reasons an event is dropped.
+const (
+	// EventRefused: containerd answered the event with an error.
+	EventRefused EventDropReason = "refused"
+	// EventUnreachable: containerd was still unreachable when the shim's
+	// time to flush its events ran out.
+	EventUnreachable EventDropReason = "unreachable"
+)
+
+// EventDropped records a task event given up on; topic is its containerd
+// topic ("/tasks/exit").
+func (r *Recorder) EventDropped(topic string, reason EventDropReason) {
+	if r == nil {
+		return
+	}
+	r.eventsDropped.WithLabelValues(topic, string(reason)).Inc()
+}
+
+// Panic records a request handler that panicked; method is trimmed as
+// for RPC.
+func (r *Recorder) Panic(method string) {
+	if r == nil {
+		return
+	}
+	if i := strings.LastIndexByte(method, '/'); i >= 0 {
+		method = method[i+1:]
+	}
+	r.panics.WithLabelValues(method).Inc()
 }
 
 func (r *Recorder) set(l Labels) *labelSet {

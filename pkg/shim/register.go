@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/shim/recovery"
 )
 
 // Register serves the Task API on server, as containerd.task.v3.Task and,
@@ -44,6 +45,16 @@ func reflectDesc(svc taskv3.TTRPCTaskService) *ttrpc.ServiceDesc {
 		}
 	}
 	return desc
+}
+
+// serverOptions are the shim's ttrpc server's options: only the shim's
+// user may connect; a handler's panic fails its request, not the shim, and
+// marks its task in marks (task.Service).
+func serverOptions(rec *metrics.Recorder, trim *memoryTrimmer, marks recovery.Marker) []ttrpc.ServerOpt {
+	return []ttrpc.ServerOpt{
+		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		ttrpc.WithChainUnaryServerInterceptor(interceptor(rec, trim), recovery.Interceptor(rec, marks)),
+	}
 }
 
 // interceptor converts errors to gRPC status once, at the ttrpc boundary,

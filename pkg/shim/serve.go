@@ -101,10 +101,7 @@ func runServe(ctx context.Context, f *flags) error {
 		}
 	}()
 
-	server, err := ttrpc.NewServer(
-		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
-		ttrpc.WithUnaryServerInterceptor(interceptor(rec, newMemoryTrimmer(ctx))),
-	)
+	server, err := ttrpc.NewServer(serverOptions(rec, newMemoryTrimmer(ctx), svc)...)
 	if err != nil {
 		return fmt.Errorf("create ttrpc server: %w", err)
 	}

@@ -21,10 +21,11 @@
 //     checkpoint). The only lock held across a runtime command or an I/O
 //     wait (stdio drain). Kill, State, Pids, Stats, Connect, Wait, CloseIO,
 //     ResizePty and exit handling never take it.
-//  2. Service.mu (shim-wide): the tasks map and the shutdown flag.
-//     ShutdownIfIdle asks the sandbox service's Holds under it (whose
-//     locks are leaves to this package and never call back), so that the
-//     decision to exit and a new task or pod sandbox cannot interleave.
+//  2. Service.mu (shim-wide): the tasks map, the panic marks and the
+//     shutdown flag. ShutdownIfIdle asks the sandbox service's Holds under
+//     it (whose locks are leaves to this package and never call back), so
+//     that the decision to exit and a new task or pod sandbox cannot
+//     interleave.
 //  3. container.mu (per task): the execs map.
 //  4. exitTracker.mu (shim-wide): running pids, exec counts, subscriptions.
 //  5. process.mu (per process): state, exit status, stdio handle. Held for

@@ -55,6 +55,9 @@ type Service struct {
 	mu           sync.Mutex
 	containers   map[string]*container // guarded by mu; nil value: being created
 	shuttingDown bool                  // guarded by mu
+	// panicked holds the tasks whose request handler panicked (see
+	// Panicked): id → what panicked. Guarded by mu.
+	panicked map[string]string
 }
 
 // Config wires a Service.
@@ -80,12 +83,13 @@ type Config struct {
 // fed to HandleExit.
 func NewService(ctx context.Context, cfg Config) *Service {
 	s := &Service{
-		events:          events.NewQueue(cfg.Namespace, cfg.Events),
+		events:          events.NewQueue(cfg.Namespace, cfg.Events, cfg.Metrics),
 		backends:        cfg.Backends,
 		requestShutdown: cfg.Shutdown,
 		hold:            cfg.Hold,
 		created:         cfg.Created,
 		containers:      make(map[string]*container),
+		panicked:        make(map[string]string),
 	}
 	s.host = host{
 		ctx:      ctx,
@@ -109,7 +113,7 @@ func (s *Service) Close() error {
 
 func (s *Service) publishOOM(id string) {
 	s.publish(&eventstypes.TaskOOM{ContainerID: id})
-	if c, err := s.getContainer(id); err == nil {
+	if c, err := s.lookup(id, true); err == nil {
 		c.oomKilled.Store(true)
 		s.metrics.OOM(c.labels)
 	}
@@ -167,18 +171,38 @@ func (s *Service) processExited(e runtime.Exit, c *container, p *process) {
 	}
 }
 
-func (s *Service) getContainer(id string) (*container, error) {
+// getContainer finds a task for a request; a task whose handler panicked
+// is refused (see Panicked).
+func (s *Service) getContainer(id string) (*container, error) { return s.lookup(id, false) }
+
+// lookup finds a task; cleanup says whether the caller only cleans it up
+// (kill, wait, delete), which a task whose handler panicked still allows.
+func (s *Service) lookup(id string, cleanup bool) (*container, error) {
 	s.mu.Lock()
 	c := s.containers[id]
+	what, panicked := s.panicked[id]
 	s.mu.Unlock()
 	if c == nil {
 		return nil, fmt.Errorf("task %s: %w", id, errdefs.ErrNotFound)
+	}
+	if panicked && !cleanup {
+		return nil, fmt.Errorf("task %s: an earlier %s, its state is unknown: only Kill, Wait and Delete are served: %w",
+			id, what, errdefs.ErrFailedPrecondition)
 	}
 	return c, nil
 }
 
 func (s *Service) getProcess(id, execID string) (*container, *process, error) {
-	c, err := s.getContainer(id)
+	return s.findProcess(id, execID, false)
+}
+
+// cleanupProcess is getProcess for Kill, Wait and Delete.
+func (s *Service) cleanupProcess(id, execID string) (*container, *process, error) {
+	return s.findProcess(id, execID, true)
+}
+
+func (s *Service) findProcess(id, execID string, cleanup bool) (*container, *process, error) {
+	c, err := s.lookup(id, cleanup)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -254,8 +278,31 @@ func (s *Service) reserve(id string) error {
 	if _, ok := s.containers[id]; ok {
 		return fmt.Errorf("task %s: %w", id, errdefs.ErrAlreadyExists)
 	}
+	// A task of that id whose handler panicked is gone: the mark was its.
+	delete(s.panicked, id)
 	s.containers[id] = nil
 	return nil
+}
+
+// Panicked marks task id after the server recovered a panic of its
+// handler for method (v is the panic's value). The task's state may be
+// half-changed, so its later requests are refused with FailedPrecondition
+// naming the panic, but for those containerd needs to clean it up: Kill
+// and Wait (Delete refuses a running init), Delete, and the shim-wide
+// Connect and Shutdown. A Create that panicked leaves no task: its
+// reservation goes, or the shim could never exit.
+func (s *Service) Panicked(id, method string, v any) {
+	if method == "Connect" || method == "Shutdown" {
+		return // shim-wide: they change no task's state
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.panicked[id]; !ok { // the first panic says the most
+		s.panicked[id] = fmt.Sprintf("%s panicked (%v)", method, v)
+	}
+	if c, ok := s.containers[id]; ok && c == nil && method == "Create" {
+		delete(s.containers, id)
+	}
 }
 
 // namespace is the request's namespace, else the shim's.
@@ -288,7 +335,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 // Delete deletes an exec, or the task once its init has stopped (or was
 // never started).
 func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
-	c, p, err := s.getProcess(r.ID, r.ExecID)
+	c, p, err := s.cleanupProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -301,6 +348,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	s.mu.Lock()
 	delete(s.containers, c.id)
+	delete(s.panicked, c.id)
 	s.mu.Unlock()
 	s.exits.deleted(c)
 	s.metrics.TaskDeleted(c.labels, c.ident)
@@ -405,7 +453,7 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptyp
 
 // Kill signals the init (with all, every process of the task) or an exec.
 func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
-	c, p, err := s.getProcess(r.ID, r.ExecID)
+	c, p, err := s.cleanupProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -509,7 +557,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 
 // Wait blocks until the process exits.
 func (s *Service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
-	_, p, err := s.getProcess(r.ID, r.ExecID)
+	_, p, err := s.cleanupProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -542,7 +590,7 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 // Connect returns the shim's pid and the task's.
 func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
 	var pid int
-	if c, err := s.getContainer(r.ID); err == nil {
+	if c, err := s.lookup(r.ID, true); err == nil {
 		pid = c.init.getPid()
 	}
 	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: uint32(pid)}, nil

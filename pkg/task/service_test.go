@@ -3,7 +3,6 @@ package task
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -117,7 +117,7 @@ func (r *recordingSender) Send(ctx context.Context, env *types.Envelope) error {
 	defer r.mu.Unlock()
 	if r.fail > 0 {
 		r.fail--
-		return errors.New("containerd unavailable")
+		return ttrpc.ErrClosed // what the sender returns while containerd restarts
 	}
 	v, err := typeurl.UnmarshalAny(env.Event)
 	if err != nil {
