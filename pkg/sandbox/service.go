@@ -65,6 +65,9 @@ type Service struct {
 	// closed: Holds let the shim go, so no sandbox may be created any
 	// more; guarded by mu.
 	closed bool
+	// panicked: sandboxes whose request handler panicked (see Panicked):
+	// id → what panicked. Guarded by mu.
+	panicked map[string]string
 }
 
 // shutdownGrace is how long the shim stays after ShutdownSandbox replied.
@@ -137,14 +140,44 @@ func (sb *sandbox) criStateLocked() string {
 	return criNotReady
 }
 
-func (s *Service) get(id string) (*sandbox, error) {
+// get finds a sandbox for a request; a sandbox whose handler panicked is
+// refused (see Panicked).
+func (s *Service) get(id string) (*sandbox, error) { return s.lookup(id, false) }
+
+// lookup finds a sandbox; cleanup says whether the caller only ends it or
+// reads its state (StopSandbox, WaitSandbox, SandboxStatus,
+// ShutdownSandbox), which a sandbox whose handler panicked still allows.
+func (s *Service) lookup(id string, cleanup bool) (*sandbox, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sb := s.sandboxes[id]
 	if sb == nil {
 		return nil, fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound)
 	}
+	if what, ok := s.panicked[id]; ok && !cleanup {
+		return nil, fmt.Errorf("sandbox %s: an earlier %s, its state is unknown: only StopSandbox, WaitSandbox, SandboxStatus and ShutdownSandbox are served: %w",
+			id, what, errdefs.ErrFailedPrecondition)
+	}
 	return sb, nil
+}
+
+// Panicked marks sandbox id after the server recovered a panic of its
+// handler for method (v is the panic's value): its state may be
+// half-changed, so its later requests are refused with FailedPrecondition
+// naming the panic, but for those containerd needs to end the pod. An id
+// that is no sandbox of this shim (a task's) is ignored.
+func (s *Service) Panicked(id, method string, v any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sandboxes[id] == nil {
+		return
+	}
+	if s.panicked == nil {
+		s.panicked = make(map[string]string)
+	}
+	if _, ok := s.panicked[id]; !ok { // the first panic says the most
+		s.panicked[id] = fmt.Sprintf("%s panicked (%v)", method, v)
+	}
 }
 
 // Holds reports whether a sandbox still needs the shim: the shim must not
@@ -175,7 +208,7 @@ func (s *Service) ContainerCreated(id string, b bundle.Bundle) {
 	if err != nil {
 		return
 	}
-	sb, err := s.get(strings.TrimSpace(string(data)))
+	sb, err := s.lookup(strings.TrimSpace(string(data)), true)
 	if err != nil {
 		return
 	}
@@ -403,7 +436,7 @@ func (sb *sandbox) relay(ctx context.Context) {
 // replies: CRI shows the pod NotReady only once WaitSandbox has returned.
 // Stopping a stopped sandbox succeeds.
 func (s *Service) StopSandbox(ctx context.Context, r *sandboxapi.StopSandboxRequest) (*sandboxapi.StopSandboxResponse, error) {
-	sb, err := s.get(r.GetSandboxID())
+	sb, err := s.lookup(r.GetSandboxID(), true)
 	if err != nil {
 		return nil, err
 	}
@@ -467,7 +500,7 @@ func (sb *sandbox) end(ctx context.Context, running bool) error {
 // WaitSandbox blocks until the sandbox's process is gone. CRI keeps one
 // call open for the pod's life (one more after each containerd restart).
 func (s *Service) WaitSandbox(ctx context.Context, r *sandboxapi.WaitSandboxRequest) (*sandboxapi.WaitSandboxResponse, error) {
-	sb, err := s.get(r.GetSandboxID())
+	sb, err := s.lookup(r.GetSandboxID(), true)
 	if err != nil {
 		return nil, err
 	}
@@ -483,7 +516,7 @@ func (s *Service) WaitSandbox(ctx context.Context, r *sandboxapi.WaitSandboxRequ
 
 // SandboxStatus reports the sandbox; CRI reads sandbox_id, pid and state.
 func (s *Service) SandboxStatus(ctx context.Context, r *sandboxapi.SandboxStatusRequest) (*sandboxapi.SandboxStatusResponse, error) {
-	sb, err := s.get(r.GetSandboxID())
+	sb, err := s.lookup(r.GetSandboxID(), true)
 	if err != nil {
 		return nil, err
 	}
@@ -515,7 +548,7 @@ func (s *Service) PingSandbox(ctx context.Context, r *sandboxapi.PingRequest) (*
 // ShutdownSandbox is the end of the pod: whatever still runs is stopped,
 // CRI's files go, and the shim exits once it hosts no task.
 func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxapi.ShutdownSandboxRequest) (*sandboxapi.ShutdownSandboxResponse, error) {
-	sb, err := s.get(r.GetSandboxID())
+	sb, err := s.lookup(r.GetSandboxID(), true)
 	if errdefs.IsNotFound(err) {
 		// CreateSandbox failed (containerd shuts the shim down after a
 		// refused pod) or it was shut down before: nothing to undo, and the

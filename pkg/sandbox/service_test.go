@@ -379,3 +379,42 @@ func TestStopUnstartedSandboxReleasesWaiters(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A sandbox whose request handler panicked (the server's recovery
+// interceptor marks it) refuses the requests that would build on its
+// half-changed state, naming the panic, and still serves those that end the
+// pod; another sandbox and an id that is no sandbox are untouched.
+func TestPanickedSandboxServesOnlyItsEnd(t *testing.T) {
+	ctx := context.Background()
+	pod := &fakePod{pid: 7100}
+	s := newTestService(t, pod)
+	for _, id := range []string{"sb1", "sb2"} {
+		if _, err := s.CreateSandbox(ctx, createRequest(t, id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Panicked("sb1", "StartSandbox", "boom")
+	s.Panicked("no-such-sandbox", "StartSandbox", "boom")
+	_, err := s.StartSandbox(ctx, &sandboxapi.StartSandboxRequest{SandboxID: "sb1"})
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "StartSandbox panicked (boom)") {
+		t.Fatalf("start of the marked sandbox: %v, want FailedPrecondition naming the panic", err)
+	}
+	if _, err := s.PingSandbox(ctx, &sandboxapi.PingRequest{SandboxID: "sb1"}); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("ping of the marked sandbox: %v, want FailedPrecondition", err)
+	}
+	if _, err := s.StartSandbox(ctx, &sandboxapi.StartSandboxRequest{SandboxID: "sb2"}); err != nil {
+		t.Fatalf("start of the other sandbox: %v", err)
+	}
+	if st := status(t, s, "sb1"); st.GetState() != criNotReady {
+		t.Fatalf("status of the marked sandbox: %v", st)
+	}
+	if _, err := s.StopSandbox(ctx, &sandboxapi.StopSandboxRequest{SandboxID: "sb1"}); err != nil {
+		t.Fatalf("stop of the marked sandbox: %v", err)
+	}
+	if _, err := s.WaitSandbox(ctx, &sandboxapi.WaitSandboxRequest{SandboxID: "sb1"}); err != nil {
+		t.Fatalf("wait of the marked sandbox: %v", err)
+	}
+	if _, err := s.ShutdownSandbox(ctx, &sandboxapi.ShutdownSandboxRequest{SandboxID: "sb1"}); err != nil {
+		t.Fatalf("shutdown of the marked sandbox: %v", err)
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/reaper"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/sandbox"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/shim/recovery"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/task"
 )
 
@@ -101,7 +102,7 @@ func runServe(ctx context.Context, f *flags) error {
 		}
 	}()
 
-	server, err := ttrpc.NewServer(serverOptions(rec, newMemoryTrimmer(ctx), svc)...)
+	server, err := ttrpc.NewServer(serverOptions(rec, newMemoryTrimmer(ctx), recovery.Markers{svc, sandboxes})...)
 	if err != nil {
 		return fmt.Errorf("create ttrpc server: %w", err)
 	}

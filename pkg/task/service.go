@@ -297,6 +297,9 @@ func (s *Service) Panicked(id, method string, v any) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if _, ok := s.containers[id]; !ok {
+		return // no task of this shim (a pod sandbox's id)
+	}
 	if _, ok := s.panicked[id]; !ok { // the first panic says the most
 		s.panicked[id] = fmt.Sprintf("%s panicked (%v)", method, v)
 	}

@@ -23,6 +23,17 @@ type Marker interface {
 	Panicked(id, method string, v any)
 }
 
+// Markers tells each of its Markers (the task service and the sandbox
+// service: the id names a task or a sandbox, each ignores the other's).
+type Markers []Marker
+
+// Panicked implements Marker.
+func (ms Markers) Panicked(id, method string, v any) {
+	for _, m := range ms {
+		m.Panicked(id, method, v)
+	}
+}
+
 // Interceptor recovers a panic of the handler it wraps: the stack is logged
 // at error, the panic counted (panics_total{method}), the request's task
 // marked, and the request fails with Internal (an errdefs error: the
