@@ -286,6 +286,11 @@ func (b *libBackend) Restore(ctx context.Context, cc *runtime.CreateConfig, r *r
 	}
 	defer func() {
 		if retErr != nil {
+			// A step after CRIU's restore can fail with the container
+			// running, which Destroy refuses: end it first.
+			if err := b.kill(context.WithoutCancel(ctx), c); err != nil {
+				log.G(ctx).WithError(err).Warn("kill container after failed restore")
+			}
 			if err := b.destroy(c); err != nil {
 				log.G(ctx).WithError(err).Warn("destroy container after failed restore")
 			}
