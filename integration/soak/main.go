@@ -55,6 +55,7 @@ type soak struct {
 	parallel    int
 	version     string
 	report      string
+	handlers    []string // CRI handlers with a crash-loop pod (SOAK_HANDLERS)
 
 	d     *harness.Daemon
 	image client.Image
@@ -119,7 +120,8 @@ func (s *soak) run() bool {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.worker(ctx, i, residents) }()
 	}
-	for _, h := range strings.Fields(envString("SOAK_HANDLERS", "custom-runc-sb custom-runsc-sb")) {
+	s.handlers = strings.Fields(envString("SOAK_HANDLERS", "custom-runc-sb custom-runsc-sb"))
+	for _, h := range s.handlers {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.crashLoop(ctx, h) }()
 	}
@@ -290,8 +292,10 @@ func (s *soak) waitExit(tk *task) (uint32, bool) {
 				s.exited.Add(1)
 				return st.ExitCode(), true
 			}
-		case <-time.After(time.Until(deadline)):
-			continue
+		case <-time.After(30 * time.Second):
+			// No answer yet: ask again (a Wait made just before containerd
+			// went down may never be answered), so that a lost exit is the
+			// shim's and not a stale stream's.
 		}
 		// The stream broke (containerd restarting): wait again.
 		s.restarting.RLock()

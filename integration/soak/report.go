@@ -222,8 +222,9 @@ func (s *soak) writeReport(left []string) bool {
 	if s.duration < 30*time.Minute {
 		fmt.Fprintf(&b, "**A short run (%s), not the 30-minute soak:** it shows the report's form and that the soak runs; the full run's figures replace it.\n\n", s.duration)
 	}
-	fmt.Fprintf(&b, "Run %s on %s: containerd %s, %s at parallelism %d (%d Task API workers, two CRI crash-loop pods), sampled every %s; containerd restarted at %s min.\n\n",
-		s.start.UTC().Format("2006-01-02 15:04 UTC"), hostname(), s.version, s.duration, s.parallel, max(s.parallel-2, 1), s.interval, joinFloats(s.restarts))
+	fmt.Fprintf(&b, "Run %s on %s: containerd %s, %s at parallelism %d (%d Task API workers, crash-loop pods on %s), runsc %s, sampled every %s; containerd restarted at %s min.\n\n",
+		s.start.UTC().Format("2006-01-02 15:04 UTC"), hostname(), s.version, s.duration, s.parallel, max(s.parallel-2, 1),
+		strings.Join(s.handlers, " and "), s.runsc, s.interval, joinFloats(s.restarts))
 	fmt.Fprintf(&b, "**Verdict: %s.**", verdict)
 	for _, f := range fails {
 		fmt.Fprintf(&b, "\n- %s", f)
