@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revis
 CONTAINERD_VERSIONS ?= 2.4.2 2.2.9 1.7.36
 export CONTAINERD_VERSIONS
 
-.PHONY: all build deps test test-cgroup2 test-systemd lint unit integration stress fuzz demo bench peer e2e-k8s install clean help
+.PHONY: all build deps test test-cgroup2 test-systemd lint unit integration stress fuzz demo bench soak peer e2e-k8s install clean help
 
 all: build
 
@@ -68,6 +68,9 @@ demo: deps build ## the main job: private containerd with this shim, containers 
 
 bench: deps build ## benchmarks against containerd's runc shim; writes docs/benchmarks.md (root)
 	$(GO) run ./integration/bench $(BENCH_FLAGS)
+
+soak: deps build ## 30 minutes (SOAK_DURATION) of mixed load at parallelism 10 (SOAK_PARALLEL) on containerd 2.4.2, containerd restarted twice; fails on a resource trend, a lost exit or a leftover; writes docs/soak.md and docs/soak.svg (root; not part of make test)
+	$(GO) run ./integration/soak
 
 peer: deps build ## peer suites offline: containerd's client suite, critest, crictl against this shim (runc, gVisor) and containerd's runc shim; fails unless ours pass what the runc shim passes (root; _output/peer/summary.txt)
 	bash scripts/peer/build-tools.sh

@@ -3,6 +3,7 @@ package integration
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"syscall"
@@ -11,6 +12,7 @@ import (
 
 	eventtypes "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 
@@ -39,19 +41,40 @@ func TestContainerdRestart(t *testing.T) {
 		pids := map[string]uint32{}
 		for i := 0; i < running; i++ {
 			id := containerID(t, fmt.Sprint(i))
-			c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.1; done"))
-			task, _ := startTask(t, c, nil)
+			c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "trap 'exit 7' TERM; echo trapped; while :; do sleep 0.1; done"))
+			var out outputs
+			task, _ := startTask(t, c, out.creator())
+			waitOutput(t, &out.stdout, "trapped", 30*time.Second)
 			ids = append(ids, id)
 			pids[id] = task.Pid()
 		}
 		exitsWhileDown := containerID(t, "exits")
-		c := newContainer(t, e, exitsWhileDown, nil, oci.WithProcessArgs("sh", "-c", "sleep 2; exit 3"))
-		startTask(t, c, nil)
+		// This one exits on a line the test sends with containerd down.
+		stdin, feed := io.Pipe()
+		var short outputs
+		c := newContainer(t, e, exitsWhileDown, nil, oci.WithProcessArgs("sh", "-c", "echo waiting; read line; echo exiting; exit 3"))
+		shortTask, _ := startTask(t, c, cio.NewCreator(cio.WithStreams(stdin, &short.stdout, &short.stderr)))
+		waitOutput(t, &short.stdout, "waiting", 30*time.Second)
 
 		if err := e.d.Stop(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(3 * time.Second) // the short task exits meanwhile
+		if _, err := feed.Write([]byte("go\n")); err != nil {
+			t.Fatal(err)
+		}
+		feed.Close()
+		// The marker that it exited: its stdout closed, which the shim does
+		// once the process is gone (the copy reached the pipe's end).
+		closed := make(chan struct{})
+		go func() { shortTask.IO().Wait(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(scaled(30 * time.Second)):
+			t.Fatalf("the short task's stdout still open 30 s after its line (output %q)", short.stdout.String())
+		}
+		if !strings.Contains(short.stdout.String(), "exiting") {
+			t.Fatalf("the short task's stdout closed without its last line: %q", short.stdout.String())
+		}
 		for id, pid := range pids {
 			if err := syscall.Kill(int(pid), 0); err != nil {
 				t.Fatalf("%s (pid %d) died with containerd down: %v", id, pid, err)

@@ -78,8 +78,8 @@ func TestPodSharesOneShimAndSandbox(t *testing.T) {
 		}))
 		var out outputs
 		appTask, appStatus := startTask(t, app, out.creator())
-		if n := len(shimsFor(podID)); n != 1 {
-			t.Fatalf("pod shims %d, want 1", n)
+		if ps := shimsFor(podID); len(ps) != 1 {
+			t.Fatalf("pod shims %d, want 1: %+v", len(ps), ps)
 		}
 		if n := len(shimsFor(appID)); n != 0 {
 			t.Fatalf("the app container got a shim of its own")

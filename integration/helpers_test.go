@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -37,6 +38,18 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// waitOutput waits until a task's output holds marker: a line the
+// container prints once it is ready for what the test does next.
+func waitOutput(t *testing.T, out *syncBuffer, marker string, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, "output "+strconv.Quote(marker), func() error {
+		if !strings.Contains(out.String(), marker) {
+			return fmt.Errorf("output so far %q", out.String())
+		}
+		return nil
+	})
 }
 
 // newContainer creates a busybox container on our runtime; it is deleted

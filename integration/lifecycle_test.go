@@ -71,9 +71,10 @@ func TestSignals(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		ctx := testContext(t)
 		id := containerID(t, "")
-		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done"))
-		task, statusC := startTask(t, c, nil)
-		time.Sleep(scaled(300 * time.Millisecond)) // let the trap be installed
+		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "trap 'exit 42' TERM; echo trapped; while :; do sleep 0.1; done"))
+		var out outputs
+		task, statusC := startTask(t, c, out.creator())
+		waitOutput(t, &out.stdout, "trapped", 30*time.Second)
 		if err := task.Kill(ctx, syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}

@@ -1,15 +1,15 @@
 package harness
 
 import (
-	"fmt"
-	"os"
 	"testing"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/internal/testdeps"
 )
 
 // InCI reports whether the tests run in CI: $CI is set (non-empty; .ci/run
 // exports CI=1). There a missing dependency fails the test instead of
 // skipping it, so that a green CI run means the tests ran.
-func InCI() bool { return os.Getenv("CI") != "" }
+func InCI() bool { return testdeps.InCI() }
 
 // RequireDep ends the test when a dependency is missing (err != nil): it
 // skips the test, or fails it under CI (InCI). what names the dependency
@@ -20,32 +20,12 @@ func InCI() bool { return os.Getenv("CI") != "" }
 // host's kernel cannot run, skips with its own reason.
 func RequireDep(t testing.TB, what string, err error) {
 	t.Helper()
-	if err == nil {
-		return
-	}
-	if InCI() {
-		t.Fatalf("missing dependency: %s: %v (CI is set: a missing dependency fails instead of skipping)", what, err)
-	}
-	t.Skipf("missing dependency: %s: %v", what, err)
+	testdeps.Require(t, what, err)
 }
 
 // NeedRoot returns an error unless the process runs as root, for
 // RequireDep and TestMain.
-func NeedRoot() error {
-	if uid := os.Geteuid(); uid != 0 {
-		return fmt.Errorf("running as uid %d, the tests need root", uid)
-	}
-	return nil
-}
+func NeedRoot() error { return testdeps.NeedRoot() }
 
 // NeedExecutable returns an error unless path is an executable file.
-func NeedExecutable(path string) error {
-	st, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if st.IsDir() || st.Mode().Perm()&0o111 == 0 {
-		return fmt.Errorf("%s is not an executable file", path)
-	}
-	return nil
-}
+func NeedExecutable(path string) error { return testdeps.NeedExecutable(path) }

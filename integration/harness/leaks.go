@@ -71,7 +71,10 @@ func readProc(pid int) (Proc, error) {
 
 // ProcessesMatching lists the live processes whose command line contains substr,
 // e.g. "containerd-shim-custom-v2" or a daemon's Address(). The caller and
-// its ancestors (which may carry substr in their own arguments) are excluded.
+// its ancestors (which may carry substr in their own arguments) are excluded,
+// and so is a child that has its parent's command line: a fork that has not
+// exec'd yet (a shim starting runsc or runc shows as a second shim until
+// the exec; a Pod's shim counted twice on a busy machine was one).
 func ProcessesMatching(substr string) ([]Proc, error) {
 	all, err := Processes()
 	if err != nil {
@@ -79,9 +82,13 @@ func ProcessesMatching(substr string) ([]Proc, error) {
 	}
 	skip := ancestors()
 	skip[os.Getpid()] = true
+	cmdline := make(map[int]string, len(all))
+	for _, p := range all {
+		cmdline[p.Pid] = p.Cmdline
+	}
 	var out []Proc
 	for _, p := range all {
-		if !skip[p.Pid] && p.State != "Z" && strings.Contains(p.Cmdline, substr) {
+		if !skip[p.Pid] && p.State != "Z" && strings.Contains(p.Cmdline, substr) && cmdline[p.PPid] != p.Cmdline {
 			out = append(out, p)
 		}
 	}

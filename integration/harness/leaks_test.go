@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -213,5 +214,35 @@ func TestCleanUnder(t *testing.T) {
 	}
 	if len(logged) != 5 { // 1 runsc container, 3 processes, 1 mount
 		t.Errorf("logged %d lines, want 5: %q", len(logged), logged)
+	}
+}
+
+// A fork that has not exec'd shows its parent's command line: it is not a
+// second process of that kind. The shell's subshell here stays a fork for
+// the test's length, as a shim's child does for a moment before it execs
+// runsc (TestPodSharesOneShimAndSandbox once counted "pod shims 2").
+func TestProcessesMatchingLeavesOutUnexecedForks(t *testing.T) {
+	marker := fmt.Sprintf("forked-not-execed-%d", os.Getpid())
+	fifo := filepath.Join(t.TempDir(), "ready")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The subshell (a fork of sh) writes to the fifo, then waits on sleep.
+	cmd := exec.Command("sh", "-c", `(echo ready > "$1"; sleep 60; true); true`, marker, fifo)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // one group to kill
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }()
+	ready, err := os.ReadFile(fifo) // the subshell is running
+	if err != nil || strings.TrimSpace(string(ready)) != "ready" {
+		t.Fatalf("subshell: %q %v", ready, err)
+	}
+	ps, err := ProcessesMatching(marker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 1 || ps[0].Pid != cmd.Process.Pid {
+		t.Fatalf("processes matching %q: %+v, want only the shell %d", marker, ps, cmd.Process.Pid)
 	}
 }

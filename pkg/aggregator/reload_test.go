@@ -72,7 +72,11 @@ func TestReloadRefusesBadFileKeepsOld(t *testing.T) {
 	if err := a.Reload(context.Background()); err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("missing file: %v", err)
 	}
-	time.Sleep(1100 * time.Millisecond) // the timestamp has a resolution of a second or so
+	// The good reload's timestamp must be later than ts0: wait for the
+	// clock to pass it (a coarse clock may still read ts0).
+	for float64(time.Now().UnixNano())/1e9 <= ts0 {
+		time.Sleep(time.Millisecond)
+	}
 	writeAtomic(t, path, "const_labels: {node: b}\n")
 	if err := a.Reload(context.Background()); err != nil {
 		t.Fatal(err)
@@ -129,10 +133,16 @@ func TestReloadUnderConcurrentScrapes(t *testing.T) {
 		"exclude_families: [tasks_started_total]\n",
 		"bogus: 1\n", // refused
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	// The run ends once enough happened, not after a time: a busy machine
+	// only makes it longer. The timeout is for a run that stalls.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var wg sync.WaitGroup
 	var reloads, refused atomic.Int64
+	var scrapes, seen atomic.Int64
+	enough := func() bool {
+		return scrapes.Load() >= 20 && reloads.Load() >= 20 && refused.Load() > 0 && seen.Load() > 0
+	}
 	wg.Add(1)
 	go func() { // the operator
 		defer wg.Done()
@@ -162,7 +172,6 @@ func TestReloadUnderConcurrentScrapes(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}()
-	var scrapes, seen atomic.Int64
 	for range 4 { // the Prometheus servers
 		wg.Add(1)
 		go func() {
@@ -205,12 +214,15 @@ func TestReloadUnderConcurrentScrapes(t *testing.T) {
 						seen.Add(1)
 					}
 				}
+				if enough() {
+					cancel()
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	if scrapes.Load() < 20 || reloads.Load() < 20 || refused.Load() == 0 || seen.Load() == 0 {
-		t.Fatalf("too little happened: %d scrapes, %d reloads (%d refused), started seen %d times", scrapes.Load(), reloads.Load(), refused.Load(), seen.Load())
+	if !enough() {
+		t.Fatalf("too little happened in 2 minutes: %d scrapes, %d reloads (%d refused), started seen %d times", scrapes.Load(), reloads.Load(), refused.Load(), seen.Load())
 	}
 	if a.regressed != 0 {
 		t.Errorf("%d regressions hidden by the clamp", a.regressed)
@@ -250,7 +262,7 @@ func TestWatchReloads(t *testing.T) {
 		t.Fatalf("label %q at start", got)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	hup := make(chan os.Signal, 1)
+	hup := make(chan os.Signal) // unbuffered: a send returns once the loop runs
 	done := make(chan struct{})
 	go func() { defer close(done); a.watch(ctx, hup) }()
 	defer func() { cancel(); <-done }()
@@ -264,7 +276,10 @@ func TestWatchReloads(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	time.Sleep(100 * time.Millisecond) // the watch is set up
+	// watch receives from hup only in its loop, after it added the
+	// watches: this send is the marker that the watch is set up (the
+	// reload it causes reads the same file).
+	hup <- os.Interrupt
 
 	// The ConfigMap update.
 	if err := os.Symlink("..v2", filepath.Join(dir, "..data_tmp")); err != nil {

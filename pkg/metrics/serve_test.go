@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/internal/testdeps"
 )
 
 func TestServeSocketAndPermissions(t *testing.T) {
@@ -216,9 +218,7 @@ func TestHelperScrape(t *testing.T) {
 // only the SO_PEERCRED check stands between them; and then with the
 // modes Serve sets, which stop it at the directory.
 func TestPeerCheckOtherUser(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root to run a process as another user")
-	}
+	testdeps.RequireRoot(t, "runs a process as another user")
 	// The helper must be able to execute the test binary: copy it out of
 	// go test's private build directory.
 	bin, err := os.Executable()

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/internal/testdeps"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 )
 
@@ -163,9 +164,7 @@ func TestResolvConf(t *testing.T) {
 // The pod's files land where CRI looks for them, and come back after
 // containerd (restarting) removed them.
 func TestPodFilesSurviveTheirRemoval(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (mounts the pod's /dev/shm)")
-	}
+	testdeps.RequireRoot(t, "mounts the pod's /dev/shm")
 	top := t.TempDir()
 	state, root := filepath.Join(top, "run"), filepath.Join(top, "lib")
 	b := bundle.Bundle(filepath.Join(state, "io.containerd.sandbox.controller.v1.shim", "k8s.io", "sb1"))

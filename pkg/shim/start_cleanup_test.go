@@ -12,6 +12,8 @@ import (
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/internal/testdeps"
 )
 
 // A start that fails after the server process is running kills the server
@@ -21,9 +23,7 @@ import (
 // The server here is this test binary, which exits at once on the shim's
 // flags; the failure is joining a shim cgroup that does not exist.
 func TestStartFailureAfterServerStarted(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the shim cgroup is loaded from the host's hierarchy")
-	}
+	testdeps.RequireRoot(t, "the shim cgroup is loaded from the host's hierarchy")
 	// Unix socket paths are short: the socket's name alone is 64 hex digits.
 	socketDir, err := os.MkdirTemp("", "sock")
 	if err != nil {

@@ -29,9 +29,17 @@ import (
 
 // fakeBackend simulates a runtime: it hands out pids and lets tests report
 // exits at chosen moments through hooks.
+//
+// Like a kernel, it recycles pids: a pid whose process exited and was
+// reaped (harness.exit) is handed out again, before any new one, so the
+// service meets a pid reused while an exit of its old owner may still be
+// on its way. With sandboxPid set it behaves as runsc's sub-containers
+// (fakeWaiter): every init has the sandbox's pid, which is not the
+// container's process, and init exits come from WaitInit.
 type fakeBackend struct {
 	mu      sync.Mutex
 	nextPid int
+	free    []int // reaped pids, handed out again last-freed first
 	killed  []string
 	// hooks run inside the backend call, as a real exit racing the call
 	// would arrive.
@@ -39,21 +47,73 @@ type fakeBackend struct {
 	onExec   func(pid int)
 	onDelete func()
 	pids     map[string]int
+	// sandboxPid, when set, is every init's pid (fakeWaiter).
+	sandboxPid int
+	// initExits delivers each init's exit to WaitInit (fakeWaiter); one
+	// buffered channel per container, made at Create, as runsc wait
+	// returns at once for a container that already exited.
+	initExits map[string]chan runtime.Exit
 }
 
 func (f *fakeBackend) pid() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if n := len(f.free); n > 0 {
+		p := f.free[n-1]
+		f.free = f.free[:n-1]
+		return p
+	}
 	f.nextPid++
 	return f.nextPid
 }
 
+// reaped makes pid available again, as the kernel does once its process
+// was waited for. The sandbox's pid is not: the sandbox outlives its
+// containers.
+func (f *fakeBackend) reaped(pid int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if pid != 0 && pid != f.sandboxPid {
+		f.free = append(f.free, pid)
+	}
+}
+
 func (f *fakeBackend) Create(ctx context.Context, c *runtime.CreateConfig) (int, error) {
-	p := f.pid()
+	p := f.sandboxPid
+	if p == 0 {
+		p = f.pid()
+	}
 	f.mu.Lock()
 	f.pids[c.ID] = p
+	if f.initExits != nil {
+		f.initExits[c.ID] = make(chan runtime.Exit, 1)
+	}
 	f.mu.Unlock()
 	return p, nil
+}
+
+// fakeWaiter is the fake backend as runsc's sub-containers are: a
+// runtime.InitWaiter whose init exits come from WaitInit, not the reaper.
+type fakeWaiter struct{ *fakeBackend }
+
+var _ runtime.InitWaiter = fakeWaiter{}
+
+// WaitInit blocks, as runsc wait does, until the test ends the init
+// (harness.initExit).
+func (f fakeWaiter) WaitInit(ctx context.Context, id string) (runtime.Exit, error) {
+	f.mu.Lock()
+	ch := f.initExits[id]
+	f.mu.Unlock()
+	if ch == nil {
+		return runtime.Exit{}, fmt.Errorf("wait for %s: %w", id, errdefs.ErrNotFound)
+	}
+	select {
+	case e := <-ch:
+		ch <- e // a second wait returns the same exit
+		return e, nil
+	case <-ctx.Done():
+		return runtime.Exit{}, ctx.Err()
+	}
 }
 func (f *fakeBackend) Start(ctx context.Context, id string, _ *runtime.IO) error {
 	if f.onStart != nil {
@@ -156,8 +216,21 @@ type harness struct {
 }
 
 func newHarness(t *testing.T) *harness {
+	return newHarnessWith(t, &fakeBackend{nextPid: 1000, pids: map[string]int{}})
+}
+
+// newWaiterHarness is a harness whose backend is runsc's sub-containers'
+// (fakeWaiter): every init has the sandbox's pid, exits come from WaitInit.
+func newWaiterHarness(t *testing.T, sandboxPid int) *harness {
+	return newHarnessWith(t, &fakeBackend{nextPid: 1000, pids: map[string]int{}, sandboxPid: sandboxPid, initExits: map[string]chan runtime.Exit{}})
+}
+
+func newHarnessWith(t *testing.T, fb *fakeBackend) *harness {
 	t.Setenv(oci.ConfigEnv, "")
-	fb := &fakeBackend{nextPid: 1000, pids: map[string]int{}}
+	var backend runtime.Backend = fb
+	if fb.sandboxPid != 0 {
+		backend = fakeWaiter{fb}
+	}
 	rs := &recordingSender{}
 	ctx := namespaces.WithNamespace(context.Background(), "test")
 	svc := NewService(ctx, Config{
@@ -166,7 +239,7 @@ func newHarness(t *testing.T) *harness {
 		Backends: runtime.NewRegistry(runtime.Registration{
 			Name:     "fake",
 			Settings: func() oci.Section { return &fakeSettings{} },
-			New:      func(oci.Section, *runtime.Container) (runtime.Backend, error) { return fb, nil },
+			New:      func(oci.Section, *runtime.Container) (runtime.Backend, error) { return backend, nil },
 		}),
 	})
 	return &harness{t: t, svc: svc, backend: fb, sender: rs, ctx: ctx}
@@ -210,8 +283,24 @@ func (h *harness) create(id string) int {
 	return int(resp.Pid)
 }
 
+// exit is the reaper's report of pid's exit: the kernel freed the pid
+// when the reaper waited for it, before the report reaches the service.
 func (h *harness) exit(pid, status int) {
+	h.backend.reaped(pid)
 	h.svc.HandleExit(runtime.Exit{Pid: pid, Status: status, Timestamp: time.Now()})
+}
+
+// initExit ends the init of id on a fakeWaiter backend: its WaitInit
+// returns.
+func (h *harness) initExit(id string, status int) {
+	h.t.Helper()
+	h.backend.mu.Lock()
+	ch := h.backend.initExits[id]
+	h.backend.mu.Unlock()
+	if ch == nil {
+		h.t.Fatalf("no init waiting for %s", id)
+	}
+	ch <- runtime.Exit{Status: status, Timestamp: time.Now()}
 }
 
 // flushed closes the queue (as the server does before exiting) and returns

@@ -72,14 +72,19 @@ func (r *oomRecorder) count() int {
 	return len(r.ids)
 }
 
-// waitCount waits for n events, then makes sure no more follow.
-func (r *oomRecorder) waitCount(t *testing.T, n int) {
+// waitCount waits for n events for id, then makes sure no more follow:
+// the watch publishes only through Check, which decides under the
+// watcher's lock from the kill count, so a Check now that publishes
+// nothing means a later one from the watch cannot either.
+func (r *oomRecorder) waitCount(t *testing.T, w *OOMWatcher, id string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for r.count() < n && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(200 * time.Millisecond) // a duplicate would come now
+	if w.CheckExit(id, true) {
+		t.Errorf("a kill was left unreported after %d events", r.count()-1)
+	}
 	if got := r.count(); got != n {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -99,9 +104,9 @@ func TestOOMWatcherV2(t *testing.T) {
 		{"kill seen by the memory.events watch", func(t *testing.T, w *OOMWatcher, g *v2Group, r *oomRecorder) {
 			w.Add("c1", g.cg)
 			g.setKills(1)
-			r.waitCount(t, 1)
+			r.waitCount(t, w, "c1", 1)
 			w.CheckExit("c1", true) // the init's exit afterwards: already reported
-			r.waitCount(t, 1)
+			r.waitCount(t, w, "c1", 1)
 		}},
 		{"kill seen first by the exit path", func(t *testing.T, w *OOMWatcher, g *v2Group, r *oomRecorder) {
 			w.Add("c1", g.cg)
@@ -110,28 +115,28 @@ func TestOOMWatcherV2(t *testing.T) {
 			if r.count() != 1 {
 				t.Fatalf("the exit path's check did not publish synchronously (%d events)", r.count())
 			}
-			r.waitCount(t, 1)
+			r.waitCount(t, w, "c1", 1)
 		}},
 		{"kill, then the cgroup empties: the watch's last read", func(t *testing.T, w *OOMWatcher, g *v2Group, r *oomRecorder) {
 			// The kernel counts the kill, then the killed init exits.
 			w.Add("c1", g.cg)
 			g.setKills(1)
 			g.write("cgroup.events", "populated 0\nfrozen 0\n")
-			r.waitCount(t, 1)
+			r.waitCount(t, w, "c1", 1)
 		}},
 		{"kills before the task are not its own", func(t *testing.T, w *OOMWatcher, g *v2Group, r *oomRecorder) {
 			g.setKills(2)
 			w.Add("c1", g.cg)
 			w.CheckExit("c1", true)
-			r.waitCount(t, 0)
+			r.waitCount(t, w, "c1", 0)
 			g.setKills(3)
-			r.waitCount(t, 1)
+			r.waitCount(t, w, "c1", 1)
 		}},
 		{"each new kill once", func(t *testing.T, w *OOMWatcher, g *v2Group, r *oomRecorder) {
 			w.Add("c1", g.cg)
 			for n := 1; n <= 3; n++ {
 				g.setKills(n)
-				r.waitCount(t, n)
+				r.waitCount(t, w, "c1", n)
 			}
 		}},
 		{"removed task", func(t *testing.T, w *OOMWatcher, g *v2Group, r *oomRecorder) {
@@ -139,7 +144,7 @@ func TestOOMWatcherV2(t *testing.T) {
 			w.Remove("c1")
 			g.setKills(1)
 			w.CheckExit("c1", true)
-			r.waitCount(t, 0)
+			r.waitCount(t, w, "c1", 0)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

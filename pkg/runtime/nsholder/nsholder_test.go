@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/internal/pidtest"
+	"github.com/custom-runtime/containerd-shim-custom-v2/internal/testdeps"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
@@ -58,12 +59,10 @@ func inNS(t *testing.T, path string, kind int, fn func()) {
 // namespace with the pod's hostname, an IPC namespace, a PID namespace it
 // is the init of, with the pod's sysctls applied inside them.
 func TestHolderHoldsThePodsNamespaces(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	testdeps.RequireRoot(t, "makes namespaces")
 	name := fmt.Sprintf("nsholder-test-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Skipf("ip netns add: %v: %s", err, out)
+		testdeps.Require(t, "ip netns add (iproute2)", fmt.Errorf("%w: %s", err, out))
 	}
 	defer func() { _ = exec.Command("ip", "netns", "del", name).Run() }()
 	netns := filepath.Join("/var/run/netns", name)
@@ -137,9 +136,7 @@ func TestHolderHoldsThePodsNamespaces(t *testing.T) {
 // A refused sysctl fails the start with the holder's own words, and
 // leaves no process behind.
 func TestHolderRefusedSysctl(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	testdeps.RequireRoot(t, "makes namespaces")
 	h := New(&runtime.Pod{ID: "sb2", Bundle: bundle.Bundle(t.TempDir()), Sysctls: map[string]string{"kernel.shm_no_such_key": "1"}})
 	_, err := h.Start(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "kernel.shm_no_such_key") {
@@ -169,9 +166,7 @@ func TestDeleteMissingCgroup(t *testing.T) {
 // stops it when the test ends.
 func startHolder(t *testing.T) int {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	testdeps.RequireRoot(t, "makes namespaces")
 	h := New(&runtime.Pod{ID: t.Name(), Bundle: bundle.Bundle(t.TempDir()), SharedPID: true})
 	ctx := context.Background()
 	pid, err := h.Start(ctx)
@@ -219,7 +214,7 @@ func TestHolderReapsOrphansAndStopsOnSIGTERM(t *testing.T) {
 	// parent becomes the holder, which must collect it.
 	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-p", "--", "sh", "-c", "sleep 0.2 & echo $!").CombinedOutput()
 	if err != nil {
-		t.Skipf("nsenter: %v: %s", err, out)
+		testdeps.Require(t, "nsenter (util-linux)", fmt.Errorf("%w: %s", err, out))
 	}
 	orphan := strings.TrimSpace(string(out))
 	children := fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/internal/pidtest"
+	"github.com/custom-runtime/containerd-shim-custom-v2/internal/testdeps"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/reaper"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
@@ -42,14 +43,8 @@ func init() {
 // busybox-static for the rootfs.
 func needContainers(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("needs busybox (busybox-static)")
-	}
-	return bb
+	testdeps.RequireRoot(t, "runs containers")
+	return testdeps.RequireCommand(t, "busybox", "busybox-static; scripts/deps.sh installs it")
 }
 
 // testBundle makes a bundle whose rootfs is busybox, with a relative root
@@ -433,7 +428,7 @@ func TestLibcontainerUsernsMappingsUnderTheGate(t *testing.T) {
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 100000, Size: 65536}},
 	}
 	if err := holder.Start(); err != nil {
-		t.Skipf("cannot make a user namespace here: %v", err)
+		t.Skipf("this host does not let root make a user namespace (user.max_user_namespaces?): %v", err)
 	}
 	defer func() { _ = holder.Process.Kill(); _ = holder.Wait() }()
 	pinned := filepath.Join(t.TempDir(), "userns")

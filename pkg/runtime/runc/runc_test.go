@@ -60,7 +60,7 @@ func TestCmdIO(t *testing.T) {
 func TestSignalPid(t *testing.T) {
 	cmd := exec.Command("sleep", "10")
 	if err := cmd.Start(); err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
 	if err := SignalPid(cmd.Process.Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)

@@ -39,7 +39,7 @@ func TestNewFileReportsPipeError(t *testing.T) {
 	limit := orig
 	limit.Cur = secondFreeFD(t)
 	if limit.Cur > orig.Cur {
-		t.Skipf("need %d descriptors, the limit is %d", limit.Cur, orig.Cur)
+		t.Skipf("this process's descriptor limit (%d) is below the %d the test needs", orig.Cur, limit.Cur)
 	}
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &limit); err != nil {
 		t.Fatal(err)
