@@ -117,7 +117,9 @@ func removeDeadSocket(namespace string, b bundle.Bundle) {
 			address = string(data)
 		}
 	}
-	if address == "" || cshim.CanConnect(address) {
+	// A pod's containers share their sandbox's socket: a container's
+	// delete must never take a live pod shim's.
+	if address == "" || !serverGone(address) {
 		return
 	}
 	if err := cshim.RemoveSocket(address); err != nil && !os.IsNotExist(err) {

@@ -145,8 +145,9 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 		if !cshim.SocketEaddrinuse(err) {
 			return fmt.Errorf("create shim socket %s: %w", address, err)
 		}
-		// The group's shim is already serving: that is grouping.
-		if cshim.CanConnect(address) {
+		// The group's shim is already serving (even if too busy to
+		// answer at once): that is grouping.
+		if !serverGone(address) {
 			if err := writeAddressFile(b.kind, address); err != nil {
 				return err
 			}
