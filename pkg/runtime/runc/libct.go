@@ -77,8 +77,9 @@ type libBackend struct {
 	// reaper may have freed. Guarded by mu, held while a pidfd is used.
 	execs map[string]execProc
 
-	// freeze serialises Pause, Resume and kill --all's freeze, so that a
-	// kill never thaws a container paused meanwhile.
+	// freeze serialises Pause, Resume, kill --all's freeze and an exec's
+	// start, so that a kill never thaws a container paused meanwhile and
+	// no exec's runc init is frozen half way. Taken before startMu.
 	freeze sync.Mutex
 
 	// startMu orders Update's setting and clearing of the config's
@@ -341,6 +342,13 @@ func (b *libBackend) Exec(ctx context.Context, id string, e *runtime.ExecConfig)
 	if err != nil {
 		return 0, err
 	}
+	// No freeze between the state check and the exec's start: a runc
+	// init frozen while it joins the container would never report to
+	// libcontainer, which waits for it holding the container's lock, so
+	// that no Resume could thaw it (found by make soak: pause racing
+	// execs left the container frozen for good).
+	b.freeze.Lock()
+	defer b.freeze.Unlock()
 	switch st, err := c.Status(); {
 	case err != nil:
 		return 0, libError(err)

@@ -9,7 +9,9 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -225,6 +227,49 @@ func TestLibcontainerUpdatesRacingExecs(t *testing.T) {
 	for range 2 * n {
 		if err := <-errs; err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+// Pause and Resume racing execs (make soak's pause/resume and exec
+// workers on one task): an exec either starts or is refused because the
+// container is paused, and neither side ever hangs. A freeze that caught
+// an exec's runc init half way left it frozen while libcontainer waited
+// for it holding the container's lock: no Resume could thaw it again.
+func TestLibcontainerPauseRacingExecs(t *testing.T) {
+	be, _ := runningContainer(t, "pausing")
+	ctx := context.Background()
+	const n, execers = 150, 3
+	done := make(chan error, (1+execers)*n)
+	go func() {
+		for range n {
+			err := be.Pause(ctx, "pausing")
+			if err == nil {
+				err = be.Resume(ctx, "pausing")
+			}
+			done <- err
+		}
+	}()
+	for w := range execers {
+		go func() {
+			for i := range n {
+				_, err := be.Exec(ctx, "pausing", &runtime.ExecConfig{ID: fmt.Sprint("p", w, "-", i), Spec: &specs.Process{Args: []string{"true"}, Cwd: "/", Env: []string{"PATH=/bin"}}})
+				if errdefs.IsFailedPrecondition(err) {
+					err = nil // paused: refused, rightly
+				}
+				done <- err
+			}
+		}()
+	}
+	timeout := time.After(2 * time.Minute)
+	for i := range (1 + execers) * n {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-timeout:
+			t.Fatalf("after %d of %d pauses and execs nothing more in 2 minutes: a pause and an exec hang on each other", i, (1+execers)*n)
 		}
 	}
 }
