@@ -158,6 +158,9 @@ func TestConfigBodyRuncKeys(t *testing.T) {
 			return c.Backend == "runc" && runcOf(c).BinaryName == "runsc"
 		}},
 		{"own key without runc keys", "[runc]\nsystemd_cgroup = true\n", func(c *Config) bool { return runcOf(c).SystemdCgroup }},
+		{"runc keys go to the table's backend", "backend = \"runsc\"\nSystemdCgroup = true\nBinaryName = \"/opt/runsc\"\n", func(c *Config) bool {
+			return c.Backend == "runsc" && runscOf(c).BinaryName == "/opt/runsc"
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
