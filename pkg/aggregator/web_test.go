@@ -115,7 +115,7 @@ func (f *webFixture) client(t *testing.T, trust, clientCert bool) *http.Client {
 		}
 		cfg.Certificates = []tls.Certificate{c}
 	}
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}
+	return &http.Client{Timeout: clientTimeout, Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}
 }
 
 // get returns the status and body of GET url with user:password ("" for
@@ -177,7 +177,7 @@ basic_auth_users:
 		t.Errorf("landing page: %d %q", code, body)
 	}
 	// Plain HTTP on the TLS port: no metrics.
-	code, body, err = get(&http.Client{Timeout: 5 * time.Second}, "http://"+f.addr+"/metrics", "prometheus", "s3cret")
+	code, body, err = get(&http.Client{Timeout: clientTimeout}, "http://"+f.addr+"/metrics", "prometheus", "s3cret")
 	if err == nil && (code == 200 || strings.Contains(body, "containerd_shim_custom")) {
 		t.Errorf("plain HTTP served: %d\n%s", code, body)
 	}
@@ -214,7 +214,7 @@ basic_auth_users:
 		if err == nil && (code == 200 || strings.Contains(body, "containerd_shim_custom")) {
 			t.Errorf("%s: served over TLS: %d", name, code)
 		}
-		code, body, err = get(&http.Client{Timeout: 5 * time.Second}, "http://"+f.addr+"/metrics", "prometheus", "rotated")
+		code, body, err = get(&http.Client{Timeout: clientTimeout}, "http://"+f.addr+"/metrics", "prometheus", "rotated")
 		if err == nil && (code == 200 || strings.Contains(body, "containerd_shim_custom")) {
 			t.Errorf("%s: served over plain HTTP: %d", name, code)
 		}
@@ -364,3 +364,9 @@ func TestServeUnixWithTLS(t *testing.T) {
 }
 
 const startedKeyText = `containerd_shim_custom_tasks_started_total{backend="runc",runtime_handler=""}`
+
+// clientTimeout bounds a test request. Generous: an unknown user costs the
+// server a bcrypt compare at cost 10 (exporter-toolkit's fixed hash, against
+// user enumeration), seconds under -race on a loaded 2-core machine; a hang
+// still fails.
+const clientTimeout = time.Minute
