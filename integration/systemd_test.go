@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -237,7 +240,13 @@ func systemdPodChecks(t *testing.T, e *env, rc runtimeapi.RuntimeServiceClient, 
 	ctx := testContext(t)
 	uid := containerID(t, "uid")
 	const mib = 1 << 20
-	slice, parent := podSlice(t, uid, 256*mib)
+	podMem := int64(256 * mib)
+	if h.gvisor {
+		// Small enough for the OOM below to come soon under TCG, with
+		// room for the sandbox.
+		podMem = 128 * mib
+	}
+	slice, parent := podSlice(t, uid, podMem)
 	podCfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "sd", Uid: uid, Namespace: "test"},
 		LogDirectory: t.TempDir(),
@@ -370,6 +379,32 @@ func systemdPodChecks(t *testing.T, e *env, rc runtimeapi.RuntimeServiceClient, 
 		if st.Reason != "OOMKilled" {
 			t.Errorf("OOM container: reason %q exit %d, want OOMKilled", st.Reason, st.ExitCode)
 		}
+	} else if h.name == "custom-runsc" {
+		// Not on custom-runsc-file (the same here, and an OOM costs
+		// minutes under TCG) nor yet on custom-runsc-sb: there its app
+		// container stays "running" after the sandbox's OOM kill and
+		// RemovePodSandbox refuses the Pod (issue 23, open).
+		// gVisor: the Pod's limit on the slice bounds the sandbox; a
+		// container going over it gets the sandbox OOM-killed. systemd
+		// may collect the sandbox's empty scope before its memory.events
+		// is read (README): then the reason is Error, as containerd's
+		// runc shim gives; a success is never right.
+		oom := create("oom", 0, "tail /dev/zero; exit 3")
+		var st *runtimeapi.ContainerStatus
+		eventually(t, 120*time.Second, "the OOM container exits", func() error {
+			r, err := rc.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: oom})
+			if err != nil {
+				return err
+			}
+			if st = r.Status; st.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+				return fmt.Errorf("state %v", st.State)
+			}
+			return nil
+		})
+		t.Logf("gVisor OOM container: reason %q exit %d", st.Reason, st.ExitCode)
+		if st.Reason != "OOMKilled" && st.Reason != "Error" || st.ExitCode == 0 {
+			t.Errorf("gVisor OOM container: reason %q exit %d, want OOMKilled", st.Reason, st.ExitCode)
+		}
 	}
 
 	if _, err := rc.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: podID}); err != nil {
@@ -441,5 +476,292 @@ func TestSystemdCgroupDriverMismatch(t *testing.T) {
 				}
 			})
 		}
+	})
+}
+
+// sliceLeftovers says what of ours is left of a Pod in its slice: a unit
+// of units still loaded and not inactive, or a cgroup directory below the
+// slice's (kubelet removes the slice itself). "" when nothing is.
+func sliceLeftovers(t *testing.T, slice string, units ...string) string {
+	t.Helper()
+	for _, u := range units {
+		if p := unitProps(t, u, "LoadState", "ActiveState"); p["LoadState"] == "loaded" && p["ActiveState"] != "inactive" {
+			return fmt.Sprintf("%s left: %v", u, p)
+		}
+	}
+	dir := filepath.Join("/sys/fs/cgroup", unitProps(t, slice, "ControlGroup")["ControlGroup"])
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err.Error()
+	}
+	for _, en := range ents {
+		if en.IsDir() {
+			return fmt.Sprintf("cgroup %s/%s left", dir, en.Name())
+		}
+	}
+	return ""
+}
+
+// sdPod is a Pod of a systemd handler in its own slice, driven through CRI.
+type sdPod struct {
+	t     *testing.T
+	rc    func() runtimeapi.RuntimeServiceClient
+	h     sdHandler
+	slice string
+	cfg   *runtimeapi.PodSandboxConfig
+	id    string
+	ctrs  []string
+	gone  bool
+}
+
+func runSdPod(t *testing.T, e *env, rc func() runtimeapi.RuntimeServiceClient, h sdHandler, memoryMax int64) *sdPod {
+	t.Helper()
+	uid := containerID(t, "uid-"+h.name)
+	slice, parent := podSlice(t, uid, memoryMax)
+	p := &sdPod{t: t, rc: rc, h: h, slice: slice, cfg: &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "sd-" + h.name, Uid: uid, Namespace: "test"},
+		LogDirectory: t.TempDir(),
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			CgroupParent: parent,
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+			},
+		},
+	}}
+	r, err := rc().RunPodSandbox(testContext(t), &runtimeapi.RunPodSandboxRequest{Config: p.cfg, RuntimeHandler: h.name})
+	if err != nil {
+		t.Fatalf("%s: RunPodSandbox: %v", h.name, err)
+	}
+	p.id = r.PodSandboxId
+	logOnFailure(t, e, p.id)
+	t.Cleanup(func() {
+		if !p.gone {
+			ctx := context.Background()
+			_, _ = rc().StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id})
+			_, _ = rc().RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
+		}
+	})
+	return p
+}
+
+func (p *sdPod) start(name string, mem int64, cmd string) string {
+	t := p.t
+	t.Helper()
+	ctx := testContext(t)
+	cc, err := p.rc().CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: p.id,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: name},
+			Image:    &runtimeapi.ImageSpec{Image: criImage},
+			Command:  []string{"sh", "-c", cmd},
+			LogPath:  name + ".log",
+			Linux:    &runtimeapi.LinuxContainerConfig{Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: mem}},
+		},
+		SandboxConfig: p.cfg,
+	})
+	if err != nil {
+		t.Fatalf("%s: CreateContainer %s: %v", p.h.name, name, err)
+	}
+	if _, err := p.rc().StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: cc.ContainerId}); err != nil {
+		t.Fatalf("%s: StartContainer %s: %v", p.h.name, name, err)
+	}
+	p.ctrs = append(p.ctrs, cc.ContainerId)
+	return cc.ContainerId
+}
+
+// units are the scope units the Pod's sandbox and containers have (or had).
+func (p *sdPod) units() []string {
+	us := []string{"cri-containerd-" + p.id + ".scope"}
+	for _, c := range p.ctrs {
+		us = append(us, "cri-containerd-"+c+".scope")
+	}
+	return us
+}
+
+// working checks that the Pod still serves: its first container runs and
+// execs, and its scopes are active in the Pod's slice.
+func (p *sdPod) working(when string) {
+	t := p.t
+	t.Helper()
+	ctx := testContext(t)
+	r, err := p.rc().ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: p.ctrs[0], Cmd: []string{"echo", "ok"}, Timeout: 60})
+	if err != nil || r.ExitCode != 0 || strings.TrimSpace(string(r.Stdout)) != "ok" {
+		t.Errorf("%s: %s: ExecSync: %v %+v", p.h.name, when, err, r)
+	}
+	us := p.units()
+	if p.h.gvisor {
+		us = us[:1] // gVisor's containers run in the sandbox's scope
+	}
+	for _, u := range us {
+		assertScope(t, u, p.slice)
+	}
+}
+
+// remove stops and removes the Pod and checks that nothing of it is left.
+func (p *sdPod) remove(when string) {
+	t := p.t
+	t.Helper()
+	ctx := testContext(t)
+	if _, err := p.rc().StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		t.Errorf("%s: %s: StopPodSandbox: %v", p.h.name, when, err)
+	}
+	if _, err := p.rc().RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		t.Errorf("%s: %s: RemovePodSandbox: %v", p.h.name, when, err)
+	}
+	p.gone = true
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left := sliceLeftovers(t, p.slice, p.units()...)
+		if left == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s: %s: %s", p.h.name, when, left)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestSystemdFaults: under the systemd driver, running Pods keep working
+// across a containerd restart and a systemd re-exec (their scopes stay in
+// their slices, execs and new containers work), and a Pod whose shim was
+// SIGKILLed leaves no scope unit and no cgroup once removed.
+func TestSystemdFaults(t *testing.T) {
+	requireSystemd(t)
+	forEachOwnDaemon(t, func(t *testing.T, like *env) {
+		sdConfig := writeSystemdConfig(t, like.backend)
+		var handlers []sdHandler
+		for _, h := range systemdHandlers(like.backend, sdConfig) {
+			switch h.name {
+			case "custom-runc", "custom-runc-sb", "custom-runsc", "custom-runsc-sb":
+				handlers = append(handlers, h)
+			}
+		}
+		e, first := systemdDaemon(t, like, handlers, sdConfig)
+		rcNow := first
+		rc := func() runtimeapi.RuntimeServiceClient { return rcNow }
+		var pods []*sdPod
+		for _, h := range handlers {
+			p := runSdPod(t, e, rc, h, 256<<20)
+			p.start("app", 64<<20, "sleep 100000")
+			pods = append(pods, p)
+		}
+
+		if err := e.d.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 60*time.Second, "CRI serves again after the restart", func() error {
+			_, err := rc().Status(testContext(t), &runtimeapi.StatusRequest{})
+			return err
+		})
+		for _, p := range pods {
+			p.working("after a containerd restart")
+			p.start("after-restart", 64<<20, "sleep 100000")
+			p.working("a container created after the containerd restart")
+		}
+
+		if out, err := exec.Command("systemctl", "daemon-reexec").CombinedOutput(); err != nil {
+			t.Fatalf("daemon-reexec: %v: %s", err, out)
+		}
+		for _, p := range pods {
+			p.working("after systemctl daemon-reexec")
+			p.start("after-reexec", 64<<20, "sleep 100000")
+			p.working("a container created after the systemd re-exec")
+		}
+
+		// One shim at a time, as they crash: containerd gives the shim's
+		// delete command 5 s to clean up after it.
+		for _, p := range pods {
+			if !p.h.sandboxed {
+				// Open (issue 23): on a loaded machine the dead shim's
+				// delete of a pause-based Pod (runc and gVisor) can
+				// outlast containerd's 5 s deadline and be killed with
+				// the pause or sandbox scope still running.
+				continue
+			}
+			shims, _ := harness.ProcessesMatching(shimName + " -namespace " + criNamespace + " -id " + p.id)
+			if len(shims) != 1 {
+				t.Fatalf("%s: want the Pod's shim, got %+v", p.h.name, shims)
+			}
+			if err := unix.Kill(shims[0].Pid, unix.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			// As kubelet does: remove the Pod once CRI reports its
+			// containers exited.
+			for _, c := range p.ctrs {
+				eventually(t, 90*time.Second, p.h.name+": "+c+" exited after its shim's SIGKILL", func() error {
+					r, err := rc().ContainerStatus(testContext(t), &runtimeapi.ContainerStatusRequest{ContainerId: c})
+					if err != nil {
+						return err
+					}
+					if r.Status.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+						return fmt.Errorf("state %v", r.Status.State)
+					}
+					return nil
+				})
+			}
+			p.remove("after its shim was SIGKILLed")
+		}
+	})
+}
+
+// TestSystemdCrun: Debian's crun runs a container through the CLI path
+// with the systemd driver: a scope in the given slice with the memory
+// limit as a unit property, gone after delete.
+func TestSystemdCrun(t *testing.T) {
+	requireSystemd(t)
+	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runsc", "crun is a runc-backend binary")
+		harness.RequireDep(t, "crun (scripts/deps.sh installs it)", harness.NeedExecutable("/usr/bin/crun"))
+		id := containerID(t, "")
+		slice, _ := podSlice(t, containerID(t, "uid"), 256<<20)
+		unit := "crun-" + id + ".scope"
+		c := newContainer(t, e, id, &runtimeoptions.Options{ConfigBody: []byte("[runc]\nbinary_name = \"crun\"\nsystemd_cgroup = true\n")},
+			oci.WithProcessArgs("sh", "-c", "exec sleep 100000"), withSpecVersion("1.0.2"),
+			oci.WithCgroup(slice+":crun:"+id), oci.WithMemoryLimit(64<<20))
+		ctx := testContext(t)
+		var out outputs
+		task, err := c.NewTask(ctx, out.creator())
+		if err != nil {
+			t.Fatal(err)
+		}
+		statusC, err := task.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := task.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		assertScope(t, unit, slice)
+		// The limit must bound the container's process: its own cgroup
+		// (crun may use a sub-cgroup of the scope) or the scope.
+		own, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", task.Pid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cg := filepath.Join("/sys/fs/cgroup", strings.TrimPrefix(strings.TrimSpace(string(own)), "0::"))
+		var limits []string
+		for d := cg; strings.HasPrefix(d, filepath.Join("/sys/fs/cgroup", unitProps(t, unit, "ControlGroup")["ControlGroup"])); d = filepath.Dir(d) {
+			m, _ := os.ReadFile(filepath.Join(d, "memory.max"))
+			limits = append(limits, d+"="+strings.TrimSpace(string(m)))
+		}
+		t.Logf("%s: MemoryMax=%s; memory.max from the process's cgroup up: %v", unit, unitProps(t, unit, "MemoryMax")["MemoryMax"], limits)
+		if !strings.Contains(strings.Join(limits, " "), fmt.Sprintf("=%d", 64<<20)) {
+			t.Errorf("crun under the systemd driver: no 64 MiB memory.max on the container's cgroups: %v", limits)
+		}
+		if err := task.Kill(ctx, unix.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitExit(t, statusC, 30*time.Second)
+		if _, err := task.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "nothing left in "+slice, func() error {
+			if left := sliceLeftovers(t, slice, unit); left != "" {
+				return errors.New(left)
+			}
+			return nil
+		})
 	})
 }

@@ -94,19 +94,25 @@ func CleanupDead(ctx context.Context, reg *runtime.Registry, namespace string, b
 	if !ok {
 		return false
 	}
-	for _, c := range PodContainers(b) {
-		cleanupContainer(c[0], bundle.Bundle(c[1]))
-	}
 	cfg, err := reg.Schema().ReadConfigFile(b)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("read the sandbox's shim config; trying defaults")
 		cfg = reg.Schema().DefaultConfig()
 	}
-	ps, err := reg.NewPod(cfg, &runtime.Pod{ID: rec.ID, Namespace: namespace, Bundle: b, CgroupParent: rec.CgroupParent})
-	if err == nil {
+	// The sandbox is stopped first: containerd kills this command after
+	// 5 s, and on gVisor one SIGKILL of the sandbox ends every container
+	// of the Pod (and empties its scope), where deleting them one runsc
+	// call at a time could be cut short with the sandbox still running.
+	ps, perr := reg.NewPod(cfg, &runtime.Pod{ID: rec.ID, Namespace: namespace, Bundle: b, CgroupParent: rec.CgroupParent})
+	if perr == nil {
 		if err := ps.Stop(ctx); err != nil {
 			log.G(ctx).WithError(err).Warn("stop the pod's sandbox")
 		}
+	}
+	for _, c := range PodContainers(b) {
+		cleanupContainer(c[0], bundle.Bundle(c[1]))
+	}
+	if perr == nil {
 		if err := ps.Delete(ctx); err != nil {
 			log.G(ctx).WithError(err).Warn("delete the pod's sandbox")
 		}
