@@ -18,6 +18,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 	logtest "github.com/sirupsen/logrus/hooks/test"
+	"golang.org/x/sys/unix"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 )
@@ -216,6 +217,38 @@ func TestRemoveRootKeepsLiveGroups(t *testing.T) {
 	removeRoot(root)
 	if _, err := os.Stat(root); !os.IsNotExist(err) {
 		t.Fatal("an empty root goes")
+	}
+}
+
+// A container's lock file with no state beside it (its create ended before
+// runsc wrote the state) does not keep the root: it goes with it, unless
+// runsc holds it; a lock with its state is a live container's.
+func TestRemoveRootOrphanLock(t *testing.T) {
+	root := t.TempDir()
+	lock := filepath.Join(root, "c2_sandbox:pod.lock")
+	check(t, os.WriteFile(lock, nil, 0o600))
+	check(t, os.WriteFile(filepath.Join(root, "null-netns"), nil, 0o444))
+
+	held, err := os.Open(lock)
+	check(t, err)
+	check(t, unix.Flock(int(held.Fd()), unix.LOCK_EX))
+	removeRoot(root)
+	if _, err := os.Stat(lock); err != nil {
+		t.Fatal("a lock runsc holds was removed")
+	}
+	check(t, held.Close())
+
+	check(t, os.WriteFile(filepath.Join(root, "c2_sandbox:pod.state"), nil, 0o600))
+	removeRoot(root)
+	if _, err := os.Stat(lock); err != nil {
+		t.Fatal("the lock of a container with state was removed")
+	}
+	check(t, os.Remove(filepath.Join(root, "c2_sandbox:pod.state")))
+
+	removeRoot(root)
+	if _, err := os.Stat(root); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(root)
+		t.Fatalf("a root holding only null-netns and an orphan lock stays: %v", entries)
 	}
 }
 
