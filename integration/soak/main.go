@@ -71,6 +71,9 @@ type soak struct {
 	restarts []float64 // minutes
 	errs     []string  // the first few operation errors, for the report
 	lostIDs  []string  // every task whose exit was not delivered
+	// pods: the CRI pods the soak made; CRI's namespace on this host may
+	// hold other pods' runsc roots (another containerd's), not counted.
+	pods []string
 }
 
 func main() {
@@ -463,6 +466,9 @@ func (s *soak) crashLoop(ctx context.Context, handler string) {
 		s.restarting.RUnlock()
 		if err == nil {
 			pod = resp.PodSandboxId
+			s.mu.Lock()
+			s.pods = append(s.pods, pod)
+			s.mu.Unlock()
 			break
 		}
 		s.opError("run pod "+name, err)

@@ -82,7 +82,7 @@ func (s *soak) takeSample() {
 	mounts, _ := harness.MountsUnder(s.d.StateDir())
 	smp.mounts = len(mounts)
 	smp.cgroups = countEntries(cgroupRoots(), 2)
-	smp.runsc = countEntries([]string{"/run/containerd/custom/runsc/" + taskNS, "/run/containerd/custom/runsc/" + criNS}, 1)
+	smp.runsc = s.runscEntries()
 	s.mu.Lock()
 	smp.restarts = len(s.restarts)
 	s.samples = append(s.samples, smp)
@@ -104,6 +104,24 @@ func cgroupRoots() []string {
 	return []string{filepath.Join(base, taskNS), filepath.Join(base, podParent)}
 }
 
+// runscEntries counts the runsc state the soak's tasks and pods hold: its
+// own namespace's root, and the per-pod roots of its CRI pods.
+func (s *soak) runscEntries() int {
+	roots := []string{"/run/containerd/custom/runsc/" + taskNS}
+	s.mu.Lock()
+	for _, pod := range s.pods {
+		roots = append(roots, filepath.Join("/run/containerd/custom/runsc", criNS, pod))
+	}
+	s.mu.Unlock()
+	n := countEntries(roots[:1], 1)
+	for _, r := range roots[1:] {
+		if _, err := os.Stat(r); err == nil {
+			n++ // the pod's root itself
+		}
+	}
+	return n
+}
+
 // leftovers lists what is left once every task and pod was removed.
 func (s *soak) leftovers() []string {
 	var left []string
@@ -119,7 +137,7 @@ func (s *soak) leftovers() []string {
 		if n := countEntries(cgroupRoots(), 8); n > 0 {
 			left = append(left, fmt.Sprintf("%d cgroups under %v", n, cgroupRoots()))
 		}
-		if n := countEntries([]string{"/run/containerd/custom/runsc/" + taskNS, "/run/containerd/custom/runsc/" + criNS}, 1); n > 0 {
+		if n := s.runscEntries(); n > 0 {
 			left = append(left, fmt.Sprintf("%d runsc state entries", n))
 		}
 		if len(left) == 0 || time.Now().After(deadline) {
