@@ -39,7 +39,7 @@ integration: build ## integration suite against real containerd + runc (root; ru
 	@mkdir -p _output
 	@rm -f _output/report.txt
 	SHIM_BINARY=$(abspath $(BIN)) TEST_REPORT=$(abspath _output/report.txt) bash -o pipefail -c \
-		'$(GO) test -count=1 -timeout 30m -v ./integration/... | tee _output/integration.log' || \
+		'$(GO) test -count=1 -timeout 45m -v ./integration/... | tee _output/integration.log' || \
 		{ echo "--- figures"; cat _output/report.txt 2>/dev/null; bash scripts/failures.sh _output/integration.log; exit 1; }
 	@echo "--- figures"; cat _output/report.txt 2>/dev/null || true
 
