@@ -64,7 +64,7 @@ func (s *soak) sampleLoop(ctx context.Context) {
 
 func (s *soak) takeSample() {
 	smp := sample{t: s.minutes(), shims: map[string]procStats{}}
-	for _, p := range shimServers() {
+	for _, p := range shimServers(s.d.Address()) {
 		st, ok := readProcStats(p.pid)
 		if !ok {
 			continue
@@ -128,7 +128,7 @@ func (s *soak) leftovers() []string {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		left = nil
-		if ps := shimServers(); len(ps) > 0 {
+		if ps := shimServers(s.d.Address()); len(ps) > 0 {
 			left = append(left, fmt.Sprintf("%d shims still running: %v", len(ps), ps))
 		}
 		if m, _ := harness.MountsUnder(s.d.StateDir()); len(m) > 0 {

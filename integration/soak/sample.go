@@ -63,10 +63,15 @@ type shimProc struct {
 // shimServers lists the shim server processes: not "start" (short-lived,
 // it answers containerd and exits), not a pod's sandbox holder
 // (ProcessesMatching already leaves out a shim's fork that has not exec'd).
-func shimServers() []shimProc {
+func shimServers(address string) []shimProc {
 	ps, _ := harness.ProcessesMatching("containerd-shim-custom-v2 -namespace ")
 	var out []shimProc
 	for _, p := range ps {
+		// Only the soak's daemon's shims: another containerd on the host
+		// (a test run) has shims of its own.
+		if !strings.Contains(p.Cmdline, " -address "+address+" ") {
+			continue
+		}
 		if strings.HasSuffix(p.Cmdline, " start") || strings.Contains(p.Cmdline, "sandbox-holder") {
 			continue
 		}
