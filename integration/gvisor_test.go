@@ -340,9 +340,10 @@ func TestPodContainerChurnKeepsShimFds(t *testing.T) {
 // TestPodOOM: an OOM kill in a pod is reported for the containers it
 // killed, once each, right before their TaskExit. On runc the app's own
 // cgroup counts it and the pod's sandbox container hears nothing. On gVisor
-// the pod's containers share the sandbox's cgroup, and the host kills the
-// sandbox as a whole: every container dies of it and each is told (the
-// rule in cgroup.OOMWatcher and the README).
+// the pod's containers share the sandbox's cgroup: when the host kills the
+// sandbox every container dies of it and each is told; when it kills the
+// app's stub process only the app dies and only the app is told (the rule
+// in cgroup.OOMWatcher and the README).
 func TestPodOOM(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		ctx := testContext(t)
@@ -367,10 +368,23 @@ func TestPodOOM(t *testing.T) {
 		}
 		killed := []string{appID}
 		if e.backend == "runsc" {
-			if st := waitExit(t, podStatus, 60*time.Second); st.ExitCode() != 137 {
-				t.Fatalf("pod exit %d after its sandbox's OOM kill, want 137", st.ExitCode())
+			// The kernel kills the sandbox (the pod dies with the app) or
+			// the app's stub process, which gVisor ends the app for
+			// (google/gvisor#11590), the pod living on: which one is the
+			// kernel's choice, by the memory each has touched.
+			select {
+			case st := <-podStatus:
+				if st.ExitCode() != 137 {
+					t.Fatalf("pod exit %d after its sandbox's OOM kill, want 137", st.ExitCode())
+				}
+				killed = append(killed, podID)
+				t.Logf("%s: the OOM kill took the sandbox", e.name())
+			case <-time.After(scaled(2 * time.Second)):
+				if st, err := podTask.Status(ctx); err != nil || st.Status != "running" {
+					t.Fatalf("pod after the app's OOM kill: %v %v", st, err)
+				}
+				t.Logf("%s: the OOM kill took the app's stub process; the sandbox lives on", e.name())
 			}
-			killed = append(killed, podID)
 		} else if st, err := podTask.Status(ctx); err != nil || st.Status != "running" {
 			t.Fatalf("pod after the app's OOM kill: %v %v", st, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -35,13 +36,17 @@ import (
 //     pod dies with it. So no task is told while it runs; each task whose
 //     init then exits by SIGKILL gets one TaskOOM, right before its
 //     TaskExit, and one that exits otherwise gets none. CRI thus marks
-//     every container the sandbox's death took as OOMKilled. Should the
-//     sandbox outlive a kill (the kernel took another of its processes),
-//     its containers are told only if they are later SIGKILLed: the shim
-//     cannot tell that death from the kill's.
+//     every container the sandbox's death took as OOMKilled. The kernel
+//     may take one of the sandbox's stub processes instead, and gVisor
+//     then ends only the container that ran there: the sandbox and the
+//     other containers live on. A kill is therefore told only to SIGKILL
+//     exits within sharedKillWindow of it being counted, so that a
+//     container stopped later does not end OOMKilled. (A SIGKILL from
+//     elsewhere inside that window cannot be told apart.)
 type OOMWatcher struct {
 	ctx   context.Context
 	onOOM func(id string)
+	now   func() time.Time // a clock tests can set
 
 	mu      sync.Mutex        // leaf lock: onOOM is called without it
 	tasks   map[string]*task  // by task id; guarded by mu
@@ -62,11 +67,21 @@ type task struct {
 	reported uint64 // the kill count last reported for it (or at Add); guarded by check
 }
 
+// sharedKillWindow is how long after a kill in a shared cgroup was counted
+// a SIGKILL exit is taken for its doing: the containers of a sandbox the
+// kernel killed all exit at once, each learnt from a "runsc wait" that
+// returns then; a loaded node may delay that by seconds.
+const sharedKillWindow = 10 * time.Second
+
 // watch is the notification source of one cgroup, shared by its tasks.
 type watch struct {
 	tasks map[string]bool // ids of the tasks using it
 	f     *os.File        // nil: cannot be watched (exits still check)
 	done  chan struct{}   // closed when the reading goroutine has returned
+	// kills is the highest kill count seen in the cgroup, and killsAt when
+	// it was first seen; guarded by OOMWatcher.mu.
+	kills   uint64
+	killsAt time.Time
 }
 
 // NewOOMWatcher returns a watcher calling onOOM(id) once per new OOM kill
@@ -75,7 +90,7 @@ type watch struct {
 // lock; CheckExit and Remove may wait for a call in progress, so they must
 // not be called with a lock onOOM takes.
 func NewOOMWatcher(ctx context.Context, onOOM func(id string)) *OOMWatcher {
-	return &OOMWatcher{ctx: ctx, onOOM: onOOM, tasks: make(map[string]*task), watches: make(map[string]*watch)}
+	return &OOMWatcher{ctx: ctx, onOOM: onOOM, now: time.Now, tasks: make(map[string]*task), watches: make(map[string]*watch)}
 }
 
 // key names a cgroup: tasks whose cgroups have the same key share a watch.
@@ -173,16 +188,42 @@ func (w *OOMWatcher) read(key string, wt *watch) {
 func (w *OOMWatcher) notified(key string) {
 	w.mu.Lock()
 	wt := w.watches[key]
+	if wt == nil {
+		w.mu.Unlock()
+		return // removed meanwhile
+	}
 	var id string
-	if wt != nil && len(wt.tasks) == 1 {
-		for only := range wt.tasks {
-			id = only
-		}
+	for tid := range wt.tasks {
+		id = tid
+	}
+	shared := len(wt.tasks) > 1
+	var cg Cgroup
+	if t := w.tasks[id]; t != nil {
+		cg = t.cg
 	}
 	w.mu.Unlock()
-	if id != "" {
+	switch {
+	case cg == nil:
+	case shared:
+		// Only dated here: the exits that follow decide who is told.
+		if n, err := cg.OOMKills(); err == nil {
+			w.mu.Lock()
+			w.seenLocked(wt, n)
+			w.mu.Unlock()
+		}
+	default:
 		w.check(id, false)
 	}
+}
+
+// seenLocked records a kill count read in wt's cgroup, and tells whether
+// its newest kill was counted within sharedKillWindow.
+func (w *OOMWatcher) seenLocked(wt *watch, n uint64) bool {
+	now := w.now()
+	if n > wt.kills {
+		wt.kills, wt.killsAt = n, now
+	}
+	return now.Sub(wt.killsAt) <= sharedKillWindow
 }
 
 // CheckExit is called when id's init exits, before its TaskExit goes out:
@@ -196,7 +237,11 @@ func (w *OOMWatcher) CheckExit(id string, killed bool) bool {
 func (w *OOMWatcher) check(id string, exitKilled bool) bool {
 	w.mu.Lock()
 	t := w.tasks[id]
-	shared := t != nil && len(w.watches[t.key].tasks) > 1
+	var wt *watch
+	if t != nil {
+		wt = w.watches[t.key]
+	}
+	shared := wt != nil && len(wt.tasks) > 1
 	w.mu.Unlock()
 	if t == nil || (shared && !exitKilled) {
 		return false
@@ -212,6 +257,14 @@ func (w *OOMWatcher) check(id string, exitKilled bool) bool {
 		return false
 	}
 	t.reported = n
+	if shared {
+		w.mu.Lock()
+		recent := w.seenLocked(wt, n)
+		w.mu.Unlock()
+		if !recent {
+			return false // a kill the task outlived
+		}
+	}
 	w.onOOM(id)
 	return true
 }

@@ -273,3 +273,41 @@ func (r *oomRecorder) waitTotal(t *testing.T, n int) {
 		t.Fatalf("TaskOOM published %d times (%v), want %d", got, r.ids, n)
 	}
 }
+
+// TestOOMSharedCgroupKillOutlived: in a gVisor pod the host's OOM killer
+// may take one stub process rather than the sandbox; gVisor then ends only
+// the container that ran in it (google/gvisor#11590), and the sandbox and
+// its other containers live on. A container SIGKILLed much later (a stop,
+// a liveness restart) did not die of that kill and must not be reported
+// OOMKilled. Before, every later SIGKILL exit in the pod was told of it.
+func TestOOMSharedCgroupKillOutlived(t *testing.T) {
+	g := newV2Group(t, 0)
+	r := &oomRecorder{}
+	w := NewOOMWatcher(context.Background(), r.publish)
+	defer w.Close()
+	var mu sync.Mutex
+	now := time.Now()
+	w.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	for _, id := range []string{"pause", "app", "sidecar"} {
+		w.Add(id, g.cg)
+	}
+	g.setKills(1)
+	w.CheckExit("app", true) // its stub was the one killed
+	r.waitTotal(t, 1)
+
+	mu.Lock()
+	now = now.Add(sharedKillWindow + time.Second)
+	mu.Unlock()
+	w.CheckExit("sidecar", true) // stopped by the kubelet
+	r.waitTotal(t, 1)
+
+	// The next kill, this time of the sandbox: both remaining die of it.
+	w.Add("app2", g.cg)
+	g.setKills(2)
+	w.CheckExit("app2", true)
+	w.CheckExit("pause", true)
+	r.waitTotal(t, 3)
+	if got := strings.Join(r.ids, " "); got != "app app2 pause" {
+		t.Fatalf("TaskOOM for %q, want app, app2, pause", got)
+	}
+}
