@@ -63,8 +63,11 @@ type soak struct {
 	start time.Time
 
 	started, exited, lost, oomKills, opErrors atomic.Int64
-	exitedWhileDown                           atomic.Int64 // tasks containerd removed as it restarted
-	restarting                                sync.RWMutex // held for writing while containerd restarts
+	// scrapeErrors counts shims whose metrics did not answer a sample (one
+	// exiting meanwhile); their goroutines count as 0 there.
+	scrapeErrors    atomic.Int64
+	exitedWhileDown atomic.Int64 // tasks containerd removed as it restarted
+	restarting      sync.RWMutex // held for writing while containerd restarts
 
 	mu       sync.Mutex
 	samples  []sample

@@ -27,6 +27,7 @@ var resources = []struct {
 	{"fds", func(p procStats) float64 { return float64(p.fds) }, tolerance{abs: 4, rel: 0.05}},
 	{"threads", func(p procStats) float64 { return float64(p.threads) }, tolerance{abs: 2, rel: 0.05}},
 	{"inotify", func(p procStats) float64 { return float64(p.inotify) }, tolerance{abs: 0.5}},
+	{"goroutines", func(p procStats) float64 { return float64(p.goroutines) }, tolerance{abs: 4, rel: 0.05}},
 	{"pss_kib", func(p procStats) float64 { return float64(p.pssKiB) }, tolerance{abs: 1024, rel: 0.05}},
 }
 
@@ -69,11 +70,16 @@ func (s *soak) takeSample() {
 		if !ok {
 			continue
 		}
+		if st.goroutines = goroutines(p.metrics); st.goroutines < 0 {
+			s.scrapeErrors.Add(1)
+			st.goroutines = 0
+		}
 		smp.shims[fmt.Sprintf("%s (pid %d)", p.id, p.pid)] = st
 		smp.node.fds += st.fds
 		smp.node.inotify += st.inotify
 		smp.node.threads += st.threads
 		smp.node.pssKiB += st.pssKiB
+		smp.node.goroutines += st.goroutines
 		smp.nshims++
 	}
 	if pid := s.d.Pid(); pid != 0 {
@@ -87,8 +93,8 @@ func (s *soak) takeSample() {
 	smp.restarts = len(s.restarts)
 	s.samples = append(s.samples, smp)
 	s.mu.Unlock()
-	fmt.Printf("soak: %5.1f min  shims %d  fds %d  threads %d  inotify %d  pss %.1f MiB  mounts %d  cgroups %d  runsc %d  started %d exited %d lost %d errors %d\n",
-		smp.t, smp.nshims, smp.node.fds, smp.node.threads, smp.node.inotify, float64(smp.node.pssKiB)/1024,
+	fmt.Printf("soak: %5.1f min  shims %d  fds %d  threads %d  goroutines %d  inotify %d  pss %.1f MiB  mounts %d  cgroups %d  runsc %d  started %d exited %d lost %d errors %d\n",
+		smp.t, smp.nshims, smp.node.fds, smp.node.threads, smp.node.goroutines, smp.node.inotify, float64(smp.node.pssKiB)/1024,
 		smp.mounts, smp.cgroups, smp.runsc, s.started.Load(), s.exited.Load(), s.lost.Load(), s.opErrors.Load())
 }
 
@@ -248,11 +254,11 @@ func (s *soak) writeReport(left []string) bool {
 		fmt.Fprintf(&b, "\n- %s", f)
 	}
 	fmt.Fprintf(&b, "\n\n")
-	fmt.Fprintf(&b, "| tasks started | exits delivered | of which while containerd was down | exits lost | OOM kills | operation errors |\n|---|---|---|---|---|---|\n| %d | %d | %d | %d | %d | %d |\n\n",
-		s.started.Load(), s.exited.Load(), s.exitedWhileDown.Load(), s.lost.Load(), s.oomKills.Load(), s.opErrors.Load())
+	fmt.Fprintf(&b, "| tasks started | exits delivered | of which while containerd was down | exits lost | OOM kills | operation errors | unanswered metrics scrapes |\n|---|---|---|---|---|---|---|\n| %d | %d | %d | %d | %d | %d | %d |\n\n",
+		s.started.Load(), s.exited.Load(), s.exitedWhileDown.Load(), s.lost.Load(), s.oomKills.Load(), s.opErrors.Load(), s.scrapeErrors.Load())
 	b.WriteString(`The workload: Task API lifecycles (runc and gVisor) run to their exit code; execs (3 per round), Stats, pause/resume and Update on two resident tasks (one per backend) whose shims live through the run; OOM kills (runc, 16 MiB); and one CRI pod per sandboxed handler (custom-runc-sb, custom-runsc-sb) whose container exits every 2 s and is removed and created again, as kubelet does. An exit counts as delivered when containerd's Wait (or CRI's container status) reports it, which happens only once the shim's TaskExit reached containerd.
 
-**Flat** means: over the samples after the warm-up (the first third of the run), the least-squares line of the resource rises by at most its tolerance across the window (rise = slope × window length; tolerance = the larger of an absolute amount and a fraction of the window's mean), or its slope is not significant (t statistic below 3: a crash-looping container up at one sample and down at the next swings its shim's fds without any growth). Node series sum every shim alive at the sample (short-lived shims come and go, hence 10%); each shim that lived through the whole window is judged on its own. Goroutines are not sampled: the shim does not export go_goroutines (pkg/metrics registers the Go collector only with GoMetrics, which nothing sets); threads and fds stand in.
+**Flat** means: over the samples after the warm-up (the first third of the run), the least-squares line of the resource rises by at most its tolerance across the window (rise = slope × window length; tolerance = the larger of an absolute amount and a fraction of the window's mean), or its slope is not significant (t statistic below 3: a crash-looping container up at one sample and down at the next swings its shim's fds without any growth). Node series sum every shim alive at the sample (short-lived shims come and go, hence 10%); each shim that lived through the whole window is judged on its own. Goroutines are scraped from each shim's metrics socket (the containerd_shim_custom_goroutines gauge); a shim that did not answer a sample (it was exiting) counts 0 there.
 
 `)
 	fmt.Fprintf(&b, "![resources over time](%s)\n\n", filepath.Base(svgPath(s.report)))
@@ -267,13 +273,13 @@ func (s *soak) writeReport(left []string) bool {
 		}
 		fmt.Fprintf(&b, "| %s | %d | %.3f | %.1f | %.1f | %.1f | %s |\n", tr.series, tr.n, tr.slope, tr.t, tr.rise, tr.allowed, flat)
 	}
-	b.WriteString("\n## Samples (node)\n\n| min | restarts | shims | fds | threads | inotify | PSS MiB | mounts | cgroups | runsc state | containerd fds | containerd threads |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("\n## Samples (node)\n\n| min | restarts | shims | fds | threads | goroutines | inotify | PSS MiB | mounts | cgroups | runsc state | containerd fds | containerd threads |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, smp := range s.samples {
-		fmt.Fprintf(&b, "| %.1f | %d | %d | %d | %d | %d | %.1f | %d | %d | %d | %d | %d |\n", smp.t, smp.restarts, smp.nshims, smp.node.fds, smp.node.threads,
-			smp.node.inotify, float64(smp.node.pssKiB)/1024, smp.mounts, smp.cgroups, smp.runsc, smp.ctrd.fds, smp.ctrd.threads)
+		fmt.Fprintf(&b, "| %.1f | %d | %d | %d | %d | %d | %d | %.1f | %d | %d | %d | %d | %d |\n", smp.t, smp.restarts, smp.nshims, smp.node.fds, smp.node.threads,
+			smp.node.goroutines, smp.node.inotify, float64(smp.node.pssKiB)/1024, smp.mounts, smp.cgroups, smp.runsc, smp.ctrd.fds, smp.ctrd.threads)
 	}
 	if keys := s.longLived(s.duration.Minutes() / 3); len(keys) > 0 {
-		b.WriteString("\n## Samples (shims that lived through the window: fds / threads / inotify / PSS MiB)\n\n| min |")
+		b.WriteString("\n## Samples (shims that lived through the window: fds / threads / goroutines / inotify / PSS MiB)\n\n| min |")
 		for _, k := range keys {
 			fmt.Fprintf(&b, " %s |", k)
 		}
@@ -282,7 +288,7 @@ func (s *soak) writeReport(left []string) bool {
 			fmt.Fprintf(&b, "| %.1f |", smp.t)
 			for _, k := range keys {
 				if st, ok := smp.shims[k]; ok {
-					fmt.Fprintf(&b, " %d / %d / %d / %.1f |", st.fds, st.threads, st.inotify, float64(st.pssKiB)/1024)
+					fmt.Fprintf(&b, " %d / %d / %d / %d / %.1f |", st.fds, st.threads, st.goroutines, st.inotify, float64(st.pssKiB)/1024)
 				} else {
 					b.WriteString(" - |")
 				}
@@ -340,6 +346,7 @@ func (s *soak) plot() string {
 		{"shim fds", "#1f77b4", func(x sample) float64 { return float64(x.node.fds) }},
 		{"shim threads", "#ff7f0e", func(x sample) float64 { return float64(x.node.threads) }},
 		{"shim inotify", "#2ca02c", func(x sample) float64 { return float64(x.node.inotify) }},
+		{"shim goroutines", "#17becf", func(x sample) float64 { return float64(x.node.goroutines) }},
 		{"shim PSS", "#d62728", func(x sample) float64 { return float64(x.node.pssKiB) }},
 		{"mounts", "#9467bd", func(x sample) float64 { return float64(x.mounts) }},
 		{"cgroups", "#8c564b", func(x sample) float64 { return float64(x.cgroups) }},

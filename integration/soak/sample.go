@@ -3,18 +3,25 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
-// procStats is what one process holds.
+// procStats is what one process holds (goroutines: shims only, from
+// their metrics endpoint; -1 when it did not answer).
 type procStats struct {
 	fds, inotify, threads int
 	pssKiB                int
+	goroutines            int
 }
 
 // readProcStats reads a live process's open fds, inotify instances (fds
@@ -56,8 +63,9 @@ func fieldKiB(path, key string) int {
 
 // shimProc is a shim server process.
 type shimProc struct {
-	pid int
-	id  string // its -id: the first container of its group
+	pid     int
+	id      string // its -id: the first container of its group
+	metrics string // its metrics socket
 }
 
 // shimServers lists the shim server processes: not "start" (short-lived,
@@ -76,13 +84,48 @@ func shimServers(address string) []shimProc {
 			continue
 		}
 		f := strings.Fields(p.Cmdline)
+		flags := map[string]string{}
 		for i := range f[:len(f)-1] {
-			if f[i] == "-id" {
-				out = append(out, shimProc{pid: p.Pid, id: f[i+1]})
+			if strings.HasPrefix(f[i], "-") {
+				flags[f[i]] = f[i+1]
+			}
+		}
+		if flags["-id"] == "" {
+			continue
+		}
+		// Where pkg/shim serves the shim's metrics: named by its namespace
+		// and ttrpc socket, in the directories of the soak's environment,
+		// which its containerd and so the shim inherit.
+		dir, _ := metrics.Dirs()
+		sock := metrics.SocketPath(dir, metrics.Name(flags["-namespace"], filepath.Base(flags["-socket"])))
+		out = append(out, shimProc{pid: p.Pid, id: flags["-id"], metrics: sock})
+	}
+	return out
+}
+
+// goroutines scrapes a shim's goroutine gauge; -1 when it does not answer.
+func goroutines(socket string) int {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://shim/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "containerd_shim_custom_goroutines "); ok {
+			if n, err := strconv.ParseFloat(v, 64); err == nil {
+				return int(n)
 			}
 		}
 	}
-	return out
+	return -1
 }
 
 // countEntries counts the directories below each root, down to depth

@@ -334,11 +334,16 @@ func New(opts Options) *Recorder {
 		Help:        "Shim build; the value is the number of shim processes of that build (1 per shim, summed by the aggregator).",
 		ConstLabels: prometheus.Labels{"version": opts.Version, "revision": opts.Revision, "goversion": goruntime.Version()}})
 	build.Set(1)
+	// Always there, unlike the Go collector: one number, read for free,
+	// that shows a goroutine leak (a count that only rises).
+	goroutines := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "goroutines",
+		Help: "Goroutines of the shim process: a count that keeps rising while the shim's work does not is a leak."},
+		func() float64 { return float64(goruntime.NumGoroutine()) })
 
 	r.reg.MustRegister(r.tasksCreated, r.tasksStarted, r.tasksExited, r.tasksDeleted, r.oomEvents,
 		r.execsStarted, r.execsExited, r.startLatency, r.runDuration, r.rpcRequests, r.rpcDuration,
 		r.commandDuration, r.commandFailures, r.sandboxesCreated, r.sandboxesStarted, r.sandboxesExited,
-		r.sandboxesShutdown, r.sandboxStartLatency, r.eventsDropped, r.panics, build, newTaskCollector(r))
+		r.sandboxesShutdown, r.sandboxStartLatency, r.eventsDropped, r.panics, build, goroutines, newTaskCollector(r))
 	if opts.ProcessMetrics {
 		r.reg.MustRegister(newProcessCollector())
 	} else {

@@ -35,6 +35,7 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/pidfd"
 )
 
 // libBackend drives one container in the shim's own process through
@@ -72,10 +73,10 @@ type libBackend struct {
 
 	mu        sync.Mutex
 	container *libcontainer.Container // guarded by mu; nil before Create and after Delete
-	// execs holds a pidfd of each exec process that may still run, by
-	// exec id: an exec is signalled only through it, never by a pid the
-	// reaper may have freed. Guarded by mu, held while a pidfd is used.
-	execs map[string]execProc
+	// execs holds a pidfd of each exec process that may still run: an
+	// exec is signalled only through it, never by a pid the reaper may
+	// have freed.
+	execs pidfd.Table
 
 	// freeze serialises Pause, Resume, kill --all's freeze and an exec's
 	// start, so that a kill never thaws a container paused meanwhile and
@@ -88,12 +89,6 @@ type libBackend struct {
 	// libcontainer calls only (which hold the container's own lock
 	// throughout anyway).
 	startMu sync.Mutex
-}
-
-// execProc is an exec process as the backend signals it.
-type execProc struct {
-	pid   int
-	pidfd int
 }
 
 var _ runtime.Backend = (*libBackend)(nil)
@@ -465,58 +460,31 @@ func (b *libBackend) signalAll(c *libcontainer.Container, sig unix.Signal) error
 	return nil
 }
 
-// trackExec keeps a pidfd of a started exec for Signal; the caller holds
-// the reaper off, so the pid is still the process's. Exec processes that
-// have exited are dropped: an exec id per health probe would otherwise
-// keep one descriptor each.
+// trackExec keeps a pidfd of a started exec for Signal, then lets the
+// reaper collect it: the caller holds the reaper off, so until Track the
+// pid is still the process's, if only as a zombie. (Tracked first, an exec
+// that exits at once could be reaped, and its pid reused, before the
+// pidfd was open.)
 func (b *libBackend) trackExec(id string, proc *libcontainer.Process) (int, error) {
-	pid, err := b.track(proc)
+	pid, err := proc.Pid()
 	if err != nil {
 		return 0, err
 	}
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
+	if err := b.execs.Add(id, pid); err != nil {
 		_ = proc.Signal(unix.SIGKILL) // no safe way to signal it later
-		return 0, fmt.Errorf("pidfd of exec %s (pid %d): %w", id, pid, err)
+		b.gate.Track(pid)
+		return 0, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.execs == nil {
-		b.execs = make(map[string]execProc)
-	}
-	for eid, x := range b.execs {
-		if eid == id || exited(x.pidfd) {
-			_ = unix.Close(x.pidfd)
-			delete(b.execs, eid)
-		}
-	}
-	b.execs[id] = execProc{pid: pid, pidfd: pidfd}
+	b.gate.Track(pid)
 	return pid, nil
-}
-
-// exited reports whether the process of pidfd has exited (a pidfd polls
-// readable then).
-func exited(pidfd int) bool {
-	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, 0)
-	return err == nil && n > 0
 }
 
 // Signal implements runtime.Backend: an exec is signalled through the
 // pidfd taken when it started. One that has exited, or that this backend
 // did not start, is NotFound: its pid may be another process's now.
 func (b *libBackend) Signal(ctx context.Context, id string, p runtime.ExecProcess, sig syscall.Signal) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	x, ok := b.execs[p.ID]
-	if !ok || x.pid != p.Pid {
-		return fmt.Errorf("exec %s of container %s (pid %d) is not running: %w", p.ID, id, p.Pid, errdefs.ErrNotFound)
-	}
-	if err := unix.PidfdSendSignal(x.pidfd, sig, nil, 0); err != nil {
-		if errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("exec %s of container %s (pid %d) already finished: %w", p.ID, id, p.Pid, errdefs.ErrNotFound)
-		}
-		return fmt.Errorf("signal exec %s of container %s (pid %d): %w", p.ID, id, p.Pid, err)
+	if err := b.execs.Signal(p.ID, p.Pid, sig); err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
 	}
 	return nil
 }
@@ -555,11 +523,8 @@ func (b *libBackend) Delete(ctx context.Context, id string, force bool) error {
 	}
 	b.mu.Lock()
 	b.container = nil
-	for eid, x := range b.execs {
-		_ = unix.Close(x.pidfd)
-		delete(b.execs, eid)
-	}
 	b.mu.Unlock()
+	b.execs.Close()
 	return nil
 }
 

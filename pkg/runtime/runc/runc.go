@@ -6,7 +6,6 @@ package runc
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -27,6 +26,7 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/clilog"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/nsholder"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/pidfd"
 )
 
 // Name of this backend.
@@ -134,6 +134,9 @@ func Registration() runtime.Registration {
 			if c.Spec != nil && c.Spec.Linux != nil {
 				be.cgroupsPath = c.Spec.Linux.CgroupsPath
 			}
+			if c.Reaper != nil {
+				be.gate = c.Reaper
+			}
 			return be, nil
 		},
 		NewPod: func(_ oci.Section, p *runtime.Pod) (runtime.PodSandbox, error) {
@@ -165,6 +168,10 @@ type Backend struct {
 	// cgroupsPath is the spec's, for a forced delete to remove a cgroup
 	// the runtime made but never recorded (killed mid-create).
 	cgroupsPath string
+	gate        runtime.ReaperGate
+	// execs holds a pidfd of each exec process: Signal never uses a pid
+	// the reaper may have freed.
+	execs pidfd.Table
 }
 
 var _ runtime.Backend = (*Backend)(nil)
@@ -180,6 +187,7 @@ func New(cfg Config, namespace string, b bundle.Bundle) (*Backend, error) {
 	return &Backend{
 		cfg:    cfg,
 		bundle: b,
+		gate:   runtime.NoReaper{},
 		runc: &gorunc.Runc{
 			Command:       bin,
 			Log:           b.RuntimeLog("log.json"),
@@ -291,7 +299,9 @@ func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runti
 	return pid, nil
 }
 
-// Exec implements runtime.Backend.
+// Exec implements runtime.Backend. The reaper is held off from before
+// "runc exec" until the exec's pidfd is open: the process (the shim's
+// child once runc exits) cannot be reaped, and its pid reused, meanwhile.
 func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (int, error) {
 	opts := &gorunc.ExecOpts{
 		IO:            CmdIO(e.IO),
@@ -299,12 +309,18 @@ func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (i
 		ConsoleSocket: ConsoleSocket(e.Console),
 		Detach:        true,
 	}
+	resume := b.gate.Pause()
+	defer resume()
 	if err := b.run("exec", func() error { return b.runc.Exec(ctx, id, *e.Spec, opts) }); err != nil {
 		return 0, err
 	}
 	pid, err := bundle.ReadPidFile(e.PidFile)
 	if err != nil {
 		return 0, fmt.Errorf("read exec pid file: %w", err)
+	}
+	if err := b.execs.Add(e.ID, pid); err != nil {
+		_ = unix.Kill(pid, unix.SIGKILL) // still the exec: the reaper is held off
+		return 0, err
 	}
 	return pid, nil
 }
@@ -323,6 +339,9 @@ func (b *Backend) Delete(ctx context.Context, id string, force bool) error {
 	err := b.run("delete", func() error { return b.runc.Delete(ctx, id, &gorunc.DeleteOpts{Force: force}) })
 	if errdefs.IsNotFound(err) {
 		err = nil
+	}
+	if err == nil {
+		b.execs.Close()
 	}
 	if err == nil && force {
 		// A runtime killed during create can leave the container's cgroup
@@ -360,22 +379,11 @@ func (b *Backend) Pids(ctx context.Context, id string) ([]int, error) {
 	return pids, err
 }
 
-// Signal implements runtime.Backend: exec processes are the shim's children
-// (runc exec --detach reparents them to the subreaper), so a plain kill(2).
+// Signal implements runtime.Backend: an exec is signalled through the
+// pidfd taken when it started; one that has exited is NotFound.
 func (b *Backend) Signal(ctx context.Context, id string, p runtime.ExecProcess, sig syscall.Signal) error {
-	return SignalPid(p.Pid, sig)
-}
-
-// SignalPid signals a host process; ESRCH is NotFound.
-func SignalPid(pid int, sig syscall.Signal) error {
-	if pid <= 0 {
-		return fmt.Errorf("process has no pid: %w", errdefs.ErrNotFound)
-	}
-	if err := unix.Kill(pid, sig); err != nil {
-		if errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("process %d already finished: %w", pid, errdefs.ErrNotFound)
-		}
-		return fmt.Errorf("signal process %d: %w", pid, err)
+	if err := b.execs.Signal(p.ID, p.Pid, sig); err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
 	}
 	return nil
 }

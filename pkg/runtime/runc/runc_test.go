@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -54,22 +53,5 @@ func TestCmdIO(t *testing.T) {
 	}
 	if ConsoleSocket(&runtime.Console{Path: "/x"}).Path() != "/x" {
 		t.Fatal("console path")
-	}
-}
-
-func TestSignalPid(t *testing.T) {
-	cmd := exec.Command("sleep", "10")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := SignalPid(cmd.Process.Pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait() // reaps it: "signal: killed" is the expected error
-	if err := SignalPid(cmd.Process.Pid, syscall.SIGKILL); !errdefs.IsNotFound(err) {
-		t.Fatalf("signal after exit: %v, want NotFound", err)
-	}
-	if err := SignalPid(0, syscall.SIGKILL); !errdefs.IsNotFound(err) {
-		t.Fatalf("pid 0: %v, want NotFound", err)
 	}
 }

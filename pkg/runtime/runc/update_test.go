@@ -273,3 +273,52 @@ func TestLibcontainerPauseRacingExecs(t *testing.T) {
 		}
 	}
 }
+
+// reapOnTrack is the shim's reaper with the worst timing a tracked exec
+// can meet: Track waits for the process to exit and reaps it there and
+// then, as a SIGCHLD arriving at once would.
+type reapOnTrack struct{ *reaper.Reaper }
+
+func (g reapOnTrack) Track(pid int) {
+	g.Reaper.Track(pid)
+	for range 200 {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil || strings.Contains(string(st), ") Z ") {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_ = g.Reap()
+}
+
+// Execs that exit at once, reaped as soon as the backend lets the reaper
+// have them: each exec's pidfd must be open by then. Before, the exec was
+// tracked (reapable while the gate is held) before its pidfd was opened:
+// the exec failed with "no such process" (CI hit it in
+// TestLibcontainerUpdatesRacingExecs), or the pidfd could have been that
+// of another process that took the pid.
+func TestLibcontainerInstantExecs(t *testing.T) {
+	busybox := needContainers(t)
+	b, spec := testBundle(t, busybox, "sleep", "100")
+	g := reaper.New()
+	ec := g.Subscribe()
+	defer g.Unsubscribe(ec)
+	go func() {
+		for range ec {
+		}
+	}()
+	be := newTestBackend(t, b, spec, reapOnTrack{g})
+	ctx := context.Background()
+	if _, err := be.Create(ctx, &runtime.CreateConfig{ID: "instant", Bundle: b}); err != nil {
+		t.Fatal(err)
+	}
+	defer be.Delete(context.Background(), "instant", true) //nolint:errcheck // cleanup
+	if err := be.Start(ctx, "instant", nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := be.Exec(ctx, "instant", &runtime.ExecConfig{ID: fmt.Sprint("e", i), Spec: &specs.Process{Args: []string{"true"}, Cwd: "/", Env: []string{"PATH=/bin"}}}); err != nil {
+			t.Fatalf("exec %d: %v", i, err)
+		}
+	}
+}

@@ -39,6 +39,7 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/clilog"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/pidfd"
 	runcbackend "github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/runc"
 )
 
@@ -167,6 +168,11 @@ type Backend struct {
 	sandbox bool
 	spec    *specs.Spec
 	root    string // runsc --root
+	gate    runtime.ReaperGate
+	// execs holds a pidfd of each exec's host "runsc exec" process, which
+	// lives as long as the sandboxed process: a signal by the sandbox's
+	// pid goes only to an exec whose host process still runs.
+	execs pidfd.Table
 }
 
 // subContainer is the backend of a container that joins a pod's sandbox.
@@ -187,6 +193,9 @@ func New(cfg Config, c *runtime.Container) (runtime.Backend, error) {
 	b, err := newBackend(cfg, c.Namespace, c.Bundle, c.Spec, c.Group)
 	if err != nil {
 		return nil, err
+	}
+	if c.Reaper != nil {
+		b.gate = c.Reaper
 	}
 	if !b.sandbox {
 		return subContainer{b}, nil
@@ -210,6 +219,7 @@ func newBackend(cfg Config, namespace string, bdl bundle.Bundle, spec *specs.Spe
 		// prefix, so "web" would be ambiguous next to "web2" in a shared
 		// root; a pod's containers must share one to find their sandbox.
 		root: filepath.Join(cfg.Root, namespace, group),
+		gate: runtime.NoReaper{},
 	}
 	flags := []string{"--network=" + sandboxNetwork(cfg.Network, b.sandbox, spec)}
 	if _, set := cfg.Flags["oci-seccomp"]; !set {
@@ -429,8 +439,23 @@ func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runti
 
 // Exec implements runtime.Backend. The pid returned is that of the
 // "runsc exec" process on the host: it stays a child of the shim for as
-// long as the process runs in the sandbox and exits with its status.
+// long as the process runs in the sandbox and exits with its status. The
+// reaper is held off until its pidfd is open, so that pid is still it.
 func (b *Backend) Exec(ctx context.Context, id string, e *runtime.ExecConfig) (int, error) {
+	resume := b.gate.Pause()
+	defer resume()
+	pid, err := b.exec(ctx, id, e)
+	if err != nil {
+		return 0, err
+	}
+	if err := b.execs.Add(e.ID, pid); err != nil {
+		b.killStarted(ctx, id, b.bundle.ExecInternalPidFile(e.ID))
+		return 0, err
+	}
+	return pid, nil
+}
+
+func (b *Backend) exec(ctx context.Context, id string, e *runtime.ExecConfig) (int, error) {
 	f, err := os.CreateTemp(b.bundle.Path(), "runsc-process-*.json")
 	if err != nil {
 		return 0, err
@@ -516,8 +541,12 @@ func (b *Backend) Kill(ctx context.Context, id string, sig syscall.Signal, all b
 }
 
 // Signal implements runtime.Backend: runsc signals a sandboxed process by
-// its pid inside the sandbox.
+// its pid inside the sandbox, which is the exec's only while its host
+// "runsc exec" process runs (it waits for the sandboxed one).
 func (b *Backend) Signal(ctx context.Context, id string, p runtime.ExecProcess, sig syscall.Signal) error {
+	if !b.execs.Running(p.ID, p.Pid) {
+		return fmt.Errorf("exec %s of container %s (pid %d) already finished: %w", p.ID, id, p.Pid, errdefs.ErrNotFound)
+	}
 	ipid, err := bundle.ReadPidFile(b.bundle.ExecInternalPidFile(p.ID))
 	if err != nil {
 		return fmt.Errorf("exec %s: internal pid: %w", p.ID, err)
@@ -538,6 +567,7 @@ func (b *Backend) Delete(ctx context.Context, id string, _ bool) error {
 		err = nil
 	}
 	if err == nil {
+		b.execs.Close()
 		removeRoot(b.root)
 	}
 	return err
