@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,7 +14,10 @@ import (
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
 )
@@ -228,4 +232,39 @@ func withSpecVersion(v string) oci.SpecOpts {
 		s.Version = v
 		return nil
 	}
+}
+
+// TestRuncCLIExecSignals: on the runc CLI path (mode = "cli") an exec is
+// signalled through the pidfd taken as it started; once it has exited,
+// another signal for it is NotFound rather than a kill(2) of whatever
+// process has its pid now.
+func TestRuncCLIExecSignals(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runsc", "the runc backend's CLI mode")
+		ctx := testContext(t)
+		id := containerID(t, "")
+		c := newContainer(t, e, id, &runtimeoptions.Options{ConfigBody: []byte("[runc]\nmode = \"cli\"\n")}, oci.WithProcessArgs("sleep", "1000"))
+		task, statusC := startTask(t, c, nil)
+		pspec := specs.Process{Args: []string{"sleep", "1000"}, Cwd: "/", Env: []string{"PATH=/bin:/usr/bin"}}
+		for i := range 3 {
+			p, err := task.Exec(ctx, fmt.Sprint("e", i), &pspec, cio.NullIO)
+			check(t, err)
+			pc, err := p.Wait(ctx)
+			check(t, err)
+			check(t, p.Start(ctx))
+			check(t, p.Kill(ctx, syscall.SIGTERM))
+			if st := waitExit(t, pc, 30*time.Second); st.ExitCode() != 128+uint32(syscall.SIGTERM) {
+				t.Fatalf("exec %d: exit %d after SIGTERM, want 143", i, st.ExitCode())
+			}
+			if err := p.Kill(ctx, syscall.SIGKILL); !errdefs.IsNotFound(err) {
+				t.Fatalf("exec %d: a signal after its exit: %v, want NotFound", i, err)
+			}
+			_, err = p.Delete(ctx)
+			check(t, err)
+		}
+		check(t, task.Kill(ctx, syscall.SIGKILL))
+		waitExit(t, statusC, 30*time.Second)
+		_, err := task.Delete(ctx)
+		check(t, err)
+	})
 }
