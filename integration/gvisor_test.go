@@ -409,3 +409,37 @@ func TestPodOOM(t *testing.T) {
 		}
 	})
 }
+
+// TestPodContainerLimitUnenforcedWarns: gVisor runs a pod's containers in
+// the sandbox's cgroup, so a container's own memory limit bounds nothing
+// when the Pod has no limit (a sibling has none, so kubelet sets none).
+// The shim says so in containerd's log at the container's create instead
+// of dropping the limit silently; with the Pod's limit in place it says
+// nothing.
+func TestPodContainerLimitUnenforcedWarns(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		e.skipOn(t, "runc", "runc enforces every container's own limit")
+		const warning = "the container's memory limit is not enforced"
+		for _, podLimit := range []int64{0, 256 << 20} {
+			podID := containerID(t, fmt.Sprint("pod", podLimit>>20))
+			podOpts := []oci.SpecOpts{oci.WithProcessArgs("sleep", "1000"), podAnnotations(podID, "sandbox")}
+			if podLimit > 0 {
+				podOpts = append(podOpts, oci.WithMemoryLimit(uint64(podLimit)))
+			}
+			startTask(t, newContainer(t, e, podID, nil, podOpts...), nil)
+			appID := containerID(t, fmt.Sprint("app", podLimit>>20))
+			startTask(t, newContainer(t, e, appID, nil, oci.WithProcessArgs("sleep", "1000"), oci.WithMemoryLimit(64<<20), podAnnotations(podID, "container")), nil)
+			data, err := os.ReadFile(e.d.LogPath())
+			check(t, err)
+			warned := false
+			for _, l := range strings.Split(string(data), "\n") {
+				if strings.Contains(l, warning) && strings.Contains(l, appID) {
+					warned = true
+				}
+			}
+			if want := podLimit == 0; warned != want {
+				t.Errorf("pod limit %d MiB: warned %v, want %v", podLimit>>20, warned, want)
+			}
+		}
+	})
+}

@@ -1,13 +1,17 @@
 package runsc
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 )
 
 // cgroupParent makes the parent of a sandbox's cgroup exist before runsc
@@ -50,4 +54,34 @@ func hostCgroupParent(spec *specs.Spec) error {
 		return nil
 	}
 	return cgroupParent("/sys/fs/cgroup", spec)
+}
+
+// unboundedLimit is a cgroup memory limit at or above this: none (v1
+// reports its page-rounded maximum, v2 "max").
+const unboundedLimit = 1 << 62
+
+// limitUnenforced tells whether a sub-container's own memory limit bounds
+// nothing: gVisor runs every container of a pod in the sandbox's host
+// cgroup, and only the limit on it or on its ancestors (the Pod's, which
+// kubelet sets when every container has one) bounds them, together.
+func limitUnenforced(spec *specs.Spec, sandboxLimit uint64) bool {
+	if spec.Linux == nil || spec.Linux.Resources == nil || spec.Linux.Resources.Memory == nil {
+		return false
+	}
+	own := spec.Linux.Resources.Memory.Limit
+	return own != nil && *own > 0 && (sandboxLimit == 0 || sandboxLimit >= unboundedLimit)
+}
+
+// warnUnenforcedLimit says so at the create of a sub-container whose own
+// memory limit bounds nothing, rather than dropping it silently.
+func warnUnenforcedLimit(ctx context.Context, id string, spec *specs.Spec, sandboxPid int) {
+	limit, err := cgroup.EffectiveMemoryLimit(sandboxPid)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Debug("sandbox's memory limit, to check the container's")
+		return
+	}
+	if limitUnenforced(spec, limit) {
+		log.G(ctx).WithFields(log.Fields{"id": id, "limit": *spec.Linux.Resources.Memory.Limit}).
+			Warn("the container's memory limit is not enforced: gVisor runs it in its sandbox's cgroup, which has no limit (a container of the Pod has none); give every container of the Pod a limit")
+	}
 }

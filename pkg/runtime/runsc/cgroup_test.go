@@ -84,3 +84,27 @@ func TestPodCgroupsPath(t *testing.T) {
 		}
 	}
 }
+
+// TestLimitUnenforced: a sub-container's own memory limit is reported as
+// unenforced exactly when its sandbox's cgroup has no limit.
+func TestLimitUnenforced(t *testing.T) {
+	withLimit := func(l int64) *specs.Spec {
+		return &specs.Spec{Linux: &specs.Linux{Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &l}}}}
+	}
+	for _, tc := range []struct {
+		name    string
+		spec    *specs.Spec
+		sandbox uint64
+		want    bool
+	}{
+		{"no limit of its own", &specs.Spec{Linux: &specs.Linux{}}, 0, false},
+		{"limit, sandbox unbounded (v2 max)", withLimit(64 << 20), ^uint64(0), true},
+		{"limit, sandbox unbounded (v1)", withLimit(64 << 20), 9223372036854771712, true},
+		{"limit, sandbox limit unknown", withLimit(64 << 20), 0, true},
+		{"limit, the Pod's limit on the sandbox", withLimit(64 << 20), 192 << 20, false},
+	} {
+		if got := limitUnenforced(tc.spec, tc.sandbox); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -385,6 +385,9 @@ func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, err
 	if err != nil {
 		return 0, fmt.Errorf("read init pid file: %w", err)
 	}
+	if !b.sandbox {
+		warnUnenforcedLimit(ctx, c.ID, b.spec, pid)
+	}
 	return pid, nil
 }
 
