@@ -436,3 +436,29 @@ func sandboxPid(t *testing.T, p *sbPod) int {
 	t.Fatalf("no %q child of the pod's shim %d among %+v", pattern, shims[0].Pid, ps)
 	return 0
 }
+
+// TestSandboxedGVisorPodStuckSandbox: a gVisor sandbox that no longer
+// answers (stopped here with SIGSTOP; in the field a wedged sentry,
+// google/gvisor#14408) does not keep its Pod forever: StopPodSandbox ends
+// the sandbox on the host once runsc's kill gets no answer, the
+// container's exit is reported, and RemovePodSandbox leaves nothing.
+// Before, StopPodSandbox never returned (runsc's kill of the container
+// hung) and the Pod could not be removed.
+func TestSandboxedGVisorPodStuckSandbox(t *testing.T) {
+	forEachOwnDaemon(t, func(t *testing.T, like *env) {
+		like.skipOn(t, "runc", "gVisor's sandbox")
+		p, _ := runSandboxedPod(t, like)
+		a := p.start("a", "sleep", "1000")
+		pid := sandboxPid(t, p)
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		began := time.Now()
+		if _, err := p.rc.StopPodSandbox(p.ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id}); err != nil {
+			t.Fatalf("StopPodSandbox of a stuck sandbox: %v", err)
+		}
+		p.waitExited(a, -1)
+		p.remove()
+		report(t, fmt.Sprintf("sandboxed-pod-stuck-sandbox %s: a stopped sandbox ended on the host, pod removed in %.1fs, nothing left", like.name(), time.Since(began).Seconds()))
+	})
+}

@@ -105,6 +105,11 @@ func (r *Reaper) Track(pid int) {
 		return
 	}
 	r.tracked[pid] = struct{}{}
+	// Its SIGCHLD may have come already, and the reap it caused skipped
+	// it, untracked then: none may come again, so look now.
+	if err := r.reapTrackedPidLocked(pid, time.Now()); err != nil {
+		log.L.WithError(err).WithField("pid", pid).Warn("reaper: reap a tracked child")
+	}
 }
 
 // Reap collects exited children; the shim calls it on SIGCHLD. With the
@@ -144,26 +149,32 @@ func (r *Reaper) reapTrackedLocked() error {
 	now := time.Now()
 	var firstErr error
 	for pid := range r.tracked {
-		var ws unix.WaitStatus
-		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
-		for errors.Is(err, unix.EINTR) {
-			got, err = unix.Wait4(pid, &ws, unix.WNOHANG, nil)
-		}
-		switch {
-		case errors.Is(err, unix.ECHILD):
-			// Not (or no longer) our child: once its parent reaps it,
-			// its pid may go to a child libcontainer waits for.
-			delete(r.tracked, pid)
-		case err != nil:
-			if firstErr == nil {
-				firstErr = err
-			}
-		case got == pid:
-			delete(r.tracked, pid)
-			r.notifyLocked(gorunc.Exit{Timestamp: now, Pid: pid, Status: exitStatus(ws)})
+		if err := r.reapTrackedPidLocked(pid, now); err != nil && firstErr == nil {
+			firstErr = err
 		}
 	}
 	return firstErr
+}
+
+// reapTrackedPidLocked collects the tracked child pid if it has exited.
+func (r *Reaper) reapTrackedPidLocked(pid int, now time.Time) error {
+	var ws unix.WaitStatus
+	got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+	for errors.Is(err, unix.EINTR) {
+		got, err = unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+	}
+	switch {
+	case errors.Is(err, unix.ECHILD):
+		// Not (or no longer) our child: once its parent reaps it, its
+		// pid may go to a child libcontainer waits for.
+		delete(r.tracked, pid)
+	case err != nil:
+		return err
+	case got == pid:
+		delete(r.tracked, pid)
+		r.notifyLocked(gorunc.Exit{Timestamp: now, Pid: pid, Status: exitStatus(ws)})
+	}
+	return nil
 }
 
 // exitStatus is the status containerd expects: the exit code, or 128 plus

@@ -260,3 +260,28 @@ func TestSlowSubscriberQueuesInOrder(t *testing.T) {
 		}
 	}
 }
+
+// A child that exits between its start and Track, while the gate is held:
+// the reap its SIGCHLD caused skipped it (untracked then), and no other
+// SIGCHLD comes. Track collects it; before, its exit waited for the
+// holder's resume (CI hit it in TestMonitorWaitsWhileGateHeld: go-runc's
+// command exited before Start tracked it).
+func TestTrackAfterTheChildsSIGCHLD(t *testing.T) {
+	r := New()
+	ec := r.Subscribe()
+	defer r.Unsubscribe(ec)
+	resume := r.Pause()
+	defer resume()
+	pid := start(t, "/bin/true")
+	waitZombie(t, pid)
+	_ = r.Reap() // its SIGCHLD, while untracked
+	r.Track(pid)
+	select {
+	case e := <-ec:
+		if e.Pid != pid {
+			t.Fatalf("exit of pid %d, want %d", e.Pid, pid)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the exit of a child tracked after its SIGCHLD waits for the gate's holder")
+	}
+}

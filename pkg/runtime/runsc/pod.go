@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -118,6 +119,9 @@ func (s *pod) Start(ctx context.Context) (_ int, retErr error) {
 	if err != nil {
 		return 0, err
 	}
+	if s.p.Reaper != nil {
+		be.gate = s.p.Reaper
+	}
 	// The sandbox's processes inherit runsc create's stdio and keep it: a
 	// pipe (what a command's captured stderr is) would never see EOF and
 	// the create would never be waited for. /dev/null it is; runsc's errors
@@ -202,7 +206,8 @@ func (s *pod) runsc() *Backend {
 }
 
 // Stop implements runtime.PodSandbox: the sandbox process goes, and with it
-// every container still in the sandbox.
+// every container still in the sandbox. A wedged sandbox is ended on the
+// host (wedged.go).
 func (s *pod) Stop(ctx context.Context) error {
 	be := s.runsc()
 	if be == nil {
@@ -210,6 +215,16 @@ func (s *pod) Stop(ctx context.Context) error {
 	}
 	if err := be.Kill(ctx, s.p.ID, unix.SIGKILL, true); err != nil && !errdefs.IsNotFound(err) {
 		return err
+	}
+	// A sentry that took the kill and does not end is as wedged as one
+	// that does not answer (wedged.go).
+	deadline := time.Now().Add(killTimeout)
+	for be.sandboxRunning() {
+		if time.Now().After(deadline) {
+			be.killSandboxOnHost(ctx, s.p.ID, fmt.Errorf("the sandbox outlived runsc's kill by %s", killTimeout))
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	return nil
 }

@@ -173,6 +173,11 @@ type Backend struct {
 	// lives as long as the sandboxed process: a signal by the sandbox's
 	// pid goes only to an exec whose host process still runs.
 	execs pidfd.Table
+	// sandboxProc holds a pidfd of the sandbox process, to end a wedged
+	// sandbox on the host (wedged.go).
+	sandboxProc pidfd.Table
+	mu          sync.Mutex
+	sandboxPid  int // guarded by mu; 0 while none is held
 }
 
 // subContainer is the backend of a container that joins a pod's sandbox.
@@ -378,6 +383,10 @@ func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, err
 	if b.sandbox {
 		cio = c.IO
 	}
+	// The reaper is held off until the sandbox process is held: its pid
+	// cannot be reaped and reused meanwhile.
+	resume := b.gate.Pause()
+	defer resume()
 	if err := b.run(ctx, "create", cio, nil, append(args, c.ID)...); err != nil {
 		return 0, err
 	}
@@ -385,6 +394,7 @@ func (b *Backend) Create(ctx context.Context, c *runtime.CreateConfig) (int, err
 	if err != nil {
 		return 0, fmt.Errorf("read init pid file: %w", err)
 	}
+	b.holdSandbox(ctx, pid)
 	if !b.sandbox {
 		warnUnenforcedLimit(ctx, c.ID, b.spec, pid)
 	}
@@ -536,7 +546,16 @@ func (b *Backend) Kill(ctx context.Context, id string, sig syscall.Signal, all b
 	if all {
 		args = append(args, "--all")
 	}
-	err := b.run(ctx, "kill", nil, nil, append(args, id, strconv.Itoa(int(sig)))...)
+	kctx := ctx
+	if sig == unix.SIGKILL {
+		var cancel context.CancelFunc
+		kctx, cancel = context.WithTimeout(ctx, killTimeout)
+		defer cancel()
+	}
+	err := b.run(kctx, "kill", nil, nil, append(args, id, strconv.Itoa(int(sig)))...)
+	if err != nil && kctx.Err() != nil && ctx.Err() == nil && b.killSandboxOnHost(ctx, id, err) {
+		return nil
+	}
 	if errdefs.IsNotFound(err) {
 		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}
@@ -571,6 +590,7 @@ func (b *Backend) Delete(ctx context.Context, id string, _ bool) error {
 	}
 	if err == nil {
 		b.execs.Close()
+		b.sandboxProc.Close()
 		removeRoot(b.root)
 	}
 	return err
