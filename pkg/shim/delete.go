@@ -23,6 +23,7 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/cgroup"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/sandbox"
 )
 
@@ -88,6 +89,16 @@ func cleanupBackend(ctx context.Context, reg *runtime.Registry, ns, id string, b
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("read bundle spec")
 		spec = &specs.Spec{}
+	}
+	// First, and at once: containerd gives this command 5 s, and the
+	// runtime's delete (libcontainer's, runc's or runsc's, with systemd's
+	// unit stop) may take longer on a loaded node; cut short, it would
+	// leave the container running in its scope. With its processes gone
+	// the scope goes by itself.
+	if spec.Linux != nil {
+		if err := cgroup.KillAll(spec.Linux.CgroupsPath); err != nil {
+			log.G(ctx).WithError(err).Warn("kill the processes of the container's cgroup")
+		}
 	}
 	b, err := reg.New(cfg, &runtime.Container{ID: id, Namespace: ns, Bundle: bdl, Spec: spec, Group: oci.GroupID(id, spec.Annotations)})
 	if err != nil {
