@@ -73,5 +73,3 @@ func TestKillAll(t *testing.T) {
 		t.Fatalf("a cgroup that does not exist: %v", err)
 	}
 }
-
-
