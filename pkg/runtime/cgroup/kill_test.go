@@ -63,7 +63,10 @@ func TestKillAll(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		select {
-		case <-done:
+		case err := <-done:
+			if err == nil {
+				t.Fatalf("pid %d exited on its own, not killed", cmd.Process.Pid)
+			}
 		case <-time.After(5 * time.Second):
 			_ = cmd.Process.Kill()
 			t.Fatalf("pid %d survived KillAll", cmd.Process.Pid)
