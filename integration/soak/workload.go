@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -68,9 +69,17 @@ func (s *soak) waitExit(tk *task) (uint32, bool) {
 	for time.Now().Before(deadline) {
 		select {
 		case st := <-status:
-			if st.Error() == nil {
+			err := st.Error()
+			if err == nil {
 				s.exited.Add(1)
 				return st.ExitCode(), true
+			}
+			// containerd's client hands Wait's errors over on the channel,
+			// in gRPC form: see below for NotFound.
+			if errdefs.IsNotFound(errgrpc.ToNative(err)) {
+				s.exited.Add(1)
+				s.exitedWhileDown.Add(1)
+				return 0, false
 			}
 		case <-time.After(30 * time.Second):
 			// No answer yet: ask again (a Wait made just before containerd
@@ -83,8 +92,9 @@ func (s *soak) waitExit(tk *task) (uint32, bool) {
 		s.restarting.RUnlock()
 		if errdefs.IsNotFound(err) {
 			// The task exited while containerd was down, and containerd,
-			// loading the shim, saw it stopped and removed it
-			// (core/runtime/v2/shim_load.go): the exit reached it then.
+			// loading the shim, found no process in it and removed it as
+			// a leaked shim (core/runtime/v2/shim_load.go), as it does with
+			// its runc shim: Wait then answers NotFound.
 			s.exited.Add(1)
 			s.exitedWhileDown.Add(1)
 			return 0, false
