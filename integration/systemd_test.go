@@ -633,7 +633,7 @@ func TestSystemdFaults(t *testing.T) {
 		var handlers []sdHandler
 		for _, h := range systemdHandlers(like.backend, sdConfig) {
 			switch h.name {
-			case "custom-runc", "custom-runc-sb", "custom-runsc", "custom-runsc-sb":
+			case "custom-runc", "custom-runc-cli", "custom-runc-sb", "custom-runsc", "custom-runsc-sb":
 				handlers = append(handlers, h)
 			}
 		}
