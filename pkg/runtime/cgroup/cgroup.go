@@ -167,17 +167,13 @@ func RemoveOrphan(path string) error {
 	if path == "" || strings.Contains(path, ":") || !filepath.IsAbs(path) {
 		return nil
 	}
+	if err := KillAll(path); err != nil {
+		return err
+	}
 	if Unified() {
 		m, err := cgroup2.Load(path)
 		if err != nil {
 			return fmt.Errorf("load orphan cgroup %s: %w", path, err)
-		}
-		pids, err := m.Procs(true)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		for _, pid := range pids {
-			_ = unix.Kill(int(pid), unix.SIGKILL) // gone already is fine
 		}
 		return retryDelete(func() error {
 			if err := m.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -193,10 +189,6 @@ func RemoveOrphan(path string) error {
 	case err != nil:
 		return fmt.Errorf("load orphan cgroup %s: %w", path, err)
 	default:
-		procs, _ := cg.Processes(cgroup1.Devices, true)
-		for _, p := range procs {
-			_ = unix.Kill(p.Pid, unix.SIGKILL) // gone already is fine
-		}
 		if err := retryDelete(cg.Delete); err != nil {
 			return err
 		}
