@@ -308,6 +308,15 @@ func TestTTRPCSenderAgainstEventsService(t *testing.T) {
 	sender := NewTTRPCSender("unix://" + path)
 	defer sender.Close()
 	q := NewQueue("default", sender, rec)
+	// Delivery is at least once: an event the server took but whose answer
+	// was lost in the restart below is sent again. Wait for the answers, so
+	// that the restart comes after 5 is acknowledged.
+	acked := make(chan struct{}, 100)
+	q.OnSent = func(_ string, err error) {
+		if err == nil {
+			acked <- struct{}{}
+		}
+	}
 	publish(q, 1, 5)
 
 	server := serveEvents(t, path, s)
@@ -320,6 +329,11 @@ func TestTTRPCSenderAgainstEventsService(t *testing.T) {
 			}
 		case <-time.After(hangGuard):
 			t.Fatalf("event %d never arrived", w)
+		}
+		select {
+		case <-acked:
+		case <-time.After(hangGuard):
+			t.Fatalf("event %d never acknowledged", w)
 		}
 	}
 
