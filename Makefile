@@ -5,7 +5,9 @@ BIN      := bin/containerd-shim-custom-v2
 PKG      := github.com/custom-runtime/containerd-shim-custom-v2
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+AGG      := bin/containerd-shim-custom-metrics
 LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revision=$(REVISION)
+AGG_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 # containerd lines the integration suite runs against.
 CONTAINERD_VERSIONS ?= 2.4.2 2.2.9 1.7.36
 export CONTAINERD_VERSIONS
@@ -16,11 +18,14 @@ all: build
 
 # The shim links runc's libcontainer (in-process runc backend): CGO for
 # nsenter, libseccomp for the seccomp tag (a spec with seccomp is enforced,
-# never dropped), and a static binary as runc builds itself.
-BUILDTAGS ?= seccomp netgo osusergo
-build: ## build the shim, statically linked (CGO, libseccomp), into bin/
+# never dropped), and a static binary as runc builds itself. no_grpc:
+# containerd's API packages without their gRPC clients (the shim speaks
+# ttrpc; TestShimLinksNoAggregator guards what it links).
+BUILDTAGS ?= seccomp netgo osusergo no_grpc
+build: ## build the shim (static: CGO, libseccomp) and the node metrics aggregator into bin/
 	@test -f /usr/lib/$$(gcc -dumpmachine)/libseccomp.a || { echo "libseccomp-dev is missing: make deps (or apt-get install libseccomp-dev)"; exit 1; }
 	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(BUILDTAGS)" -ldflags "$(LDFLAGS) -extldflags -static" -o $(BIN) ./cmd/containerd-shim-custom-v2
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(AGG_LDFLAGS)" -o $(AGG) ./cmd/containerd-shim-custom-metrics
 
 deps: ## install what the tests need (apt packages, containerd builds cached in .tools/)
 	bash scripts/deps.sh
@@ -66,7 +71,8 @@ fuzz: ## run each fuzz target for FUZZTIME (a count: time limits make the Go fuz
 demo: deps build ## the main job: private containerd with this shim, containers on each backend
 	bash scripts/demo.sh
 
-bench: deps build ## benchmarks against containerd's runc shim; writes docs/benchmarks.md (root)
+bench: deps build ## benchmarks against containerd's runc shim (and gVisor's shim for memory); writes docs/benchmarks.md (root)
+	bash scripts/gvisor-shim.sh
 	$(GO) run ./integration/bench $(BENCH_FLAGS)
 
 soak: deps build ## 30 minutes (SOAK_DURATION) of mixed load at parallelism 10 (SOAK_PARALLEL) on containerd 2.4.2, containerd restarted twice; fails on a resource trend, a lost exit or a leftover; writes docs/soak.md and docs/soak.svg (root; not part of make test)
@@ -80,8 +86,9 @@ peer: deps build ## peer suites offline: containerd's client suite, critest, cri
 e2e-k8s: deps build ## single-node Kubernetes 1.34 on loopback: Pods on RuntimeClasses custom-runc and custom-runsc through this shim (root; the first run builds Kubernetes into .tools/k8s, ~10 min)
 	bash scripts/k8s/e2e.sh
 
-install: build ## install the shim into $(PREFIX)/bin (containerd finds it on its PATH)
+install: build ## install the shim and the metrics aggregator into $(PREFIX)/bin (containerd finds the shim on its PATH)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/containerd-shim-custom-v2
+	install -D -m 0755 $(AGG) $(DESTDIR)$(PREFIX)/bin/containerd-shim-custom-metrics
 
 clean: ## remove build output (keeps the .tools cache)
 	rm -rf bin _output

@@ -108,7 +108,7 @@ func TestAggregatorSecure(t *testing.T) {
 		l.Close()
 		var logs bytes.Buffer
 		var logsMu sync.Mutex
-		agg := exec.Command(filepath.Join(shimDir, shimName), "metrics-server",
+		agg := exec.Command(aggregatorBinary(t),
 			"--web.listen-address", addr, "--web.config.file", webFile, "--config.file", cfgFile,
 			"--shim-socket-dir", filepath.Join(dir, "metrics"), "--state-dir", filepath.Join(dir, "metrics-final"))
 		agg.Env = append(os.Environ(), "AGG_NODE=node-a")

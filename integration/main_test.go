@@ -42,7 +42,9 @@ import (
 const (
 	runtimeName = "io.containerd.custom.v2"
 	shimName    = "containerd-shim-custom-v2"
-	namespace   = harness.DefaultNamespace
+	// aggregatorName is the node metrics aggregator's binary.
+	aggregatorName = "containerd-shim-custom-metrics"
+	namespace      = harness.DefaultNamespace
 )
 
 var (
@@ -129,6 +131,22 @@ func run(m *testing.M) int {
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build shim: %v\n%s", err, out)
+			return 1
+		}
+	}
+	// The node aggregator: beside SHIM_BINARY (make build), else built.
+	agg := filepath.Join(filepath.Dir(os.Getenv("SHIM_BINARY")), aggregatorName)
+	if _, err := os.Stat(agg); err == nil && os.Getenv("SHIM_BINARY") != "" {
+		if err := os.Symlink(agg, filepath.Join(dir, aggregatorName)); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	} else {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, aggregatorName), "./cmd/"+aggregatorName)
+		cmd.Dir = rootDir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build aggregator: %v\n%s", err, out)
 			return 1
 		}
 	}
@@ -291,4 +309,11 @@ func containerID(t *testing.T, suffix string) string {
 		id = id[len(id)-70:]
 	}
 	return strings.Trim(id, "-.")
+}
+
+// aggregatorBinary is the node metrics aggregator (TestMain puts it beside
+// the shim).
+func aggregatorBinary(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(shimDir, aggregatorName)
 }

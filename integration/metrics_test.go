@@ -109,7 +109,7 @@ func TestMetrics(t *testing.T) {
 			c.Env = append(c.Env, "CONTAINERD_SHIM_CUSTOM_METRICS_DIR="+dir)
 		})
 		aggSock := filepath.Join(dir, "aggregator.sock")
-		agg := exec.Command(filepath.Join(shimDir, shimName), "metrics-server", "--listen", "unix://"+aggSock,
+		agg := exec.Command(aggregatorBinary(t), "--web.listen-address", "unix://"+aggSock,
 			"--shim-socket-dir", filepath.Join(dir, "metrics"), "--state-dir", filepath.Join(dir, "metrics-final"))
 		agg.Stderr = os.Stderr
 		if err := agg.Start(); err != nil {

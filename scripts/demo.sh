@@ -54,7 +54,7 @@ step "containerd $version with $root/bin/containerd-shim-custom-v2 on its PATH"
 # this demo); the node aggregator serves their sum on loopback.
 export CONTAINERD_SHIM_CUSTOM_METRICS_DIR=$work/metrics
 metrics_port=${METRICS_PORT:-19325}
-"$root/bin/containerd-shim-custom-v2" metrics-server --listen "127.0.0.1:$metrics_port" >"$work/metrics-server.log" 2>&1 &
+"$root/bin/containerd-shim-custom-metrics" --web.listen-address "127.0.0.1:$metrics_port" >"$work/metrics-server.log" 2>&1 &
 agg=$!
 PATH=$root/bin:$bin:$PATH "$bin/containerd" --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
 pid=$!

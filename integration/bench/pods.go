@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -53,6 +52,12 @@ func (b *bench) podDaemon() (*harness.Daemon, runtimeapi.RuntimeServiceClient) {
 		fatal(err)
 	}
 	runsc := filepath.Join(b.root, ".tools", "runsc", "runsc")
+	// gVisor's own shim (scripts/gvisor-shim.sh) with the same runsc.
+	gvisorShim := filepath.Join(b.root, ".tools", "runsc", "containerd-shim-runsc-v1")
+	runscToml := filepath.Join(work, "runsc.toml")
+	if err := os.WriteFile(runscToml, []byte(fmt.Sprintf("binary_name = %q\n", runsc)), 0o644); err != nil {
+		fatal(err)
+	}
 	extra := fmt.Sprintf(`[plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = %q
 [plugins."io.containerd.cri.v1.runtime"]
@@ -68,6 +73,16 @@ func (b *bench) podDaemon() (*harness.Daemon, runtimeapi.RuntimeServiceClient) {
     disable_pause_image_pull = true
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.custom-runc-sb.options]
       backend = "runc"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.custom-runc]
+    runtime_type = "io.containerd.custom.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.custom-runc.options]
+      backend = "runc"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runsc-shim]
+    runtime_type = "io.containerd.runsc.v1"
+    runtime_path = %q
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runsc-shim.options]
+      TypeUrl = "io.containerd.runsc.v1.options"
+      ConfigPath = %q
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.custom-runsc-sb]
     runtime_type = "io.containerd.custom.v2"
     sandboxer = "shim"
@@ -76,7 +91,7 @@ func (b *bench) podDaemon() (*harness.Daemon, runtimeapi.RuntimeServiceClient) {
       backend = "runsc"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.custom-runsc-sb.options.runsc]
         binary_name = %q
-`, benchPauseImage, work, runsc)
+`, benchPauseImage, work, gvisorShim, runscToml, runsc)
 	d, err := harness.StartDaemon(context.Background(), harness.Config{
 		ContainerdBinDir: filepath.Join(b.root, ".tools", "containerd", *flagVersion, "bin"),
 		ShimDir:          filepath.Join(b.root, "bin"),
@@ -232,74 +247,6 @@ func (b *bench) pods() {
 		b.record(fmt.Sprintf("pod churn at parallelism 5 (pods per s) (%d pods; gVisor half)", *flagPodChurn), r.name,
 			fmt.Sprintf("%.2f", float64(total)/time.Since(t0).Seconds()))
 	}
-	// Memory per running pod: the pod's shim, plus its holder (ours,
-	// runc) or its pause container (the runc shim's pause path); the app
-	// containers are not counted.
-	for _, r := range rts {
-		if r.name == "custom-runsc" {
-			continue // its sandbox is gVisor's VM-like runsc processes: not comparable
-		}
-		var ids []string
-		for i := 0; i < *flagMem; i++ {
-			id, _, err := b.pod(rc, r, fmt.Sprintf("mem-%s-%d", r.name, i))
-			if err != nil {
-				fatal(err)
-			}
-			ids = append(ids, id)
-		}
-		time.Sleep(2 * time.Second)
-		var pss float64
-		for _, id := range ids {
-			pss += podMemory(r, id)
-		}
-		b.record(fmt.Sprintf("memory per running pod, PSS (MiB) (shim + holder or pause; %d pods)", *flagMem), r.name, mib(pss/float64(len(ids))))
-		for _, id := range ids {
-			if err := removePod(rc, id); err != nil {
-				fatal(err)
-			}
-		}
-	}
-}
-
-// podMemory sums the PSS of a pod's shim and of its sandbox process: our
-// holder, or the pause container's process (a child of the runc shim
-// running the pause image's sleep).
-func podMemory(r podRuntime, podID string) float64 {
-	shims, _ := harness.ProcessesMatching(r.shim + " -namespace k8s.io -id " + podID)
-	if len(shims) != 1 {
-		return 0
-	}
-	pids := []int{shims[0].Pid}
-	all, _ := harness.Processes()
-	for _, p := range all {
-		if p.PPid != shims[0].Pid {
-			continue
-		}
-		if strings.Contains(p.Cmdline, "sandbox-holder") || strings.Contains(p.Cmdline, "sleep 2147483647") {
-			pids = append(pids, p.Pid)
-		}
-	}
-	var sum float64
-	for _, pid := range pids {
-		sum += pssOf(pid)
-	}
-	return sum
-}
-
-func pssOf(pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 3 && f[0] == "Pss:" {
-			var kb float64
-			if _, err := fmt.Sscan(f[1], &kb); err != nil {
-				return 0
-			}
-			return kb * 1024
-		}
-	}
-	return 0
+	// Memory per running pod at node scale (every row, gVisor's included).
+	b.density(rc)
 }

@@ -23,9 +23,10 @@ type task struct {
 	c      client.Container
 	t      client.Task
 	status <-chan client.ExitStatus
-	// mu orders the workers' pause/resume and Update on a resident: a
-	// second pause of a paused task is refused, rightly.
-	mu sync.Mutex
+	// mu orders the workers' operations on a resident: pause/resume and
+	// Update hold it alone (a second pause of a paused task is refused,
+	// rightly, and so is an exec in a paused task); execs and Stats share it.
+	mu sync.RWMutex
 }
 
 // newTask creates and starts a task; it counts as started once Start
@@ -195,6 +196,25 @@ func (s *soak) residentOps(tk *task, id string) {
 	s.restarting.RLock()
 	defer s.restarting.RUnlock()
 	ctx := s.ctx()
+	tk.mu.RLock()
+	s.residentExecs(ctx, tk, id)
+	tk.mu.RUnlock()
+	tk.mu.Lock()
+	defer tk.mu.Unlock()
+	if err := tk.t.Pause(ctx); err != nil {
+		s.opError("pause "+id, err)
+	} else if err := tk.t.Resume(ctx); err != nil {
+		s.opError("resume "+id, err)
+	}
+	shares := uint64(512 + len(id)%2*512)
+	if err := tk.t.Update(ctx, client.WithResources(&specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: &shares}})); err != nil {
+		s.opError("update "+id, err)
+	}
+}
+
+// residentExecs runs three execs and a Stats on a resident (never paused
+// meanwhile: the caller holds its read lock).
+func (s *soak) residentExecs(ctx context.Context, tk *task, id string) {
 	for j := range 3 {
 		p, err := tk.t.Exec(ctx, fmt.Sprintf("%s-x%d", id, j), &specs.Process{Args: []string{"sh", "-c", "exit 3"}, Cwd: "/", Env: []string{"PATH=/bin:/usr/bin:/sbin:/usr/sbin"}}, cio.NullIO)
 		if err != nil {
@@ -224,16 +244,5 @@ func (s *soak) residentOps(tk *task, id string) {
 	}
 	if _, err := tk.t.Metrics(ctx); err != nil {
 		s.opError("stats "+id, err)
-	}
-	tk.mu.Lock()
-	defer tk.mu.Unlock()
-	if err := tk.t.Pause(ctx); err != nil {
-		s.opError("pause "+id, err)
-	} else if err := tk.t.Resume(ctx); err != nil {
-		s.opError("resume "+id, err)
-	}
-	shares := uint64(512 + len(id)%2*512)
-	if err := tk.t.Update(ctx, client.WithResources(&specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: &shares}})); err != nil {
-		s.opError("update "+id, err)
 	}
 }

@@ -16,7 +16,10 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 )
 
-// Main runs "containerd-shim-custom-v2 metrics-server [flags]" (args are
+// Name is the aggregator's binary.
+const Name = "containerd-shim-custom-metrics"
+
+// Main runs "containerd-shim-custom-metrics [flags]" (args are
 // the flags) until SIGTERM or SIGINT and returns the exit code; version
 // and revision are the binary's, for build_info.
 //
@@ -26,7 +29,7 @@ import (
 func Main(args []string, version, revision string) int {
 	cfg := Config{Version: version, Revision: revision}
 	sockets, finals := metrics.Dirs()
-	fs := flag.NewFlagSet("metrics-server", flag.ContinueOnError)
+	fs := flag.NewFlagSet(Name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var listen, deprecated []string
 	fs.Func("web.listen-address", "address to serve on, host:port or unix:///path; repeat for several (default "+DefaultListen+")", func(s string) error {
@@ -46,7 +49,7 @@ func Main(args []string, version, revision string) int {
 	fs.DurationVar(&cfg.ScrapeTimeout, "scrape-timeout", defaultScrapeTimeout, "timeout of each shim's scrape")
 	debug := fs.Bool("debug", false, "log at debug level (every failed shim scrape)")
 	usage := func() {
-		fmt.Fprintln(os.Stderr, "usage: containerd-shim-custom-v2 metrics-server [flags]")
+		fmt.Fprintln(os.Stderr, "usage: "+Name+" [flags]")
 		fs.SetOutput(os.Stderr)
 		fs.PrintDefaults()
 	}
@@ -55,20 +58,20 @@ func Main(args []string, version, revision string) int {
 			usage()
 			return 0
 		}
-		fmt.Fprintf(os.Stderr, "metrics-server: %v\n", err)
+		fmt.Fprintf(os.Stderr, Name+": %v\n", err)
 		usage()
 		return 2
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "metrics-server: unexpected argument %q\n", fs.Arg(0))
+		fmt.Fprintf(os.Stderr, Name+": unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
 	if cfg.ScrapeTimeout <= 0 {
-		fmt.Fprintln(os.Stderr, "metrics-server: --scrape-timeout must be positive")
+		fmt.Fprintln(os.Stderr, Name+": --scrape-timeout must be positive")
 		return 2
 	}
 	if !strings.HasPrefix(cfg.TelemetryPath, "/") || strings.ContainsAny(cfg.TelemetryPath, " {}") {
-		fmt.Fprintf(os.Stderr, "metrics-server: --web.telemetry-path %q must be a path starting with /\n", cfg.TelemetryPath)
+		fmt.Fprintf(os.Stderr, Name+": --web.telemetry-path %q must be a path starting with /\n", cfg.TelemetryPath)
 		return 2
 	}
 	cfg.Listen = listen
@@ -82,7 +85,7 @@ func Main(args []string, version, revision string) int {
 		log.G(ctx).WithField("listen", l).Warn("--listen is deprecated: use --web.listen-address (same values, repeatable)")
 	}
 	if err := Run(ctx, cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "metrics-server: %v\n", err)
+		fmt.Fprintf(os.Stderr, Name+": %v\n", err)
 		return 1
 	}
 	return 0

@@ -141,7 +141,7 @@ func (a *Aggregator) mux() *http.ServeMux {
 	if path != "/" {
 		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			fmt.Fprintf(w, "containerd-shim-custom-v2 metrics-server\nmetrics: %s\n", path)
+			fmt.Fprintf(w, Name+"\nmetrics: %s\n", path)
 		})
 	}
 	return mux

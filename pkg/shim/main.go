@@ -2,9 +2,10 @@
 // containerd's shim manager sees them: "start" (the bootstrap handshake
 // with every containerd line, shim grouping), the server (Task API v2 and
 // v3 over ttrpc, the reaper, the metrics socket), "delete" (cleanup after a
-// dead shim), "-info", "-version", "check" and "metrics-server". The Task
-// API itself is pkg/task; the runtimes are pkg/runtime's backends, listed
-// in backends.go.
+// dead shim), "-info", "-version" and "check" (the node aggregator is a
+// binary of its own, cmd/containerd-shim-custom-metrics). The Task API
+// itself is pkg/task; the runtimes are pkg/runtime's backends, listed in
+// backends.go.
 package shim
 
 import (
@@ -20,7 +21,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
 
-	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/aggregator"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/nsholder"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime/runsc"
 )
@@ -110,7 +110,10 @@ func Run(ctx context.Context, args []string) int {
 	case "check":
 		return runCheck(os.Stdout)
 	case "metrics-server":
-		return aggregator.Main(f.args, Version, Revision)
+		// Since the aggregator left the shim's binary (the shim runs
+		// once per Pod and links none of its stack).
+		fmt.Fprintf(os.Stderr, "%s: metrics-server is a binary of its own now: containerd-shim-custom-metrics (same flags)\n", Name)
+		return 2
 	}
 	if f.namespace == "" {
 		fmt.Fprintf(os.Stderr, "%s: shim namespace cannot be empty\n", Name)

@@ -11,27 +11,21 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
-	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
 	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
-	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/v2/defaults"
 	cshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/oci"
@@ -314,28 +308,6 @@ func moduleMajor(p string) int {
 		return 1
 	}
 	return 0
-}
-
-// daemonMajor asks containerd at its gRPC address for its version ("v1.7.36",
-// "1.7.36-k3s1"); 0 when it does not answer within a second.
-func daemonMajor(ctx context.Context, address string) int {
-	if address == "" {
-		return 0
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	conn, err := grpc.NewClient("unix://"+trimUnix(address), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return 0
-	}
-	defer conn.Close()
-	resp, err := versionapi.NewVersionClient(conn).Version(ctx, &emptypb.Empty{})
-	if err != nil {
-		return 0
-	}
-	major, _, _ := strings.Cut(strings.TrimPrefix(resp.GetVersion(), "v"), ".")
-	n, _ := strconv.Atoi(major)
-	return n
 }
 
 // ensureSocketDir makes the shared socket directory 0700, whatever mode it

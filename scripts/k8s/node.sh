@@ -39,6 +39,7 @@ N=${K8S_E2E_DIR:-/tmp/k8s-e2e}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
 CTRD_BIN=$tools/containerd/$CONTAINERD_VERSION/bin
 SHIM_BIN=${SHIM_BIN:-$root/bin/containerd-shim-custom-v2}
+AGG_BIN=${AGG_BIN:-$(dirname "$SHIM_BIN")/containerd-shim-custom-metrics}
 RUNSC_BIN=${RUNSC_BIN:-$tools/runsc/runsc}
 CNI_BIN=${CNI_BIN:-/usr/lib/cni}
 K8S_VERSION=${K8S_VERSION:-$(cat "$tools/k8s/VERSION" 2>/dev/null || true)}
@@ -167,6 +168,10 @@ write_configs() {
   if ! cmp -s "$SHIM_BIN" "$N/bin/containerd-shim-custom-v2"; then
     install -m 0755 "$SHIM_BIN" "$N/bin/.containerd-shim-custom-v2.new"
     mv -f "$N/bin/.containerd-shim-custom-v2.new" "$N/bin/containerd-shim-custom-v2"
+  fi
+  if ! cmp -s "$AGG_BIN" "$N/bin/containerd-shim-custom-metrics"; then
+    install -m 0755 "$AGG_BIN" "$N/bin/.containerd-shim-custom-metrics.new"
+    mv -f "$N/bin/.containerd-shim-custom-metrics.new" "$N/bin/containerd-shim-custom-metrics"
   fi
   # the in-cluster scrape client (and bcrypt hasher), static for the busybox Pod
   ( cd "$root" && CGO_ENABLED=0 "$GO" build -trimpath -o "$N/bin/.scrape.new" ./scripts/k8s/scrape ) ||
@@ -361,8 +366,7 @@ spec:
     image: $BUSYBOX_IMAGE
     imagePullPolicy: Never
     command:
-    - /usr/local/bin/containerd-shim-custom-v2
-    - metrics-server
+    - /usr/local/bin/containerd-shim-custom-metrics
     - --web.listen-address=127.0.0.1:$METRICS_PORT
     - --web.listen-address=$POD_GW:$METRICS_PORT
     - --web.config.file=$METRICS_ETC/web-config.yml
@@ -389,14 +393,14 @@ spec:
     volumeMounts:
     - {name: metrics, mountPath: $N/metrics}
     - {name: metrics-etc, mountPath: $METRICS_ETC, readOnly: true}
-    - {name: shim, mountPath: /usr/local/bin/containerd-shim-custom-v2, readOnly: true}
+    - {name: aggregator, mountPath: /usr/local/bin/containerd-shim-custom-metrics, readOnly: true}
   volumes:
   - name: metrics
     hostPath: {path: $N/metrics, type: Directory}
   - name: metrics-etc
     hostPath: {path: $METRICS_ETC, type: Directory}
-  - name: shim
-    hostPath: {path: $N/bin/containerd-shim-custom-v2, type: File}
+  - name: aggregator
+    hostPath: {path: $N/bin/containerd-shim-custom-metrics, type: File}
 EOF
 }
 
