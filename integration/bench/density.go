@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
 	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
 )
 
@@ -52,7 +50,13 @@ type densityResult struct {
 // -density, ascending) and sums the PSS of every process the runtime adds
 // per Pod: shims, holders, pause containers, gVisor's sandbox and gofer.
 // The app's own process (runc) is not counted.
-func (b *bench) density(rc runtimeapi.RuntimeServiceClient) {
+func (b *bench) density() {
+	d, rc := b.podDaemon()
+	defer func() {
+		if err := d.Cleanup(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: CRI containerd cleanup:", err)
+		}
+	}()
 	var ns []int
 	for _, f := range strings.Split(*flagDensity, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -63,6 +67,9 @@ func (b *bench) density(rc runtimeapi.RuntimeServiceClient) {
 	}
 	slices.Sort(ns)
 	for _, r := range densityRuntimes {
+		if !slices.Contains(strings.Split(*flagDensityRts, ","), r.name) {
+			continue
+		}
 		res := densityResult{name: r.name, at: map[int]memSplit{}}
 		var ids []string
 		for _, n := range ns {

@@ -247,6 +247,4 @@ func (b *bench) pods() {
 		b.record(fmt.Sprintf("pod churn at parallelism 5 (pods per s) (%d pods; gVisor half)", *flagPodChurn), r.name,
 			fmt.Sprintf("%.2f", float64(total)/time.Since(t0).Seconds()))
 	}
-	// Memory per running pod at node scale (every row, gVisor's included).
-	b.density(rc)
 }
