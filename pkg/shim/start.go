@@ -177,7 +177,7 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 	}
 	cmd := exec.Command(self, args...)
 	cmd.Dir = wd
-	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+b.ttrpcAddress, "GOMAXPROCS=2")
+	cmd.Env = serverEnv(os.Environ(), b.ttrpcAddress)
 	cmd.ExtraFiles = []*os.File{sock}
 	// Own process group: signals sent to containerd's group must not reach
 	// the shim, which outlives containerd restarts.
@@ -309,6 +309,37 @@ func moduleMajor(p string) int {
 	}
 	return 0
 }
+
+// serverEnv is the server's environment: containerd's, its ttrpc address,
+// and the Go runtime's settings for a process that idles for the life of a
+// Pod, one per Pod (docs/benchmarks.md has what each bought):
+//   - GOMAXPROCS: RPCs wait on syscalls, not CPU; fewer Ps keep fewer
+//     cached spans and threads.
+//   - memprofilerate=0: no heap profiling. Left on, its first sampled
+//     allocation (at package init) maps a 1.4 MiB bucket hash that the
+//     samples' random hashing makes resident page by page; nothing reads
+//     the profile. GODEBUG applies before any allocation, which setting
+//     runtime.MemProfileRate in main would not.
+//
+// A GODEBUG containerd was given is kept; a later setting of the same key
+// wins, so ours come last.
+func serverEnv(environ []string, ttrpcAddress string) []string {
+	env := make([]string, 0, len(environ)+3)
+	godebug := "memprofilerate=0"
+	for _, kv := range environ {
+		if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+			if v != "" {
+				godebug = v + "," + godebug
+			}
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "TTRPC_ADDRESS="+ttrpcAddress, "GOMAXPROCS="+serverMaxProcs, "GODEBUG="+godebug)
+}
+
+// serverMaxProcs is the server's GOMAXPROCS.
+const serverMaxProcs = "2"
 
 // ensureSocketDir makes the shared socket directory 0700, whatever mode it
 // was left with, as containerd does when it starts: only root may reach

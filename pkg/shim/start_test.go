@@ -3,6 +3,8 @@ package shim
 import (
 	"bytes"
 	"encoding/json"
+	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -155,5 +157,30 @@ func TestModuleMajor(t *testing.T) {
 		if got := moduleMajor(p); got != want {
 			t.Errorf("%q: %d, want %d", p, got, want)
 		}
+	}
+}
+
+// The server gets containerd's environment, its ttrpc address and the Go
+// settings; a GODEBUG containerd had is kept, ours after it (the later
+// setting of a key wins).
+func TestServerEnv(t *testing.T) {
+	got := serverEnv([]string{"PATH=/bin", "GODEBUG=http2debug=1,memprofilerate=512", "GOMAXPROCS=8"}, "/run/c.sock.ttrpc")
+	want := []string{"PATH=/bin", "GOMAXPROCS=8", "TTRPC_ADDRESS=/run/c.sock.ttrpc", "GOMAXPROCS=" + serverMaxProcs, "GODEBUG=http2debug=1,memprofilerate=512,memprofilerate=0"}
+	if !slices.Equal(got, want) {
+		t.Errorf("serverEnv:\n got %q\nwant %q", got, want)
+	}
+	got = serverEnv([]string{"GODEBUG="}, "a")
+	if got[len(got)-1] != "GODEBUG=memprofilerate=0" {
+		t.Errorf("empty GODEBUG: %q", got)
+	}
+	// exec.Cmd keeps the last of duplicate keys: ours.
+	cmd := exec.Command("/bin/sh", "-c", `echo "$GOMAXPROCS $GODEBUG"`)
+	cmd.Env = serverEnv([]string{"GOMAXPROCS=8"}, "a")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := strings.TrimSpace(string(out)); s != serverMaxProcs+" memprofilerate=0" {
+		t.Errorf("the server would see %q", s)
 	}
 }
