@@ -78,6 +78,7 @@ type bench struct {
 	// densityResults: memory per running pod at node scale (the pods step).
 	densityResults []densityResult
 	densityNs      []int
+	densitySkipped []string // rows not measured, and why
 	order          []string // metric order
 	seq            int
 }

@@ -24,6 +24,9 @@ type podRuntime struct {
 	shim    string // shim binary name, to find its processes
 	// sandboxed: a pod sandbox through containerd's Sandbox API (no pause).
 	sandboxed bool
+	// foreign: another project's shim; a host it cannot run on leaves its
+	// row unmeasured instead of failing the bench.
+	foreign bool
 }
 
 var podRuntimes = []podRuntime{
