@@ -1,18 +1,14 @@
 package metrics
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"net/http"
 	goruntime "runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/containerd/errdefs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -60,146 +56,6 @@ var (
 	// One runtime CLI invocation (runc create, runsc wait…).
 	commandBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
 )
-
-// Labels are the low-cardinality labels on every task metric.
-type Labels struct {
-	Backend string // "runc" or "runsc"
-	Handler string // CRI runtime handler name, "" when not known
-}
-
-// Task identifies one task on the per-task state gauge. Its fields come
-// from the container's config.json: see TaskFromAnnotations.
-type Task struct {
-	Namespace    string // containerd namespace
-	ID           string // task (container) id
-	Pod          string // io.kubernetes.cri.sandbox-name
-	PodNamespace string // io.kubernetes.cri.sandbox-namespace
-	Container    string // io.kubernetes.cri.container-name
-}
-
-// CRI annotations TaskFromAnnotations reads (pkg/oci has the same names;
-// repeated here so that this package depends on nothing of the shim's).
-const (
-	annotationPodName      = "io.kubernetes.cri.sandbox-name"
-	annotationPodNamespace = "io.kubernetes.cri.sandbox-namespace"
-	annotationContainer    = "io.kubernetes.cri.container-name"
-)
-
-// TaskFromAnnotations builds a Task from the spec's annotations; outside
-// Kubernetes the pod fields stay empty.
-func TaskFromAnnotations(namespace, id string, annotations map[string]string) Task {
-	return Task{
-		Namespace:    namespace,
-		ID:           id,
-		Pod:          annotations[annotationPodName],
-		PodNamespace: annotations[annotationPodNamespace],
-		Container:    annotations[annotationContainer],
-	}
-}
-
-// ExitReason classifies a process exit.
-type ExitReason uint8
-
-// The exit reasons; String gives the value of the reason label.
-const (
-	ExitCompleted ExitReason = iota // status 0
-	ExitError                       // non-zero status that is not a signal
-	ExitSignaled                    // 128+n: killed by signal n, not by the OOM killer
-	ExitOOMKilled                   // killed after an OOM in its cgroup
-	numExitReasons
-)
-
-var exitReasonNames = [numExitReasons]string{"completed", "error", "signaled", "oom_killed"}
-
-func (r ExitReason) String() string { return exitReasonNames[r.valid()] }
-
-// valid maps an out-of-range reason to ExitError.
-func (r ExitReason) valid() ExitReason {
-	if r < numExitReasons {
-		return r
-	}
-	return ExitError
-}
-
-// ExitReasonOf classifies an exit status. oomKilled is whether the OOM
-// killer acted in the process's cgroup while it ran; a zero status still
-// counts as completed (the killer may have taken a child instead).
-func ExitReasonOf(status uint32, oomKilled bool) ExitReason {
-	switch {
-	case status == 0:
-		return ExitCompleted
-	case oomKilled:
-		return ExitOOMKilled
-	case status > 128 && status <= 128+64: // Linux signals are 1..64
-		return ExitSignaled
-	}
-	return ExitError
-}
-
-// State is a task's state on the tasks and task_state gauges.
-type State uint8
-
-// The task states; String gives the state label value.
-const (
-	StateCreated State = iota
-	StateRunning
-	StatePaused
-	StateStopped
-	numStates
-)
-
-var stateNames = [numStates]string{"created", "running", "paused", "stopped"}
-
-func (s State) String() string {
-	if s < numStates {
-		return stateNames[s]
-	}
-	return "unknown"
-}
-
-// Result is the result label of an RPC: "ok", or the errdefs kind of err in
-// snake case ("not_found", "failed_precondition"…), "unknown" otherwise.
-func Result(err error) string {
-	switch {
-	case err == nil:
-		return "ok"
-	case errdefs.IsNotFound(err):
-		return "not_found"
-	case errdefs.IsAlreadyExists(err):
-		return "already_exists"
-	case errdefs.IsInvalidArgument(err):
-		return "invalid_argument"
-	case errdefs.IsFailedPrecondition(err):
-		return "failed_precondition"
-	case errdefs.IsNotImplemented(err):
-		return "not_implemented"
-	case errdefs.IsUnavailable(err):
-		return "unavailable"
-	case errdefs.IsPermissionDenied(err):
-		return "permission_denied"
-	case errdefs.IsResourceExhausted(err):
-		return "resource_exhausted"
-	case errdefs.IsConflict(err):
-		return "conflict"
-	case errdefs.IsNotModified(err):
-		return "not_modified"
-	case errdefs.IsAborted(err):
-		return "aborted"
-	case errdefs.IsOutOfRange(err):
-		return "out_of_range"
-	case errdefs.IsInternal(err):
-		return "internal"
-	case errdefs.IsDataLoss(err):
-		return "data_loss"
-	case errdefs.IsUnauthorized(err):
-		return "unauthenticated"
-	case errors.Is(err, context.Canceled), errdefs.IsCanceled(err):
-		return "canceled"
-	case errors.Is(err, context.DeadlineExceeded), errdefs.IsDeadlineExceeded(err):
-		return "deadline_exceeded"
-	}
-	return "unknown"
-}
 
 // Options configures a Recorder.
 type Options struct {
@@ -249,31 +105,6 @@ type Recorder struct {
 	// task path and for one copy of the map on a scrape.
 	tasksMu sync.Mutex
 	tasks   map[taskKey]*taskEntry // pointers: a state change is a lookup, not a map write
-}
-
-// labelSet holds the children of every task metric for one Labels value,
-// resolved once so that recording is an atomic add.
-type labelSet struct {
-	created, started, deleted, oom, execStarted prometheus.Counter
-	exited, execExited                          [numExitReasons]prometheus.Counter
-	startLatency, runDuration                   prometheus.Observer
-}
-
-type rpcKey struct{ method, result string }
-
-type rpcSeries struct {
-	requests prometheus.Counter
-	duration prometheus.Observer // nil for Wait
-}
-
-type commandKey struct {
-	l       Labels
-	command string
-}
-
-type commandSeries struct {
-	duration prometheus.Observer
-	failures prometheus.Counter
 }
 
 type taskKey struct{ namespace, id string }
@@ -577,130 +408,4 @@ func (r *Recorder) Panic(method string) {
 		method = method[i+1:]
 	}
 	r.panics.WithLabelValues(method).Inc()
-}
-
-func (r *Recorder) set(l Labels) *labelSet {
-	return r.sets.get(l, Labels{overflow, overflow}, r.newLabelSet)
-}
-
-// newLabelSet creates every series of a label set at once, so that all
-// exit reasons are exported as 0 from the first task on (rate() needs the
-// zero).
-func (r *Recorder) newLabelSet(l Labels) (*labelSet, error) {
-	var errs []error
-	c := func(v *prometheus.CounterVec, extra ...string) prometheus.Counter {
-		m, err := v.GetMetricWithLabelValues(append([]string{l.Backend, l.Handler}, extra...)...)
-		errs = append(errs, err)
-		return m
-	}
-	o := func(v *prometheus.HistogramVec) prometheus.Observer {
-		m, err := v.GetMetricWithLabelValues(l.Backend, l.Handler)
-		errs = append(errs, err)
-		return m
-	}
-	s := &labelSet{
-		created:      c(r.tasksCreated),
-		started:      c(r.tasksStarted),
-		deleted:      c(r.tasksDeleted),
-		oom:          c(r.oomEvents),
-		execStarted:  c(r.execsStarted),
-		startLatency: o(r.startLatency),
-		runDuration:  o(r.runDuration),
-	}
-	for i := range numExitReasons {
-		s.exited[i] = c(r.tasksExited, i.String())
-		s.execExited[i] = c(r.execsExited, i.String())
-	}
-	return s, errors.Join(errs...)
-}
-
-func (r *Recorder) newRPCSeries(k rpcKey) (*rpcSeries, error) {
-	c, err := r.rpcRequests.GetMetricWithLabelValues(k.method, k.result)
-	if err != nil {
-		return nil, err
-	}
-	s := &rpcSeries{requests: c}
-	if k.method != "Wait" {
-		if s.duration, err = r.rpcDuration.GetMetricWithLabelValues(k.method); err != nil {
-			return nil, err
-		}
-	}
-	return s, nil
-}
-
-func (r *Recorder) newCommandSeries(k commandKey) (*commandSeries, error) {
-	o, err := r.commandDuration.GetMetricWithLabelValues(k.l.Backend, k.l.Handler, k.command)
-	if err != nil {
-		return nil, err
-	}
-	c, err := r.commandFailures.GetMetricWithLabelValues(k.l.Backend, k.l.Handler, k.command)
-	if err != nil {
-		return nil, err
-	}
-	return &commandSeries{duration: o, failures: c}, nil
-}
-
-// cache maps a label key to its resolved series. Reads are one atomic load
-// and a map lookup (no lock, no allocation); a new key copies the map under
-// mu, which happens a handful of times in a shim's life. Past max keys, or
-// for a key whose label values client_golang rejects, the overflow key is
-// used instead.
-type cache[K comparable, V any] struct {
-	m   atomicMap[K, V]
-	mu  sync.Mutex
-	max int
-}
-
-func (c *cache[K, V]) get(k K, overflowKey K, build func(K) (V, error)) V {
-	if v, ok := c.m.load()[k]; ok {
-		return v
-	}
-	return c.slow(k, overflowKey, build)
-}
-
-func (c *cache[K, V]) slow(k K, overflowKey K, build func(K) (V, error)) V {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	m := c.m.load()
-	if v, ok := m[k]; ok {
-		return v
-	}
-	if len(m) < c.max {
-		if v, err := build(k); err == nil {
-			c.m.store(k, v)
-			return v
-		}
-	}
-	if v, ok := m[overflowKey]; ok {
-		return v
-	}
-	v, err := build(overflowKey)
-	if err != nil {
-		panic("metrics: overflow series rejected: " + err.Error()) // constant ASCII labels: cannot happen
-	}
-	c.m.store(overflowKey, v)
-	return v
-}
-
-// atomicMap is a copy-on-write map: readers load it without a lock.
-type atomicMap[K comparable, V any] struct {
-	p atomic.Pointer[map[K]V]
-}
-
-func (a *atomicMap[K, V]) load() map[K]V {
-	if p := a.p.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
-// store adds k; callers serialise stores.
-func (a *atomicMap[K, V]) store(k K, v V) {
-	old := a.load()
-	m := make(map[K]V, len(old)+1)
-	for ok, ov := range old {
-		m[ok] = ov
-	}
-	m[k] = v
-	a.p.Store(&m)
 }
