@@ -2,27 +2,21 @@ package aggregator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	goruntime "runtime"
 	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/containerd/log"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
@@ -193,37 +187,6 @@ type Aggregator struct {
 	reloadTime   prometheus.Gauge
 }
 
-type liveShim struct {
-	name, instance string
-	view           *snapshot // last good scrape
-	fresh          bool      // view is from this round: its gauges are current
-	lastSeen       time.Time // last round its socket was listed
-}
-
-type shimKey struct{ name, instance string }
-
-// tomb remembers a shim instance that left the live set.
-type tomb struct {
-	// final: its final snapshot is in base; nothing more of it counts.
-	final bool
-	// folded is what base holds of an instance retired without a final
-	// (vanished, replaced), for a late snapshot to add only the rest.
-	folded *snapshot
-	at     time.Time
-}
-
-type scrapeResult struct {
-	name, instance string
-	snap           *snapshot
-	dropped        int
-	reason         string // error kind, "" on success
-	err            error
-	took           time.Duration
-}
-
-// dialPath carries a shim's socket path to the transport's dialer.
-type dialPath struct{}
-
 // New returns an aggregator; it creates the socket and state
 // directories (0700) if they are missing.
 func New(cfg Config) (*Aggregator, error) {
@@ -384,13 +347,6 @@ func (a *Aggregator) gather(st *settings) []*dto.MetricFamily {
 	return out.toDTO(st.exclude)
 }
 
-// foldFinals folds snapshots and retires vanished shims without scraping.
-func (a *Aggregator) foldFinals(ctx context.Context) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.round(ctx, a.set.Load(), false)
-}
-
 // round brings the aggregator's state up to date: list sockets, scrape
 // (if asked), fold final snapshots, retire what is gone. The order
 // matters: a shim writes its snapshot before removing its socket, so a
@@ -425,202 +381,11 @@ func (a *Aggregator) round(ctx context.Context, st *settings, scrape bool) {
 	a.accumulated.Set(float64(a.base.n))
 }
 
-func (a *Aggregator) listSockets(ctx context.Context, dir string) map[string]bool {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		log.G(ctx).WithError(err).Warn("list shim metrics sockets")
-	}
-	listed := make(map[string]bool, len(entries))
-	for _, e := range entries {
-		if name, ok := metrics.SocketName(e.Name()); ok && e.Type()&os.ModeSocket != 0 {
-			listed[name] = true
-		}
-	}
-	return listed
-}
-
-func (a *Aggregator) scrapeAll(ctx context.Context, st *settings, listed map[string]bool) []scrapeResult {
-	names := sortedKeys(listed)
-	results := make([]scrapeResult, len(names))
-	sem := make(chan struct{}, a.cfg.Parallelism)
-	var wg sync.WaitGroup
-	for i, name := range names {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			results[i] = a.scrapeOne(ctx, st, name)
-		}()
-	}
-	wg.Wait()
-	return results
-}
-
-func (a *Aggregator) scrapeOne(ctx context.Context, st *settings, name string) (res scrapeResult) {
-	res.name = name
-	start := time.Now()
-	defer func() { res.took = time.Since(start) }()
-	ctx, cancel := context.WithTimeout(context.WithValue(ctx, dialPath{}, metrics.SocketPath(st.socketDir, name)), st.scrapeTimeout)
-	defer cancel()
-	fail := func(reason string, err error) scrapeResult {
-		if ctx.Err() != nil {
-			reason = "timeout"
-		}
-		res.reason, res.err = reason, err
-		return res
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://shim/metrics", nil)
-	if err != nil {
-		return fail("connect", err)
-	}
-	req.Header.Set("Accept", acceptProto)
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return fail("connect", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fail("status", fmt.Errorf("status %s", resp.Status))
-	}
-	format := formatText // whatever is not protobuf is read as text
-	if expfmt.ResponseFormat(resp.Header).FormatType() == expfmt.TypeProtoDelim {
-		format = formatProto
-	}
-	snap, dropped, err := parseSnapshot(resp.Body, format, a.cfg.MaxScrapeBytes, a.cfg.MaxSeriesPerShim, true)
-	switch {
-	case errors.Is(err, errTooLarge):
-		return fail("too_large", err)
-	case err != nil:
-		return fail("parse", err)
-	}
-	res.instance = truncate(resp.Header.Get(metrics.InstanceHeader), 64)
-	res.snap, res.dropped = snap, dropped
-	return res
-}
-
-func (a *Aggregator) apply(ctx context.Context, st *settings, res scrapeResult, now time.Time) {
-	a.scrapes.Inc()
-	a.shimDuration.Observe(res.took.Seconds())
-	if res.err != nil {
-		a.scrapeErrors.WithLabelValues(res.reason).Inc()
-		log.G(ctx).WithError(res.err).WithField("shim", res.name).Debug("scrape shim metrics")
-		if errors.Is(res.err, syscall.ECONNREFUSED) {
-			a.removeDeadSocket(ctx, st.socketDir, res.name, now)
-		}
-		return
-	}
-	a.dropped.Add(float64(res.dropped))
-	if _, gone := a.tombs[shimKey{res.name, res.instance}]; gone {
-		return // already folded in: its socket is about to go
-	}
-	sh := a.live[res.name]
-	if sh != nil && sh.instance != res.instance {
-		a.retire(sh, now, "replaced")
-		sh = nil
-	}
-	if sh == nil {
-		sh = &liveShim{name: res.name, instance: res.instance}
-		a.live[res.name] = sh
-	}
-	sh.view, sh.fresh, sh.lastSeen = res.snap, true, now
-}
-
 // staleSocketAge is how long a socket nobody listens on is kept. A shim
 // killed while containerd was down (or gone for good) never gets
 // containerd's cleanup, and its socket would be retried on every scrape
 // forever; a younger one may be a shim between bind and listen.
 const staleSocketAge = time.Minute
-
-// removeDeadSocket removes the socket of a shim that refused a scrape, once
-// it is older than staleSocketAge.
-func (a *Aggregator) removeDeadSocket(ctx context.Context, dir, name string, now time.Time) {
-	path := metrics.SocketPath(dir, name)
-	fi, err := os.Lstat(path)
-	if err != nil || now.Sub(fi.ModTime()) < staleSocketAge {
-		return
-	}
-	if err := metrics.CleanupSocket(path); err != nil {
-		log.G(ctx).WithError(err).WithField("shim", name).Warn("remove dead shim metrics socket")
-		return
-	}
-	log.G(ctx).WithField("shim", name).Info("removed the metrics socket of a dead shim")
-}
-
-// retire moves a live shim's last view into base.
-func (a *Aggregator) retire(sh *liveShim, now time.Time, how string) {
-	a.dropped.Add(float64(a.base.add(sh.view, false, a.cfg.MaxSeries)))
-	a.tombs[shimKey{sh.name, sh.instance}] = &tomb{folded: sh.view.withoutGauges(), at: now}
-	delete(a.live, sh.name)
-	a.retired.WithLabelValues(how).Inc()
-}
-
-func (a *Aggregator) foldFinalsLocked(ctx context.Context, dir string, now time.Time) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		log.G(ctx).WithError(err).Warn("list final metrics snapshots")
-		return
-	}
-	for _, e := range entries {
-		name, instance, ok := metrics.ParseFinalName(e.Name())
-		if !ok || !e.Type().IsRegular() {
-			continue
-		}
-		path := filepath.Join(dir, e.Name())
-		snap, dropped, err := a.readFinal(path)
-		if err != nil {
-			// It will not get better: drop it rather than fail on it forever.
-			a.finalErrors.Inc()
-			log.G(ctx).WithError(err).WithField("file", path).Warn("final metrics snapshot")
-			_ = os.Remove(path)
-			continue
-		}
-		a.dropped.Add(float64(dropped))
-		key := shimKey{name, instance}
-		switch sh, t := a.live[name], a.tombs[key]; {
-		case t != nil && t.final:
-			// A second copy (an earlier remove failed): already counted.
-		case sh != nil && sh.instance == instance:
-			// The snapshot supersedes the live view of the same process.
-			a.dropped.Add(float64(a.base.add(snap, false, a.cfg.MaxSeries)))
-			delete(a.live, name)
-			a.retired.WithLabelValues("exited").Inc()
-			a.folded.Inc()
-		case t != nil:
-			// Retired earlier (vanished, replaced): only what it counted
-			// beyond what base already holds of it.
-			a.dropped.Add(float64(a.base.addDelta(snap, t.folded, a.cfg.MaxSeries)))
-			a.folded.Inc()
-		default:
-			// Never scraped: lived between two scrapes, or we restarted.
-			a.dropped.Add(float64(a.base.add(snap, false, a.cfg.MaxSeries)))
-			a.folded.Inc()
-		}
-		// The tomb keeps no data: nothing of this instance counts again.
-		a.tombs[key] = &tomb{final: true, at: now}
-		// Removed after folding: if we die in between, our totals die
-		// with us and the file is rightly folded into the next ones. The
-		// tomb covers a failed remove.
-		if err := os.Remove(path); err != nil {
-			log.G(ctx).WithError(err).WithField("file", path).Warn("remove final metrics snapshot")
-		}
-	}
-}
-
-func (a *Aggregator) readFinal(path string) (*snapshot, int, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, 0, fmt.Errorf("not a regular file")
-	}
-	return parseSnapshot(f, formatText, a.cfg.MaxScrapeBytes, a.cfg.MaxSeriesPerShim, false)
-}
 
 // totalLocked is base plus the live views, in a fixed order (float sums
 // depend on it).
