@@ -120,33 +120,21 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	shimDir = dir
-	if bin := os.Getenv("SHIM_BINARY"); bin != "" {
-		if err := os.Symlink(bin, filepath.Join(dir, shimName)); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-	} else {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, shimName), "./cmd/"+shimName)
-		cmd.Dir = rootDir
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build shim: %v\n%s", err, out)
+	// The shim, and the node aggregator beside it (make build puts both
+	// in bin/); built from this module when SHIM_BINARY is not set.
+	shimBin, aggBin := os.Getenv("SHIM_BINARY"), ""
+	if shimBin != "" {
+		aggBin = filepath.Join(filepath.Dir(shimBin), aggregatorName)
+	}
+	if shimBin != "" {
+		if _, err := os.Stat(shimBin); err != nil {
+			fmt.Fprintf(os.Stderr, "SHIM_BINARY: %v\n", err)
 			return 1
 		}
 	}
-	// The node aggregator: beside SHIM_BINARY (make build), else built.
-	agg := filepath.Join(filepath.Dir(os.Getenv("SHIM_BINARY")), aggregatorName)
-	if _, err := os.Stat(agg); err == nil && os.Getenv("SHIM_BINARY") != "" {
-		if err := os.Symlink(agg, filepath.Join(dir, aggregatorName)); err != nil {
+	for name, prebuilt := range map[string]string{shimName: shimBin, aggregatorName: aggBin} {
+		if err := linkOrBuild(dir, name, prebuilt); err != nil {
 			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-	} else {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, aggregatorName), "./cmd/"+aggregatorName)
-		cmd.Dir = rootDir
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build aggregator: %v\n%s", err, out)
 			return 1
 		}
 	}
@@ -316,4 +304,21 @@ func containerID(t *testing.T, suffix string) string {
 func aggregatorBinary(t *testing.T) string {
 	t.Helper()
 	return filepath.Join(shimDir, aggregatorName)
+}
+
+// linkOrBuild puts the binary name into dir: a link to prebuilt if that
+// exists, else `go build` of ./cmd/<name>.
+func linkOrBuild(dir, name, prebuilt string) error {
+	if prebuilt != "" {
+		if _, err := os.Stat(prebuilt); err == nil {
+			return os.Symlink(prebuilt, filepath.Join(dir, name))
+		}
+	}
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "./cmd/"+name)
+	cmd.Dir = rootDir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %w\n%s", name, err, out)
+	}
+	return nil
 }
