@@ -2,9 +2,11 @@ package task
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 
@@ -47,14 +49,26 @@ func TestDeleteCreatedTaskFailedDeleteRecordsNoExit(t *testing.T) {
 		}),
 	})
 	h.create("c1")
+	// What Wait blocks on, taken before any delete: a Wait request made
+	// in a goroutine could look the task up only after the retried delete
+	// removed it (NotFound, as containerd would get).
+	_, waiting, err := h.svc.getProcess("c1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	waited := make(chan *taskAPI.WaitResponse, 1)
 	go func() {
-		w, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"})
-		if err != nil {
-			t.Errorf("wait: %v", err)
-		}
-		waited <- w
+		<-waiting.exited
+		i := waiting.info()
+		waited <- &taskAPI.WaitResponse{ExitStatus: uint32(i.status)}
 	}()
+	// A Wait made now keeps waiting: the task has not exited.
+	ctx, cancel := context.WithTimeout(h.ctx, 50*time.Millisecond)
+	_, werr := h.svc.Wait(ctx, &taskAPI.WaitRequest{ID: "c1"})
+	cancel()
+	if !errors.Is(werr, context.DeadlineExceeded) {
+		t.Fatalf("wait before any delete: %v, want it still waiting", werr)
+	}
 
 	if _, err := h.svc.Delete(h.ctx, &taskAPI.DeleteRequest{ID: "c1"}); err == nil {
 		t.Fatal("delete succeeded although the backend's delete failed")
