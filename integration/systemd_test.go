@@ -406,12 +406,19 @@ func systemdPodChecks(t *testing.T, e *env, rc runtimeapi.RuntimeServiceClient, 
 		}
 	}
 
-	if _, err := rc.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: podID}); err != nil {
-		t.Fatalf("StopPodSandbox: %v", err)
-	}
-	if _, err := rc.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID}); err != nil {
-		t.Fatalf("RemovePodSandbox: %v", err)
-	}
+	// As kubelet does, until it succeeds: after a gVisor sandbox's OOM
+	// death containerd may still be retrying a container's TaskExit
+	// (CRI's event backoff), and until then RemovePodSandbox answers
+	// "container is still running, to stop first".
+	eventually(t, 60*time.Second, "the Pod stopped and removed", func() error {
+		if _, err := rc.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: podID}); err != nil {
+			return fmt.Errorf("StopPodSandbox: %w", err)
+		}
+		if _, err := rc.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID}); err != nil {
+			return fmt.Errorf("RemovePodSandbox: %w", err)
+		}
+		return nil
+	})
 	removed = true
 	// Nothing of ours is left: no scope unit, no cgroup below the Pod's
 	// slice (kubelet removes the slice itself).

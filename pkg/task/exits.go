@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -137,6 +138,11 @@ func (t *exitTracker) wait(c *container, p *process, pid int) {
 	if err != nil {
 		log.G(t.ctx).WithError(err).WithField("id", c.id).Error("wait for init exit; reporting it as killed")
 		e = runtime.Exit{Status: 128 + int(syscall.SIGKILL)}
+	}
+	if e.Timestamp.IsZero() {
+		// containerd takes TaskExit's exited_at as the task's end: year 1
+		// would be kept as such (CRI's finishedAt).
+		e.Timestamp = time.Now()
 	}
 	e.Pid = pid
 	t.dispatch(e, c, p)

@@ -134,3 +134,27 @@ func TestDeletedCreatedTaskLeavesNoExecCount(t *testing.T) {
 		t.Fatalf("deleted task still has a running-exec count: %d", n)
 	}
 }
+
+// An init whose wait failed (runsc wait on a sandbox that died) is
+// reported killed, at the time it was found out: not year 1, which
+// containerd would keep as the task's end (CRI's finishedAt; seen on a
+// gVisor Pod whose sandbox was OOM-killed).
+func TestFailedInitWaitReportsNow(t *testing.T) {
+	h := newWaiterHarness(t, 4242)
+	h.create("c1")
+	h.backend.mu.Lock()
+	delete(h.backend.initExits, "c1") // WaitInit fails: nothing to wait on
+	h.backend.mu.Unlock()
+	before := time.Now()
+	h.start("c1", "")
+	w, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.ExitStatus != 137 {
+		t.Errorf("exit status %d, want 137", w.ExitStatus)
+	}
+	if at := w.ExitedAt.AsTime(); at.Before(before.Add(-time.Second)) || at.After(time.Now().Add(time.Second)) {
+		t.Errorf("exited at %v, want about now (%v)", at, before)
+	}
+}
