@@ -144,7 +144,7 @@ func (s *soak) startDaemon() {
 		fatal(err)
 	}
 	conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "soak-ptp", "plugins": [
-  {"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.233.0.0/20"}]], "dataDir": %q}},
+  {"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.236.0.0/20"}]], "dataDir": %q}},
   {"type": "loopback"}]}`, filepath.Join(work, "ipam"))
 	if err := os.WriteFile(filepath.Join(work, "10-ptp.conflist"), []byte(conf), 0o644); err != nil {
 		fatal(err)
