@@ -30,9 +30,8 @@ func TestRunsUnderTheBackend(t *testing.T) {
 		if st != 0 {
 			t.Fatalf("exit %d: %s", st, out.stderr.String())
 		}
-		var uts syscall.Utsname
-		check(t, syscall.Uname(&uts))
-		host := utsString(uts.Release[:])
+		host, err := harness.KernelRelease()
+		check(t, err)
 		got := out.stdout.String()
 		switch e.backend {
 		case "runsc":
@@ -46,17 +45,6 @@ func TestRunsUnderTheBackend(t *testing.T) {
 		}
 		t.Logf("%s: %s", e.backend, strings.ReplaceAll(strings.TrimSpace(got), "\n", " | "))
 	})
-}
-
-func utsString(b []int8) string {
-	var s []byte
-	for _, c := range b {
-		if c == 0 {
-			break
-		}
-		s = append(s, byte(c))
-	}
-	return string(s)
 }
 
 // TestPodSharesOneShimAndSandbox: containers carrying CRI's pod annotations

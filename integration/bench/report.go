@@ -11,10 +11,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/containerd/cgroups/v3"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
 )
 
 // write renders the report: every metric per runtime and the ratios of
@@ -22,8 +23,8 @@ import (
 func (b *bench) write(path string) error {
 	var w strings.Builder
 	host, _ := os.Hostname()
-	var uts syscall.Utsname
-	if err := syscall.Uname(&uts); err != nil {
+	kernel, err := harness.KernelRelease()
+	if err != nil {
 		return fmt.Errorf("uname: %w", err)
 	}
 	cpu := firstMatch("/proc/cpuinfo", "model name")
@@ -34,7 +35,7 @@ func (b *bench) write(path string) error {
 	fmt.Fprintf(&w, "# Benchmarks\n\nWritten by `make bench` (integration/bench) on %s; rerunning replaces this file.\n\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&w, "| | |\n|---|---|\n")
 	fmt.Fprintf(&w, "| machine | %s, %d CPUs (%s), %s RAM |\n", host, goruntime.NumCPU(), cpu, memTotal())
-	fmt.Fprintf(&w, "| kernel | %s |\n| cgroups | %s |\n", utsString(uts.Release[:]), mode)
+	fmt.Fprintf(&w, "| kernel | %s |\n| cgroups | %s |\n", kernel, mode)
 	fmt.Fprintf(&w, "| containerd | %s (one daemon for all runtimes, log level info) |\n", *flagVersion)
 	fmt.Fprintf(&w, "| runc | %s |\n| runsc | %s |\n", firstLine(string(runcV)), firstLine(string(runscV)))
 	fmt.Fprintf(&w, "| shim | %s, %s |\n", strings.TrimSpace(string(rev)), goruntime.Version())
@@ -107,17 +108,6 @@ func memTotal() string {
 	}
 	kb, _ := strconv.ParseFloat(f[0], 64)
 	return fmt.Sprintf("%.0f GiB", kb/(1<<20))
-}
-
-func utsString(b []int8) string {
-	var s []byte
-	for _, c := range b {
-		if c == 0 {
-			break
-		}
-		s = append(s, byte(c))
-	}
-	return string(s)
 }
 
 // bestRuncShim is the better of containerd's runc shim's two rows (Debian's
