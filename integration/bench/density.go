@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -137,7 +138,7 @@ func podMemory(r podRuntime, podID string) (memSplit, error) {
 	for i, p := range all {
 		children[p.PPid] = append(children[p.PPid], p)
 		args := strings.Fields(p.Cmdline)
-		if len(args) > 0 && strings.HasSuffix(args[0], "/"+r.shim) || len(args) > 0 && args[0] == r.shim {
+		if len(args) > 0 && filepath.Base(args[0]) == r.shim {
 			if j := slices.Index(args, "-id"); j >= 0 && j+1 < len(args) && args[j+1] == podID && !slices.Contains(args, "start") && !slices.Contains(args, "delete") {
 				if shim != nil {
 					return memSplit{}, fmt.Errorf("pod %s: two shims (%d, %d)", podID, shim.Pid, p.Pid)
