@@ -1,0 +1,260 @@
+// Package pool admits Pods to shared shims (a handler's pods_per_shim):
+// the Pods of one handler in one namespace fill slots of N, each slot a
+// shim group served by one process. Its state is files under a directory,
+// changed only under an flock(2) of that directory's lock file, so that the
+// short-lived `start` and `delete` processes and the long-lived servers
+// agree on who belongs where:
+//
+//	<root>/<key>/lock
+//	<root>/<key>/slot-<k>/<pod>   one empty file per Pod admitted to slot k
+//	<root>/<key>/pods/<pod>       the Pod's group, for its later containers
+//
+// The lock is never held across a backend command: only across a slot
+// choice and the bind of its socket, or a server's decision to exit.
+package pool
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Pool is the slots of one handler in one namespace.
+type Pool struct {
+	dir  string
+	key  string
+	size int
+}
+
+// Open returns the pool of the handler whose runtime options are options,
+// in namespace, with size Pods per shim (at least 2).
+func Open(root, namespace string, options []byte, size int) (*Pool, error) {
+	if size < 2 {
+		return nil, fmt.Errorf("pods per shim %d: a pool needs at least 2", size)
+	}
+	if strings.ContainsAny(namespace, "/\x00") || namespace == "" || namespace == "." || namespace == ".." {
+		return nil, fmt.Errorf("namespace %q: not a file name", namespace)
+	}
+	h := sha256.New()
+	h.Write([]byte(namespace))
+	h.Write([]byte{0})
+	h.Write(options)
+	key := hex.EncodeToString(h.Sum(nil))[:16]
+	p := &Pool{dir: filepath.Join(root, namespace+"-"+key), key: key, size: size}
+	if err := os.MkdirAll(filepath.Join(p.dir, "pods"), 0o700); err != nil {
+		return nil, fmt.Errorf("pool %s: %w", p.dir, err)
+	}
+	return p, nil
+}
+
+// Group is slot k's shim group name.
+func (p *Pool) Group(k int) string { return "pool-" + p.key + "-" + strconv.Itoa(k) }
+
+// slotOf is the slot of a group of this pool, or -1.
+func (p *Pool) slotOf(group string) int {
+	s, ok := strings.CutPrefix(group, "pool-"+p.key+"-")
+	if !ok {
+		return -1
+	}
+	k, err := strconv.Atoi(s)
+	if err != nil || k < 0 {
+		return -1
+	}
+	return k
+}
+
+// lock takes the pool's lock; the returned func lets it go.
+func (p *Pool) lock() (func(), error) {
+	f, err := os.OpenFile(filepath.Join(p.dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("pool lock: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		_ = f.Close() // the lock error says it all
+		return nil, fmt.Errorf("pool lock: %w", err)
+	}
+	return func() { _ = f.Close() }, nil // closing the file lets the lock go
+}
+
+func (p *Pool) slotDir(k int) string { return filepath.Join(p.dir, "slot-"+strconv.Itoa(k)) }
+
+// members lists slot k's Pods.
+func (p *Pool) members(k int) ([]string, error) {
+	entries, err := os.ReadDir(p.slotDir(k))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	pods := make([]string, 0, len(entries))
+	for _, e := range entries {
+		pods = append(pods, e.Name())
+	}
+	return pods, nil
+}
+
+// Admit places pod in the first slot with room and returns its group, with
+// the pool's lock held: the caller binds the group's socket (or finds it
+// served) before it calls release, so that no other start takes a slot
+// whose shim is starting for dead. alive tells whether a group's shim
+// serves; a slot with members whose shim does not is a dead shim's, whose
+// Pods containerd is deleting: it is emptied and reused. A Pod admitted
+// before gets its slot again.
+func (p *Pool) Admit(pod string, alive func(group string) bool) (group string, release func(), err error) {
+	if err := checkName(pod); err != nil {
+		return "", nil, err
+	}
+	release, err = p.lock()
+	if err != nil {
+		return "", nil, err
+	}
+	defer func() {
+		if err != nil {
+			release()
+		}
+	}()
+	if g, ok, err := p.groupOfLocked(pod); err != nil {
+		return "", nil, err
+	} else if ok {
+		return g, release, nil
+	}
+	for k := 0; ; k++ {
+		pods, err := p.members(k)
+		if err != nil {
+			return "", nil, fmt.Errorf("pool slot %d: %w", k, err)
+		}
+		if len(pods) > 0 && !alive(p.Group(k)) {
+			for _, dead := range pods {
+				if err := p.removeLocked(k, dead); err != nil {
+					return "", nil, err
+				}
+			}
+			pods = nil
+		}
+		if len(pods) >= p.size {
+			continue
+		}
+		if err := os.MkdirAll(p.slotDir(k), 0o700); err != nil {
+			return "", nil, fmt.Errorf("pool slot %d: %w", k, err)
+		}
+		if err := os.WriteFile(filepath.Join(p.slotDir(k), pod), nil, 0o600); err != nil {
+			return "", nil, fmt.Errorf("admit pod %s: %w", pod, err)
+		}
+		if err := os.WriteFile(filepath.Join(p.dir, "pods", pod), []byte(p.Group(k)), 0o600); err != nil {
+			_ = os.Remove(filepath.Join(p.slotDir(k), pod)) // the write error says it all
+			return "", nil, fmt.Errorf("admit pod %s: %w", pod, err)
+		}
+		return p.Group(k), release, nil
+	}
+}
+
+// GroupOf is the group pod was admitted to.
+func (p *Pool) GroupOf(pod string) (string, bool, error) {
+	if err := checkName(pod); err != nil {
+		return "", false, err
+	}
+	release, err := p.lock()
+	if err != nil {
+		return "", false, err
+	}
+	defer release()
+	return p.groupOfLocked(pod)
+}
+
+func (p *Pool) groupOfLocked(pod string) (string, bool, error) {
+	data, err := os.ReadFile(filepath.Join(p.dir, "pods", pod))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("pool: group of pod %s: %w", pod, err)
+	}
+	g := string(data)
+	k := p.slotOf(g)
+	if k < 0 {
+		return "", false, fmt.Errorf("pool: pod %s: group %q is not this pool's", pod, g)
+	}
+	// Its slot may have been emptied as a dead shim's since.
+	if _, err := os.Stat(filepath.Join(p.slotDir(k), pod)); errors.Is(err, os.ErrNotExist) {
+		_ = os.Remove(filepath.Join(p.dir, "pods", pod)) // stale: the slot let it go
+		return "", false, nil
+	}
+	return g, true, nil
+}
+
+// Leave takes pod out of its slot; leaving twice, or a Pod never
+// admitted, is no error.
+func (p *Pool) Leave(pod string) error {
+	if err := checkName(pod); err != nil {
+		return err
+	}
+	release, err := p.lock()
+	if err != nil {
+		return err
+	}
+	defer release()
+	g, ok, err := p.groupOfLocked(pod)
+	if err != nil || !ok {
+		return err
+	}
+	return p.removeLocked(p.slotOf(g), pod)
+}
+
+func (p *Pool) removeLocked(k int, pod string) error {
+	for _, f := range []string{filepath.Join(p.slotDir(k), pod), filepath.Join(p.dir, "pods", pod)} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("pool: pod %s leaves slot %d: %w", pod, k, err)
+		}
+	}
+	return nil
+}
+
+// ExitIfEmpty decides for the shim of group whether it may exit: with the
+// lock held, if its slot has no Pod, done runs (the server removes its
+// socket there, so that a later start starts a new shim rather than
+// returning an address about to close) and ExitIfEmpty reports true.
+func (p *Pool) ExitIfEmpty(group string, done func() error) (bool, error) {
+	k := p.slotOf(group)
+	if k < 0 {
+		return false, fmt.Errorf("pool: group %q is not this pool's", group)
+	}
+	release, err := p.lock()
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	pods, err := p.members(k)
+	if err != nil {
+		return false, fmt.Errorf("pool slot %d: %w", k, err)
+	}
+	if len(pods) > 0 {
+		return false, nil
+	}
+	if err := done(); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// checkName refuses a Pod id that is no plain file name (containerd's ids
+// are [A-Za-z0-9_.-]; a path here would escape the pool's directory).
+func checkName(pod string) error {
+	if pod == "" || pod == "." || pod == ".." || strings.ContainsAny(pod, "/\x00") {
+		return fmt.Errorf("pod id %q: not a file name", pod)
+	}
+	return nil
+}
