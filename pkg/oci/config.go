@@ -34,6 +34,7 @@ const (
 //	backend = "runc"                  # a backend built into the shim
 //	allow_backend_annotation = false  # honour io.containerd.custom.v2.backend
 //	runtime_handler = ""              # metrics label; default: this file's name
+//	pods_per_shim = 1                 # Pods one shim serves (docs/shared-shim.md)
 //	[runc]                            # one table per backend, its own keys
 //	...
 //
@@ -46,6 +47,9 @@ type Config struct {
 	// RuntimeHandler names the handler in metrics (runtime_handler label);
 	// containerd does not tell shims. Default: the config file's base name.
 	RuntimeHandler string
+	// PodsPerShim is how many Pods of this handler one shim process may
+	// serve; 0 and 1 mean one shim per Pod (docs/shared-shim.md).
+	PodsPerShim int
 
 	// Process settings that apply whatever the backend; only containerd's
 	// runc options carry them, per task.
@@ -141,6 +145,9 @@ func (c *Config) validate(s *Schema) error {
 	if !s.Has(c.Backend) {
 		return fmt.Errorf("%s: %w", c.Source, s.unknownBackend("field \"backend\"", c.Backend))
 	}
+	if c.PodsPerShim < 0 || c.PodsPerShim > MaxPodsPerShim {
+		return fmt.Errorf("%s: field \"pods_per_shim\": %d, want 1 to %d: %w", c.Source, c.PodsPerShim, MaxPodsPerShim, errdefs.ErrInvalidArgument)
+	}
 	for _, n := range s.names {
 		if err := c.Sections[n].Validate(); err != nil {
 			return fmt.Errorf("%s: %w", c.Source, err)
@@ -148,6 +155,10 @@ func (c *Config) validate(s *Schema) error {
 	}
 	return nil
 }
+
+// MaxPodsPerShim bounds a shared shim: past it one process's death ends
+// too many Pods for the memory it saves (a Pod's share is already small).
+const MaxPodsPerShim = 64
 
 // maxConfigSize bounds a configuration: real ones are a few hundred bytes,
 // and the TOML decoder's cost grows faster than linearly on some shapes.
@@ -197,11 +208,12 @@ func (s *Schema) decodeTOML(data []byte, c *Config, rk *runcKeys) error {
 		{Name: "Backend", Type: reflect.TypeFor[string](), Tag: `toml:"backend"`},
 		{Name: "AllowBackendAnnotation", Type: reflect.TypeFor[bool](), Tag: `toml:"allow_backend_annotation"`},
 		{Name: "RuntimeHandler", Type: reflect.TypeFor[string](), Tag: `toml:"runtime_handler"`},
+		{Name: "PodsPerShim", Type: reflect.TypeFor[int](), Tag: `toml:"pods_per_shim"`},
 		// CRI passes a handler's whole options table as ConfigBody, TypeUrl
 		// included.
 		{Name: "TypeURL", Type: reflect.TypeFor[string](), Tag: `toml:"TypeUrl"`},
 	}
-	const common = 4
+	const common = 5
 	// containerd's runc option keys, as a handler's table spells them
 	// (runcKeys): after the backends' tables.
 	for _, k := range runcKeyFields {
@@ -227,6 +239,7 @@ func (s *Schema) decodeTOML(data []byte, c *Config, rk *runcKeys) error {
 	c.Backend = v.Field(0).String()
 	c.AllowBackendAnnotation = v.Field(1).Bool()
 	c.RuntimeHandler = v.Field(2).String()
+	c.PodsPerShim = int(v.Field(3).Int())
 	for i, k := range runcKeyFields {
 		if f := v.Field(common + i); !f.IsNil() {
 			k.set(&rk.Options, f.Elem())

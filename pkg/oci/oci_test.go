@@ -97,6 +97,12 @@ func TestParseConfig(t *testing.T) {
 		{name: "empty is defaults", toml: "", check: func(c *Config) bool {
 			return c.Backend == "runc" && runcOf(c).BinaryName == "runc" && runscOf(c).Platform == "systrap" && runcOf(c).Root == "/run/r"
 		}},
+		{name: "pods per shim", toml: "pods_per_shim = 10\n[runc]\nroot = \"/x\"\n", check: func(c *Config) bool {
+			return c.PodsPerShim == 10 && runcOf(c).Root == "/x"
+		}},
+		{name: "pods per shim negative", toml: "pods_per_shim = -1\n", wantErr: `field "pods_per_shim": -1`},
+		{name: "pods per shim too many", toml: "pods_per_shim = 65\n", wantErr: `field "pods_per_shim": 65`},
+		{name: "pods per shim not a number", toml: "pods_per_shim = \"10\"\n", wantErr: "pods_per_shim"},
 		{name: "runsc", toml: "backend = \"runsc\"\n[runsc]\nplatform = \"ptrace\"\nflags = { overlay2 = \"none\" }\n", check: func(c *Config) bool {
 			return c.Backend == "runsc" && runscOf(c).Platform == "ptrace" && runscOf(c).Flags["overlay2"] == "none"
 		}},

@@ -114,6 +114,7 @@ type stored struct {
 	Backend                string          `json:"backend"`
 	AllowBackendAnnotation bool            `json:"allow_backend_annotation,omitempty"`
 	RuntimeHandler         string          `json:"runtime_handler,omitempty"`
+	PodsPerShim            int             `json:"pods_per_shim,omitempty"`
 	IoUID                  int             `json:"io_uid,omitempty"`
 	IoGID                  int             `json:"io_gid,omitempty"`
 	ShimCgroup             string          `json:"shim_cgroup,omitempty"`
@@ -129,7 +130,7 @@ func WriteConfigFile(b bundle.Bundle, c *Config) error {
 		return fmt.Errorf("encode shim config: %w", err)
 	}
 	data, err := json.Marshal(stored{
-		Backend: c.Backend, AllowBackendAnnotation: c.AllowBackendAnnotation, RuntimeHandler: c.RuntimeHandler,
+		Backend: c.Backend, AllowBackendAnnotation: c.AllowBackendAnnotation, RuntimeHandler: c.RuntimeHandler, PodsPerShim: c.PodsPerShim,
 		IoUID: c.IoUID, IoGID: c.IoGID, ShimCgroup: c.ShimCgroup, Settings: settings, Source: c.Source,
 	})
 	if err != nil {
@@ -160,7 +161,7 @@ func (s *Schema) ReadConfigFile(b bundle.Bundle) (*Config, error) {
 	if !s.Has(st.Backend) {
 		return nil, fmt.Errorf("%s: %w", p, s.unknownBackend("field \"backend\"", st.Backend))
 	}
-	c.Backend, c.AllowBackendAnnotation, c.RuntimeHandler = st.Backend, st.AllowBackendAnnotation, st.RuntimeHandler
+	c.Backend, c.AllowBackendAnnotation, c.RuntimeHandler, c.PodsPerShim = st.Backend, st.AllowBackendAnnotation, st.RuntimeHandler, st.PodsPerShim
 	c.IoUID, c.IoGID, c.ShimCgroup, c.Source = st.IoUID, st.IoGID, st.ShimCgroup, st.Source
 	if len(st.Settings) > 0 {
 		if err := json.Unmarshal(st.Settings, c.Section()); err != nil {
