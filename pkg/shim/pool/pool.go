@@ -5,9 +5,10 @@
 // short-lived `start` and `delete` processes and the long-lived servers
 // agree on who belongs where:
 //
-//	<root>/<key>/lock
-//	<root>/<key>/slot-<k>/<pod>   one empty file per Pod admitted to slot k
-//	<root>/<key>/pods/<pod>       the Pod's group, for its later containers
+//	<root>/<ns>-<key>/lock
+//	<root>/<ns>-<key>/slot-<k>/<pod>   one empty file per Pod admitted to slot k
+//	<root>/pods/<ns>/<pod>             "<ns>-<key> <group>": where the Pod is,
+//	                                   for its later containers and its delete
 //
 // The lock is never held across a backend command: only across a slot
 // choice and the bind of its socket, or a server's decision to exit.
@@ -28,9 +29,10 @@ import (
 
 // Pool is the slots of one handler in one namespace.
 type Pool struct {
-	dir  string
-	key  string
-	size int
+	root, ns string
+	dir      string
+	key      string
+	size     int
 }
 
 // Open returns the pool of the handler whose runtime options are options,
@@ -47,11 +49,18 @@ func Open(root, namespace string, options []byte, size int) (*Pool, error) {
 	h.Write([]byte{0})
 	h.Write(options)
 	key := hex.EncodeToString(h.Sum(nil))[:16]
-	p := &Pool{dir: filepath.Join(root, namespace+"-"+key), key: key, size: size}
-	if err := os.MkdirAll(filepath.Join(p.dir, "pods"), 0o700); err != nil {
-		return nil, fmt.Errorf("pool %s: %w", p.dir, err)
+	p := &Pool{root: root, ns: namespace, dir: filepath.Join(root, namespace+"-"+key), key: key, size: size}
+	for _, d := range []string{p.dir, filepath.Join(root, "pods", namespace)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("pool %s: %w", d, err)
+		}
 	}
 	return p, nil
+}
+
+// indexPath is where pod's place is kept.
+func indexPath(root, namespace, pod string) string {
+	return filepath.Join(root, "pods", namespace, pod)
 }
 
 // Group is slot k's shim group name.
@@ -154,7 +163,7 @@ func (p *Pool) Admit(pod string, alive func(group string) bool) (group string, r
 		if err := os.WriteFile(filepath.Join(p.slotDir(k), pod), nil, 0o600); err != nil {
 			return "", nil, fmt.Errorf("admit pod %s: %w", pod, err)
 		}
-		if err := os.WriteFile(filepath.Join(p.dir, "pods", pod), []byte(p.Group(k)), 0o600); err != nil {
+		if err := os.WriteFile(indexPath(p.root, p.ns, pod), []byte(filepath.Base(p.dir)+" "+p.Group(k)), 0o600); err != nil {
 			_ = os.Remove(filepath.Join(p.slotDir(k), pod)) // the write error says it all
 			return "", nil, fmt.Errorf("admit pod %s: %w", pod, err)
 		}
@@ -176,32 +185,54 @@ func (p *Pool) GroupOf(pod string) (string, bool, error) {
 }
 
 func (p *Pool) groupOfLocked(pod string) (string, bool, error) {
-	data, err := os.ReadFile(filepath.Join(p.dir, "pods", pod))
-	if errors.Is(err, os.ErrNotExist) {
-		return "", false, nil
+	dir, g, ok, err := readIndex(p.root, p.ns, pod)
+	if err != nil || !ok {
+		return "", false, err
 	}
-	if err != nil {
-		return "", false, fmt.Errorf("pool: group of pod %s: %w", pod, err)
-	}
-	g := string(data)
 	k := p.slotOf(g)
-	if k < 0 {
-		return "", false, fmt.Errorf("pool: pod %s: group %q is not this pool's", pod, g)
+	if dir != filepath.Base(p.dir) || k < 0 {
+		return "", false, fmt.Errorf("pool: pod %s is in %s's group %q, not this pool's", pod, dir, g)
 	}
 	// Its slot may have been emptied as a dead shim's since.
 	if _, err := os.Stat(filepath.Join(p.slotDir(k), pod)); errors.Is(err, os.ErrNotExist) {
-		_ = os.Remove(filepath.Join(p.dir, "pods", pod)) // stale: the slot let it go
+		_ = os.Remove(indexPath(p.root, p.ns, pod)) // stale: the slot let it go
 		return "", false, nil
 	}
 	return g, true, nil
 }
 
-// Leave takes pod out of its slot; leaving twice, or a Pod never
-// admitted, is no error.
-func (p *Pool) Leave(pod string) error {
+// readIndex reads where pod is: its pool's directory name and its group.
+func readIndex(root, namespace, pod string) (dir, group string, ok bool, err error) {
+	data, err := os.ReadFile(indexPath(root, namespace, pod))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", "", false, nil
+	}
+	if err != nil {
+		return "", "", false, fmt.Errorf("pool: where is pod %s: %w", pod, err)
+	}
+	dir, group, found := strings.Cut(string(data), " ")
+	if !found || checkName(dir) != nil {
+		return "", "", false, fmt.Errorf("pool: where is pod %s: %q: %w", pod, data, errMalformed)
+	}
+	return dir, group, true, nil
+}
+
+var errMalformed = errors.New("malformed pool index")
+
+// Leave takes pod of namespace out of its slot, whatever its pool: the
+// callers (ShutdownSandbox, the pause task's delete, `delete` after a
+// shim's death) need not know the handler's options. Leaving twice, or a
+// Pod never admitted, is no error.
+func Leave(root, namespace, pod string) error {
 	if err := checkName(pod); err != nil {
 		return err
 	}
+	dir, _, ok, err := readIndex(root, namespace, pod)
+	if err != nil || !ok {
+		return err
+	}
+	p := &Pool{root: root, ns: namespace, dir: filepath.Join(root, dir)}
+	p.key = strings.TrimPrefix(dir, namespace+"-")
 	release, err := p.lock()
 	if err != nil {
 		return err
@@ -215,7 +246,7 @@ func (p *Pool) Leave(pod string) error {
 }
 
 func (p *Pool) removeLocked(k int, pod string) error {
-	for _, f := range []string{filepath.Join(p.slotDir(k), pod), filepath.Join(p.dir, "pods", pod)} {
+	for _, f := range []string{filepath.Join(p.slotDir(k), pod), indexPath(p.root, p.ns, pod)} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("pool: pod %s leaves slot %d: %w", pod, k, err)
 		}

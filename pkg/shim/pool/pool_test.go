@@ -55,13 +55,13 @@ func TestLeaveMakesRoom(t *testing.T) {
 	for i := range 4 {
 		admit(t, p, fmt.Sprintf("pod%d", i), everyAlive)
 	}
-	if err := p.Leave("pod0"); err != nil {
+	if err := Leave(p.root, p.ns, "pod0"); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Leave("pod0"); err != nil {
+	if err := Leave(p.root, p.ns, "pod0"); err != nil {
 		t.Errorf("second leave: %v", err)
 	}
-	if err := p.Leave("never"); err != nil {
+	if err := Leave(p.root, p.ns, "never"); err != nil {
 		t.Errorf("leave of a pod never admitted: %v", err)
 	}
 	if g := admit(t, p, "pod4", everyAlive); g != p.Group(0) {
@@ -87,7 +87,7 @@ func TestDeadSlotIsReused(t *testing.T) {
 		t.Error("a pod of the dead shim still has a group")
 	}
 	// Its late delete is no error.
-	if err := p.Leave("a"); err != nil {
+	if err := Leave(p.root, p.ns, "a"); err != nil {
 		t.Error(err)
 	}
 }
@@ -102,7 +102,7 @@ func TestExitIfEmpty(t *testing.T) {
 	if ok, err := p.ExitIfEmpty(p.Group(0), done); err != nil || ok || called {
 		t.Fatalf("with a member: exit %v, err %v, done called %v", ok, err, called)
 	}
-	if err := p.Leave("a"); err != nil {
+	if err := Leave(p.root, p.ns, "a"); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := p.ExitIfEmpty(p.Group(0), done); err != nil || !ok || !called {
@@ -178,7 +178,7 @@ func TestBadInput(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(p.dir)
 	for _, e := range entries {
-		if e.Name() != "pods" && e.Name() != "lock" {
+		if e.Name() != "lock" {
 			t.Errorf("a refused admit left %s", e.Name())
 		}
 	}
