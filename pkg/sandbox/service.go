@@ -52,6 +52,8 @@ type Service struct {
 	metrics  *metrics.Recorder
 	// shutdown asks the shim to exit once it hosts no task either.
 	shutdown func()
+	// leave tells a shared shim's pool that a Pod is gone (Config.Leave).
+	leave func(id string)
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox // guarded by mu
@@ -74,6 +76,9 @@ type Config struct {
 	// Shutdown is called after a ShutdownSandbox: the shim exits if no
 	// task remains.
 	Shutdown func()
+	// Leave, if set, is called with a Pod's id after its ShutdownSandbox:
+	// a shared shim's slot has room again (docs/shared-shim.md).
+	Leave func(id string)
 }
 
 // NewService returns a Sandbox service. Exits of the shim's children must
@@ -85,6 +90,7 @@ func NewService(ctx context.Context, cfg Config) *Service {
 		reaper:    cfg.Reaper,
 		metrics:   cfg.Metrics,
 		shutdown:  cfg.Shutdown,
+		leave:     cfg.Leave,
 		sandboxes: make(map[string]*sandbox),
 	}
 }

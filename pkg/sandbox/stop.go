@@ -103,6 +103,7 @@ func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxapi.ShutdownSan
 		// CreateSandbox failed (containerd shuts the shim down after a
 		// refused pod) or it was shut down before: nothing to undo, and the
 		// shim, started for this pod, must not stay behind.
+		s.left(r.GetSandboxID())
 		s.exitAfterReply()
 		return &sandboxapi.ShutdownSandboxResponse{}, nil
 	}
@@ -126,8 +127,16 @@ func (s *Service) ShutdownSandbox(ctx context.Context, r *sandboxapi.ShutdownSan
 		}
 		s.metrics.SandboxShutdown(sb.labels)
 	}
+	s.left(sb.id)
 	s.exitAfterReply()
 	return &sandboxapi.ShutdownSandboxResponse{}, nil
+}
+
+// left tells a shared shim's pool that Pod id is gone.
+func (s *Service) left(id string) {
+	if s.leave != nil {
+		s.leave(id)
+	}
 }
 
 // exitAfterReply lets the shim exit (once it hosts no task) a moment after

@@ -52,6 +52,7 @@ func runDelete(ctx context.Context, f *flags, reg *runtime.Registry, stdout io.W
 		}
 	})
 	cleanupBackend(ctx, reg, f.namespace, f.id, b)
+	leavePool(ctx, f.namespace, f.id)
 	if err := mount.UnmountRecursive(b.Rootfs(), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmount rootfs")
 	}

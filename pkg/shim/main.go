@@ -42,6 +42,9 @@ type flags struct {
 	address   string // containerd's gRPC address
 	bundle    string // only with "delete"
 	socket    string // serve: our socket path, for cleanup
+	// pool, group: serve: the shared shims' pool and slot this server
+	// is (pods_per_shim); empty for one shim per Pod.
+	pool, group string
 	debug     bool
 	version   bool
 	info      bool
@@ -62,6 +65,8 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.address, "address", "", "grpc address back to containerd")
 	fs.StringVar(&f.bundle, "bundle", "", "path to the bundle if not the working directory")
 	fs.StringVar(&f.socket, "socket", "", "socket path to serve")
+	fs.StringVar(&f.pool, "pool", "", "serve: the shared shims' pool directory (pods_per_shim)")
+	fs.StringVar(&f.group, "group", "", "serve: this shim's slot in -pool")
 	fs.StringVar(&f.publishBinary, "publish-binary", "", "containerd's binary (events go to $TTRPC_ADDRESS)")
 	fs.BoolVar(&f.debug, "debug", false, "enable debug output in logs")
 	fs.BoolVar(&f.version, "v", false, "show the shim version and exit")

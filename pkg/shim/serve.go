@@ -83,7 +83,12 @@ func runServe(ctx context.Context, f *flags) error {
 		Reaper:   gate,
 		Metrics:  rec,
 		Shutdown: func() { svc.ShutdownIfIdle() },
+		Leave:    func(id string) { leavePool(ctx, f.namespace, id) },
 	})
+	hold := sandboxes.Holds
+	if f.pool != "" {
+		hold = sharedHold(ctx, f, sandboxes.Holds)
+	}
 	svc = task.NewService(ctx, task.Config{
 		Namespace: f.namespace,
 		Events:    events.NewTTRPCSender(os.Getenv("TTRPC_ADDRESS")),
@@ -91,8 +96,9 @@ func runServe(ctx context.Context, f *flags) error {
 		Backends:  reg,
 		Metrics:   rec,
 		Shutdown:  func() { once.Do(func() { close(shutdown) }) },
-		Hold:      sandboxes.Holds,
+		Hold:      hold,
 		Created:   sandboxes.ContainerCreated,
+		Deleted:   func(id string) { leavePool(ctx, f.namespace, id) },
 	})
 	go func() {
 		for e := range exits {

@@ -130,7 +130,18 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 	if err := ensureSocketDir(socketDir); err != nil {
 		return err
 	}
-	address, err := cshim.CreateSocketAddress(ctx, socketDir, b.grpcAddress, group, false)
+	addressOf := func(group string) (string, error) {
+		return cshim.CreateSocketAddress(ctx, socketDir, b.grpcAddress, group, false)
+	}
+	// A handler with pods_per_shim: the Pod's slot in its pool is the
+	// group. The pool's lock is held until the slot's socket is bound
+	// or found served (see pool.Admit).
+	group, poolDir, releasePool, err := poolGroup(f, group, b.options, addressOf)
+	if err != nil {
+		return err
+	}
+	defer releasePool()
+	address, err := addressOf(group)
 	if err != nil {
 		return err
 	}
@@ -172,6 +183,9 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 		return err
 	}
 	args := []string{"-namespace", f.namespace, "-id", f.id, "-address", b.grpcAddress, "-socket", trimUnix(address)}
+	if poolDir != "" {
+		args = append(args, "-pool", poolDir, "-group", group)
+	}
 	if b.debug {
 		args = append(args, "-debug")
 	}

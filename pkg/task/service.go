@@ -51,6 +51,8 @@ type Service struct {
 	// created tells the shim about each task created (pod sandboxes record
 	// their containers).
 	created func(id string, b bundle.Bundle)
+	// deletedHook: Config.Deleted.
+	deletedHook func(id string)
 
 	mu           sync.Mutex
 	containers   map[string]*container // guarded by mu; nil value: being created
@@ -77,6 +79,9 @@ type Config struct {
 	Hold func() bool
 	// Created, if set, is told of every task created.
 	Created func(id string, b bundle.Bundle)
+	// Deleted, if set, is told of every task deleted (a pause task's
+	// delete ends its Pod's place in a shared shim).
+	Deleted func(id string)
 }
 
 // NewService returns a task service. Exits of the shim's children must be
@@ -88,6 +93,7 @@ func NewService(ctx context.Context, cfg Config) *Service {
 		requestShutdown: cfg.Shutdown,
 		hold:            cfg.Hold,
 		created:         cfg.Created,
+		deletedHook:     cfg.Deleted,
 		containers:      make(map[string]*container),
 		panicked:        make(map[string]string),
 	}
@@ -355,6 +361,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	s.mu.Unlock()
 	s.exits.deleted(c)
 	s.metrics.TaskDeleted(c.labels, c.ident)
+	if s.deletedHook != nil {
+		s.deletedHook(c.id)
+	}
 	s.publish(&eventstypes.TaskDelete{
 		ContainerID: c.id,
 		Pid:         resp.Pid,

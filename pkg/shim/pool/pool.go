@@ -63,6 +63,20 @@ func indexPath(root, namespace, pod string) string {
 	return filepath.Join(root, "pods", namespace, pod)
 }
 
+// OpenDir is the pool at dir (a server's: start passes it the directory),
+// for ExitIfEmpty.
+func OpenDir(dir string) (*Pool, error) {
+	base := filepath.Base(dir)
+	const keyLen = 16
+	if len(base) < keyLen+2 || base[len(base)-keyLen-1] != '-' {
+		return nil, fmt.Errorf("pool directory %s: %w", dir, errMalformed)
+	}
+	return &Pool{root: filepath.Dir(dir), ns: base[:len(base)-keyLen-1], dir: dir, key: base[len(base)-keyLen:]}, nil
+}
+
+// Dir is the pool's directory.
+func (p *Pool) Dir() string { return p.dir }
+
 // Group is slot k's shim group name.
 func (p *Pool) Group(k int) string { return "pool-" + p.key + "-" + strconv.Itoa(k) }
 

@@ -183,3 +183,21 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 }
+
+func TestOpenDirIsTheSamePool(t *testing.T) {
+	p := open(t, 2)
+	admit(t, p, "a", everyAlive)
+	q, err := OpenDir(p.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Group(0) != p.Group(0) || q.ns != p.ns {
+		t.Fatalf("OpenDir: group %s ns %s, want %s %s", q.Group(0), q.ns, p.Group(0), p.ns)
+	}
+	if ok, err := q.ExitIfEmpty(q.Group(0), func() error { return nil }); ok || err != nil {
+		t.Errorf("a slot with a member: exit %v %v", ok, err)
+	}
+	if _, err := OpenDir("/run/x/nokey"); err == nil {
+		t.Error("a directory without a key was accepted")
+	}
+}
