@@ -45,11 +45,11 @@ type flags struct {
 	// pool, group: serve: the shared shims' pool and slot this server
 	// is (pods_per_shim); empty for one shim per Pod.
 	pool, group string
-	debug     bool
-	version   bool
-	info      bool
-	action    string
-	args      []string // after the action
+	debug       bool
+	version     bool
+	info        bool
+	action      string
+	args        []string // after the action
 
 	// publishBinary is containerd's own executable (every line passes it;
 	// "start" reads which containerd it is from it).
