@@ -29,6 +29,12 @@ const sbHandler = "custom-sb"
 // sandbox's address in runc options), so there the backend comes from the
 // daemon's default config ($CONTAINERD_SHIM_CUSTOM_CONFIG) instead.
 func sandboxCRIConfig(t *testing.T, version, backend string) string {
+	return sandboxCRIConfigFor(t, version, filepath.Join(cfgDir, backend+".toml"))
+}
+
+// sandboxCRIConfigFor is sandboxCRIConfig with the handler's shim config
+// file given (on 2.2, the daemon's default config must name the same).
+func sandboxCRIConfigFor(t *testing.T, version, configPath string) string {
 	cniDir := t.TempDir()
 	conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "sb-ptp", "plugins": [
   {"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.231.%d.0/24"}]], "dataDir": %q}},
@@ -38,7 +44,7 @@ func sandboxCRIConfig(t *testing.T, version, backend string) string {
 	}
 	options := fmt.Sprintf(`    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.%s.options]
       ConfigPath = %q
-`, sbHandler, filepath.Join(cfgDir, backend+".toml"))
+`, sbHandler, configPath)
 	extra := "    disable_pause_image_pull = true\n"
 	if strings.HasPrefix(version, "2.2.") {
 		options, extra = "", ""
@@ -65,6 +71,11 @@ func sandboxDaemon(t *testing.T, like *env) (*env, func() runtimeapi.RuntimeServ
 	})
 	harness.ImportBusybox(t, e.client, criNamespace)
 	// No pause image is imported: a sandboxed pod must not need one.
+	return sandboxDaemonClient(t, e)
+}
+
+// sandboxDaemonClient returns e and a CRI client maker for it.
+func sandboxDaemonClient(t *testing.T, e *env) (*env, func() runtimeapi.RuntimeServiceClient) {
 	connect := func() runtimeapi.RuntimeServiceClient {
 		conn, err := grpc.NewClient("unix://"+e.d.Address(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
