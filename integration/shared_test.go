@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -62,15 +63,18 @@ func servingShims(t *testing.T, e *env) []harness.Proc {
 }
 
 // TestSharedShimPods: with pods_per_shim = 2, three Pods run on two shim
-// processes; one Pod's stop and remove leaves its neighbour running on the
-// same shim; SIGKILL of that shim ends exactly its Pods (their exits
-// reported, nothing left) while the other shim's Pod runs on.
+// processes. The Pod whose id the shared shim carries (its bundle is the
+// shim's working directory and log) is removed first: its neighbour goes on
+// (exec, stats, a new container and its log, a stop), and a fourth Pod
+// takes the freed place without a new process. SIGKILL of that shim ends
+// exactly its Pods (exits reported, nothing left) while the other shim's
+// Pod runs on.
 func TestSharedShimPods(t *testing.T) {
 	forEachOwnDaemon(t, func(t *testing.T, like *env) {
 		e, connect := sharedSandboxDaemon(t, like, 2)
 		var pods []*sbPod
 		var apps []string
-		for i := range 3 {
+		newPod := func(i int) {
 			p := &sbPod{t: t, e: e, rc: connect(), ctx: testContext(t), logDir: t.TempDir()}
 			p.cfg = sandboxPodConfig(t, p.logDir)
 			p.cfg.Metadata.Name = fmt.Sprintf("shared-%d", i)
@@ -88,6 +92,9 @@ func TestSharedShimPods(t *testing.T) {
 			pods = append(pods, p)
 			apps = append(apps, p.start("a", "sleep", "1000"))
 		}
+		for i := range 3 {
+			newPod(i)
+		}
 		shims := servingShims(t, e)
 		if len(shims) != 2 {
 			t.Fatalf("3 pods at 2 per shim: %d shim processes, want 2: %+v", len(shims), shims)
@@ -103,26 +110,67 @@ func TestSharedShimPods(t *testing.T) {
 			t.Fatalf("no shim serves pod 0 under its id: %+v", shims)
 		}
 
-		// One Pod of the shared shim goes; its neighbour and the shim stay.
-		pods[1].remove()
-		pods[0].waitState(runtimeapi.PodSandboxState_SANDBOX_READY)
+		// The Pod the shim was started for goes; its neighbour and the
+		// shim stay, and the neighbour is served as before.
+		pods[0].remove()
 		if err := syscall.Kill(shared.Pid, 0); err != nil {
 			t.Fatalf("the shared shim went with one of its pods: %v", err)
 		}
+		p := pods[1]
+		p.waitState(runtimeapi.PodSandboxState_SANDBOX_READY)
+		r, err := p.rc.ExecSync(p.ctx, &runtimeapi.ExecSyncRequest{ContainerId: apps[1], Cmd: []string{"echo", "neighbour"}, Timeout: 20})
+		if err != nil || r.ExitCode != 0 || strings.TrimSpace(string(r.Stdout)) != "neighbour" {
+			t.Fatalf("exec in the neighbour after its first pod went: %v %v", r, err)
+		}
+		if _, err := p.rc.ContainerStats(p.ctx, &runtimeapi.ContainerStatsRequest{ContainerId: apps[1]}); err != nil {
+			t.Fatalf("stats of the neighbour: %v", err)
+		}
+		b := p.start("b", "sh", "-c", "echo from-b; exit 3")
+		p.waitExited(b, 3)
+		eventually(t, 30*time.Second, "the new container's log", func() error {
+			data, err := os.ReadFile(filepath.Join(p.logDir, "b.log"))
+			if err != nil || !strings.Contains(string(data), "from-b") {
+				return fmt.Errorf("b.log: %q %v", data, err)
+			}
+			return nil
+		})
 
-		// SIGKILL of the shared shim ends its Pod, not the other shim's.
+		// The shim's own log still reaches containerd's: it moved from the
+		// gone Pod's fifo to its neighbour's. SIGUSR1 makes the shim log
+		// its goroutines.
+		if err := syscall.Kill(shared.Pid, syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "the shared shim's log after its first pod went", func() error {
+			data, err := os.ReadFile(e.d.LogPath())
+			if err != nil || !strings.Contains(string(data), "goroutine stack dump") {
+				return fmt.Errorf("no stack dump of shim %d in %s (%v)", shared.Pid, e.d.LogPath(), err)
+			}
+			return nil
+		})
+
+		// A fourth Pod takes the freed place: still two shims.
+		newPod(3)
+		if got := servingShims(t, e); len(got) != 2 {
+			t.Fatalf("a fourth pod with a place free: %d shim processes, want 2: %+v", len(got), got)
+		}
+
+		// SIGKILL of the shared shim ends its Pods, not the other shim's.
 		if err := syscall.Kill(shared.Pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		pods[0].waitState(runtimeapi.PodSandboxState_SANDBOX_NOTREADY)
-		pods[0].waitExited(apps[0], -1)
+		for _, i := range []int{1, 3} {
+			pods[i].waitState(runtimeapi.PodSandboxState_SANDBOX_NOTREADY)
+			pods[i].waitExited(apps[i], -1)
+		}
 		pods[2].waitState(runtimeapi.PodSandboxState_SANDBOX_READY)
 		st, err := pods[2].rc.ContainerStatus(pods[2].ctx, &runtimeapi.ContainerStatusRequest{ContainerId: apps[2]})
 		if err != nil || st.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 			t.Fatalf("the other shim's container: %v %v", st, err)
 		}
-		pods[0].remove()
-		pods[2].remove()
-		report(t, fmt.Sprintf("shared-shim %s: 3 pods on 2 shims; a pod removed, its neighbour ran on; SIGKILL ended exactly its pods; nothing left", like.name()))
+		for _, i := range []int{1, 3, 2} {
+			pods[i].remove()
+		}
+		report(t, fmt.Sprintf("shared-shim %s: 3 pods on 2 shims; the shim's first pod removed, its neighbour served on (exec, stats, a new container's log); a fourth pod took the place; SIGKILL ended exactly its pods; nothing left", like.name()))
 	})
 }

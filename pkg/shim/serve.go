@@ -40,6 +40,11 @@ func runServe(ctx context.Context, f *flags) error {
 	if err := openLogFifo(ctx); err != nil {
 		return err
 	}
+	if f.pool != "" {
+		if err := serveShared(f); err != nil {
+			return err
+		}
+	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("pid", os.Getpid()))
 
 	// Containers' processes are reparented to us; we reap them all.

@@ -5,11 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	cshim "github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/fifo"
 	"github.com/containerd/log"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/shim/pool"
 )
@@ -21,8 +27,9 @@ const PoolRoot = "/run/containerd/custom/pools"
 // sets pods_per_shim: a Pod's own start (the sandbox's, or the pause
 // container's, whose group is its own id) is admitted to a slot; a later
 // container of the Pod (group: the Pod's id) goes where the Pod went. The
-// returned func lets the pool's lock go (a no-op without a pool).
-func poolGroup(f *flags, group string, opts *anypb.Any, addressOf func(string) (string, error)) (_ string, poolDir string, _ func(), _ error) {
+// returned func lets the pool's lock go (a no-op without a pool). Pools
+// are per containerd (containerdAddress) and namespace.
+func poolGroup(f *flags, containerdAddress, group, bundle string, opts *anypb.Any, addressOf func(string) (string, error)) (_ string, poolDir string, _ func(), _ error) {
 	noop := func() {}
 	cfg, err := backends().Schema().ConfigFromOptions(opts)
 	if err != nil || cfg.PodsPerShim <= 1 {
@@ -33,7 +40,8 @@ func poolGroup(f *flags, group string, opts *anypb.Any, addressOf func(string) (
 	if err != nil {
 		return "", "", nil, err
 	}
-	p, err := pool.Open(PoolRoot, f.namespace, raw, cfg.PodsPerShim)
+	key := append([]byte(containerdAddress+"\x00"), raw...)
+	p, err := pool.Open(PoolRoot, f.namespace, key, cfg.PodsPerShim)
 	if err != nil {
 		return "", "", nil, err
 	}
@@ -50,7 +58,7 @@ func poolGroup(f *flags, group string, opts *anypb.Any, addressOf func(string) (
 		address, err := addressOf(g)
 		return err == nil && !serverGone(address)
 	}
-	g, release, err := p.Admit(f.id, alive)
+	g, release, err := p.Admit(f.id, bundle, alive)
 	if err != nil {
 		return "", "", nil, fmt.Errorf("pods_per_shim: %w", err)
 	}
@@ -109,4 +117,82 @@ func leavePool(ctx context.Context, namespace, id string) {
 	if err := pool.Leave(PoolRoot, namespace, id); err != nil {
 		log.G(ctx).WithError(err).WithField("id", id).Warn("shared shim: the Pod's slot stays taken until its shim exits")
 	}
+}
+
+// sharedLog is a shared shim's log output. fd 2 is the log fifo of one of
+// its Pods' bundles, which containerd reads only until that Pod's shim
+// connection closes: when a write finds the fifo without a reader (EPIPE),
+// fd 2 moves to another of the slot's Pods' fifos (panics, written to fd 2
+// by the Go runtime, follow).
+type sharedLog struct {
+	bundles func() ([]string, error) // the slot's Pods' bundles
+
+	mu      sync.Mutex
+	current string    // the bundle whose fifo fd 2 is
+	retryAt time.Time // no fifo had a reader: lines are dropped until then
+}
+
+func (l *sharedLog) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, err := os.Stderr.Write(b)
+	if !errors.Is(err, syscall.EPIPE) {
+		return n, err
+	}
+	if time.Now().Before(l.retryAt) || !l.relink() {
+		// No reader anywhere (containerd down): the line is lost, as
+		// containerd's own shims lose it; the shim goes on.
+		if l.retryAt.IsZero() || time.Now().After(l.retryAt) {
+			l.retryAt = time.Now().Add(5 * time.Second)
+		}
+		return len(b), nil
+	}
+	return os.Stderr.Write(b)
+}
+
+// relink points fd 2 at the log fifo of another Pod of the slot that has a
+// reader; the caller holds l.mu.
+func (l *sharedLog) relink() bool {
+	bundles, err := l.bundles()
+	if err != nil {
+		return false
+	}
+	for _, b := range bundles {
+		if b == l.current {
+			continue
+		}
+		// containerd holds the read end open while it serves the Pod;
+		// a fifo with no reader would block the open, hence the bound.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		f, err := fifo.OpenFifoDup2(ctx, filepath.Join(b, "log"), unix.O_WRONLY, 0, int(os.Stderr.Fd()))
+		cancel()
+		if err != nil {
+			continue
+		}
+		_ = f.Close() // fd 2 is the copy that stays
+		l.current = b
+		l.retryAt = time.Time{}
+		return true
+	}
+	return false
+}
+
+// serveShared sets up a shared shim's process after its log is open: its
+// log follows its Pods (sharedLog), and its working directory, the first
+// Pod's bundle, is left for "/" (that bundle goes with its Pod; relative
+// paths in libcontainer and Getwd would fail after).
+func serveShared(f *flags) error {
+	wd, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	p, err := pool.OpenDir(f.pool)
+	if err != nil {
+		return err
+	}
+	log.L.Logger.SetOutput(&sharedLog{current: wd, bundles: func() ([]string, error) { return p.Bundles(f.group) }})
+	if err := os.Chdir("/"); err != nil {
+		return fmt.Errorf("shared shim: leave the first pod's bundle: %w", err)
+	}
+	return nil
 }

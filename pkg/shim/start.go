@@ -136,7 +136,7 @@ func runStart(ctx context.Context, f *flags, stdin io.Reader, stdout io.Writer) 
 	// A handler with pods_per_shim: the Pod's slot in its pool is the
 	// group. The pool's lock is held until the slot's socket is bound
 	// or found served (see pool.Admit).
-	group, poolDir, releasePool, err := poolGroup(f, group, b.options, addressOf)
+	group, poolDir, releasePool, err := poolGroup(f, b.grpcAddress, group, wd, b.options, addressOf)
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,7 @@
 // agree on who belongs where:
 //
 //	<root>/<ns>-<key>/lock
-//	<root>/<ns>-<key>/slot-<k>/<pod>   one empty file per Pod admitted to slot k
+//	<root>/<ns>-<key>/slot-<k>/<pod>   one file per Pod admitted to slot k: its bundle
 //	<root>/pods/<ns>/<pod>             "<ns>-<key> <group>": where the Pod is,
 //	                                   for its later containers and its delete
 //
@@ -35,9 +35,10 @@ type Pool struct {
 	size     int
 }
 
-// Open returns the pool of the handler whose runtime options are options,
-// in namespace, with size Pods per shim (at least 2).
-func Open(root, namespace string, options []byte, size int) (*Pool, error) {
+// Open returns the pool that key sets apart (a handler's runtime options
+// and its containerd's address: two containerds on one node have pools of
+// their own) in namespace, with size Pods per shim (at least 2).
+func Open(root, namespace string, key []byte, size int) (*Pool, error) {
 	if size < 2 {
 		return nil, fmt.Errorf("pods per shim %d: a pool needs at least 2", size)
 	}
@@ -47,9 +48,9 @@ func Open(root, namespace string, options []byte, size int) (*Pool, error) {
 	h := sha256.New()
 	h.Write([]byte(namespace))
 	h.Write([]byte{0})
-	h.Write(options)
-	key := hex.EncodeToString(h.Sum(nil))[:16]
-	p := &Pool{root: root, ns: namespace, dir: filepath.Join(root, namespace+"-"+key), key: key, size: size}
+	h.Write(key)
+	name := hex.EncodeToString(h.Sum(nil))[:16]
+	p := &Pool{root: root, ns: namespace, dir: filepath.Join(root, namespace+"-"+name), key: name, size: size}
 	for _, d := range []string{p.dir, filepath.Join(root, "pods", namespace)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("pool %s: %w", d, err)
@@ -136,8 +137,9 @@ func (p *Pool) members(k int) ([]string, error) {
 // whose shim is starting for dead. alive tells whether a group's shim
 // serves; a slot with members whose shim does not is a dead shim's, whose
 // Pods containerd is deleting: it is emptied and reused. A Pod admitted
-// before gets its slot again.
-func (p *Pool) Admit(pod string, alive func(group string) bool) (group string, release func(), err error) {
+// before gets its slot again. bundle is the Pod's bundle directory, whose
+// log fifo containerd reads (Bundles).
+func (p *Pool) Admit(pod, bundle string, alive func(group string) bool) (group string, release func(), err error) {
 	if err := checkName(pod); err != nil {
 		return "", nil, err
 	}
@@ -174,7 +176,7 @@ func (p *Pool) Admit(pod string, alive func(group string) bool) (group string, r
 		if err := os.MkdirAll(p.slotDir(k), 0o700); err != nil {
 			return "", nil, fmt.Errorf("pool slot %d: %w", k, err)
 		}
-		if err := os.WriteFile(filepath.Join(p.slotDir(k), pod), nil, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(p.slotDir(k), pod), []byte(bundle), 0o600); err != nil {
 			return "", nil, fmt.Errorf("admit pod %s: %w", pod, err)
 		}
 		if err := os.WriteFile(indexPath(p.root, p.ns, pod), []byte(filepath.Base(p.dir)+" "+p.Group(k)), 0o600); err != nil {
@@ -183,6 +185,34 @@ func (p *Pool) Admit(pod string, alive func(group string) bool) (group string, r
 		}
 		return p.Group(k), release, nil
 	}
+}
+
+// Bundles lists the bundle directories of group's Pods, in no order.
+func (p *Pool) Bundles(group string) ([]string, error) {
+	k := p.slotOf(group)
+	if k < 0 {
+		return nil, fmt.Errorf("pool: group %q is not this pool's", group)
+	}
+	release, err := p.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	pods, err := p.members(k)
+	if err != nil {
+		return nil, fmt.Errorf("pool slot %d: %w", k, err)
+	}
+	var bundles []string
+	for _, pod := range pods {
+		data, err := os.ReadFile(filepath.Join(p.slotDir(k), pod))
+		if err != nil {
+			continue // left since the listing
+		}
+		if b := string(data); filepath.IsAbs(b) {
+			bundles = append(bundles, b)
+		}
+	}
+	return bundles, nil
 }
 
 // GroupOf is the group pod was admitted to.

@@ -21,7 +21,7 @@ func everyAlive(string) bool { return true }
 
 func admit(t *testing.T, p *Pool, pod string, alive func(string) bool) string {
 	t.Helper()
-	g, release, err := p.Admit(pod, alive)
+	g, release, err := p.Admit(pod, "/b/"+pod, alive)
 	if err != nil {
 		t.Fatalf("admit %s: %v", pod, err)
 	}
@@ -129,7 +129,7 @@ func TestConcurrentAdmitsNeverOverfill(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			g, release, err := q.Admit(fmt.Sprintf("pod%d", i), everyAlive)
+			g, release, err := q.Admit(fmt.Sprintf("pod%d", i), "/b", everyAlive)
 			if err != nil {
 				t.Error(err)
 				return
@@ -172,7 +172,7 @@ func TestBadInput(t *testing.T) {
 	}
 	p := open(t, 2)
 	for _, pod := range []string{"", "..", "a/b"} {
-		if _, _, err := p.Admit(pod, everyAlive); err == nil {
+		if _, _, err := p.Admit(pod, "/b", everyAlive); err == nil {
 			t.Errorf("pod id %q was accepted", pod)
 		}
 	}
@@ -199,5 +199,25 @@ func TestOpenDirIsTheSamePool(t *testing.T) {
 	}
 	if _, err := OpenDir("/run/x/nokey"); err == nil {
 		t.Error("a directory without a key was accepted")
+	}
+}
+
+func TestBundlesAreTheSlotsPods(t *testing.T) {
+	p := open(t, 2)
+	for i := range 3 {
+		admit(t, p, fmt.Sprintf("pod%d", i), everyAlive)
+	}
+	if err := Leave(p.root, p.ns, "pod0"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.Bundles(p.Group(0))
+	if err != nil || len(got) != 1 || got[0] != "/b/pod1" {
+		t.Fatalf("slot 0's bundles after pod0 left: %q %v, want [/b/pod1]", got, err)
+	}
+	if got, err := p.Bundles(p.Group(1)); err != nil || len(got) != 1 || got[0] != "/b/pod2" {
+		t.Fatalf("slot 1's bundles: %q %v", got, err)
+	}
+	if _, err := p.Bundles("pool-other-0"); err == nil {
+		t.Fatal("another pool's group: no error")
 	}
 }
