@@ -27,9 +27,8 @@ const (
 )
 
 // criConfig registers this shim as the CRI runtime handler "custom" with
-// the backend's config file, in the config format of containerd's line.
-func criConfig(major int, backend string) string {
-	cfg := filepath.Join(cfgDir, backend+".toml")
+// the handler configuration cfg, in the config format of containerd's line.
+func criConfig(major int, cfg string) string {
 	if major == 1 {
 		return fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
@@ -58,10 +57,15 @@ func criConfig(major int, backend string) string {
 // criDaemon starts a daemon of its own with CRI on, the busybox image and
 // a pause image in CRI's namespace, and returns a CRI client for it.
 func criDaemon(t *testing.T, like *env) (*env, func() runtimeapi.RuntimeServiceClient) {
+	return criDaemonWith(t, like, filepath.Join(cfgDir, like.backend+".toml"))
+}
+
+// criDaemonWith is criDaemon with the handler configuration at cfg.
+func criDaemonWith(t *testing.T, like *env, cfg string) (*env, func() runtimeapi.RuntimeServiceClient) {
 	t.Helper()
 	e := ownDaemon(t, like, func(c *harness.Config) {
 		c.EnableCRI = true
-		c.ExtraConfig = criConfig(harness.MajorVersion(like.version), like.backend)
+		c.ExtraConfig = criConfig(harness.MajorVersion(like.version), cfg)
 	})
 	ctx := nsCtx(testContext(t))
 	harness.ImportBusybox(t, e.client, criNamespace)

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/containerd/log"
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -232,18 +231,7 @@ func (s *pod) Stop(ctx context.Context) error {
 // Delete implements runtime.PodSandbox.
 func (s *pod) Delete(ctx context.Context) error {
 	if be := s.runsc(); be != nil {
-		// Sub-containers whose bundles containerd removed before it ran
-		// the pod's "delete" (2.2 after a shim died) are only known to
-		// runsc now: delete them first, or their state and the root's
-		// null-netns mount stay.
-		for _, id := range be.list(ctx) {
-			if id == s.p.ID {
-				continue
-			}
-			if err := be.Delete(ctx, id, true); err != nil {
-				log.G(ctx).WithError(err).WithField("id", id).Warn("delete a container left in the pod's sandbox")
-			}
-		}
+		// Force: its sub-containers go too (Backend.Delete).
 		if err := be.Delete(ctx, s.p.ID, true); err != nil {
 			return err
 		}

@@ -387,7 +387,22 @@ func (b *Backend) Kill(ctx context.Context, id string, sig syscall.Signal, all b
 // Delete implements runtime.Backend. runsc refuses to delete an exited
 // container whose sandbox is gone without --force, and the task service
 // deletes only stopped or never-started containers, so always force.
-func (b *Backend) Delete(ctx context.Context, id string, _ bool) error {
+func (b *Backend) Delete(ctx context.Context, id string, force bool) error {
+	if force && b.sandbox && id == filepath.Base(b.root) {
+		// The pod's own container, deleted after its shim died: its
+		// sub-containers whose bundles containerd removed without a
+		// "delete" of their own (2.2 does) are only known to runsc now:
+		// delete them first, or their state and the root's null-netns
+		// mount stay.
+		for _, other := range b.list(ctx) {
+			if other == id {
+				continue
+			}
+			if err := b.Delete(ctx, other, false); err != nil {
+				log.G(ctx).WithError(err).WithField("id", other).Warn("delete a container left in the pod's sandbox")
+			}
+		}
+	}
 	err := b.run(ctx, "delete", nil, nil, "delete", "--force", id)
 	if errdefs.IsNotFound(err) {
 		err = nil
@@ -395,8 +410,14 @@ func (b *Backend) Delete(ctx context.Context, id string, _ bool) error {
 	if err == nil {
 		b.execs.Close()
 		b.sandboxProc.Close()
-		removeRoot(b.root)
 	}
+	// Even when runsc's delete failed: after a shim's death containerd
+	// deletes a Pod's containers concurrently, and a sub-container's
+	// delete fails ("no control socket found for sandbox") once its
+	// sandbox's went first, yet runsc removed its state. The last delete
+	// of the group must still take the root and its null-netns mount;
+	// removeRoot leaves a root that still has a container.
+	removeRoot(b.root)
 	return err
 }
 
