@@ -74,7 +74,8 @@ func servingShims(t *testing.T, e *env) []harness.Proc {
 // processes. The Pod whose id the shared shim carries (its bundle is the
 // shim's working directory and log) is removed first: its neighbour goes on
 // (exec, stats, a new container and its log, a stop), and a fourth Pod
-// takes the freed place without a new process. SIGKILL of that shim ends
+// takes the freed place without a new process; across a containerd
+// restart every Pod is served. SIGKILL of that shim ends
 // exactly its Pods (exits reported, nothing left) while the other shim's
 // Pod runs on.
 func TestSharedShimPods(t *testing.T) {
@@ -183,6 +184,29 @@ func sharedShimScenario(t *testing.T, like *env, e *env, connect func() runtimea
 			t.Fatalf("a fourth pod with a place free: %d shim processes, want 2: %+v", len(got), got)
 		}
 
+		// containerd restarts: it reconnects to the shared shim once per
+		// Pod, and each is served as before.
+		if err := e.d.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		rc := connect()
+		eventually(t, 60*time.Second, "CRI serves after the restart", func() error {
+			_, err := rc.Status(testContext(t), &runtimeapi.StatusRequest{})
+			return err
+		})
+		for _, i := range []int{1, 2, 3} {
+			p := pods[i]
+			p.rc = rc
+			p.waitState(runtimeapi.PodSandboxState_SANDBOX_READY)
+			r, err := p.rc.ExecSync(p.ctx, &runtimeapi.ExecSyncRequest{ContainerId: apps[i], Cmd: []string{"true"}, Timeout: 20})
+			if err != nil || r.ExitCode != 0 {
+				t.Fatalf("exec in pod %d after containerd's restart: %v %v", i, r, err)
+			}
+		}
+		if got := servingShims(t, e); len(got) != 2 || syscall.Kill(shared.Pid, 0) != nil {
+			t.Fatalf("after containerd's restart: %+v, want the same 2 shims", got)
+		}
+
 		// SIGKILL of the shared shim ends its Pods, not the other shim's.
 		if err := syscall.Kill(shared.Pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
@@ -211,6 +235,6 @@ func sharedShimScenario(t *testing.T, like *env, e *env, connect func() runtimea
 			assertPodGone(t, e, p.id)
 		}
 		pods[2].remove()
-		report(t, fmt.Sprintf("shared-shim %s %s: 3 pods on 2 shims; the shim's first pod removed, its neighbour served on (exec, stats, a new container's log); a fourth pod took the place; SIGKILL ended exactly its pods; nothing left", path, like.name()))
+		report(t, fmt.Sprintf("shared-shim %s %s: 3 pods on 2 shims; the shim's first pod removed, its neighbour served on (exec, stats, a new container's log); a fourth pod took the place; containerd restarted, every pod served; SIGKILL ended exactly its pods; nothing left", path, like.name()))
 	}
 }

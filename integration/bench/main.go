@@ -55,7 +55,7 @@ var (
 	flagPods       = flag.Int("pods", 20, "pods started per runtime in the pod start test (CRI)")
 	flagPodChurn   = flag.Int("pod-churn", 40, "pods run and removed per runtime at parallelism 5 (gVisor: half)")
 	flagDensity    = flag.String("density", "10,50", "running pods per runtime at which memory per pod is measured (ascending)")
-	flagDensityRts = flag.String("density-runtimes", "custom-runc-sb,custom-runc,runc-shim,custom-runsc-sb,runsc-shim", "rows of the node-scale memory table")
+	flagDensityRts = flag.String("density-runtimes", "custom-runc-sb,custom-runc,runc-shim,custom-runc-pool,custom-runsc-sb,runsc-shim", "rows of the node-scale memory table")
 )
 
 // rt is a runtime under test.
@@ -78,8 +78,9 @@ type bench struct {
 	// densityResults: memory per running pod at node scale (the pods step).
 	densityResults []densityResult
 	densityNs      []int
-	densitySkipped []string // rows not measured, and why
-	order          []string // metric order
+	densitySkipped []string         // rows not measured, and why
+	poolStart      [2]time.Duration // pod start p50, p99 on the shared-shim handler (pods step)
+	order          []string         // metric order
 	seq            int
 }
 

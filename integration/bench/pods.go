@@ -27,7 +27,13 @@ type podRuntime struct {
 	// foreign: another project's shim; a host it cannot run on leaves its
 	// row unmeasured instead of failing the bench.
 	foreign bool
+	// pooled: the handler shares a shim between Pods (pods_per_shim):
+	// memory is summed over all its shims, not per Pod's shim.
+	pooled bool
 }
+
+// poolRuntime is custom-runc-sb with pods_per_shim = 10.
+var poolRuntime = podRuntime{name: "custom-runc-pool", handler: "custom-runc-pool", shim: "containerd-shim-custom-v2", sandboxed: true, pooled: true}
 
 var podRuntimes = []podRuntime{
 	{name: "custom-runc", handler: "custom-runc-sb", shim: "containerd-shim-custom-v2", sandboxed: true},
@@ -76,6 +82,13 @@ func (b *bench) podDaemon() (*harness.Daemon, runtimeapi.RuntimeServiceClient) {
     disable_pause_image_pull = true
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.custom-runc-sb.options]
       backend = "runc"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.custom-runc-pool]
+    runtime_type = "io.containerd.custom.v2"
+    sandboxer = "shim"
+    disable_pause_image_pull = true
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.custom-runc-pool.options]
+      backend = "runc"
+      pods_per_shim = 10
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.custom-runc]
     runtime_type = "io.containerd.custom.v2"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.custom-runc.options]
@@ -211,6 +224,7 @@ func (b *bench) pods() {
 	for _, r := range rts {
 		b.record("pod start p50/p99 (ms) (RunPodSandbox+CreateContainer+StartContainer)", r.name, ms(pct(starts[r.name], 50))+" / "+ms(pct(starts[r.name], 99)))
 	}
+	b.poolStart = b.pooledStarts(rc, n)
 	// Churn: run, start and remove pods at parallelism 5.
 	for _, r := range rts {
 		total, par := *flagPodChurn, 5
@@ -250,4 +264,30 @@ func (b *bench) pods() {
 		b.record(fmt.Sprintf("pod churn at parallelism 5 (pods per s) (%d pods; gVisor half)", *flagPodChurn), r.name,
 			fmt.Sprintf("%.2f", float64(total)/time.Since(t0).Seconds()))
 	}
+}
+
+// pooledStarts measures pod start on the shared-shim handler as a node
+// sees it: with a Pod of the pool running, so that a start joins its shim
+// instead of starting one. It returns p50 and p99.
+func (b *bench) pooledStarts(rc runtimeapi.RuntimeServiceClient, n int) [2]time.Duration {
+	anchor, _, err := b.pod(rc, poolRuntime, "start-pool-anchor")
+	if err != nil {
+		fatal(err)
+	}
+	var starts []time.Duration
+	for i := 0; i < n; i++ {
+		id, dt, err := b.pod(rc, poolRuntime, fmt.Sprintf("start-%s-%d", poolRuntime.name, i))
+		if err != nil {
+			fatal(err)
+		}
+		starts = append(starts, dt)
+		if err := removePod(rc, id); err != nil {
+			fatal(fmt.Errorf("%s remove pod: %w", poolRuntime.name, err))
+		}
+	}
+	if err := removePod(rc, anchor); err != nil {
+		fatal(fmt.Errorf("%s remove pod: %w", poolRuntime.name, err))
+	}
+	fmt.Printf("   pod start, shared shim (a Pod of the pool running) %-10s %s / %s\n", poolRuntime.name, ms(pct(starts, 50)), ms(pct(starts, 99)))
+	return [2]time.Duration{pct(starts, 50), pct(starts, 99)}
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # crictl-smoke.sh [HANDLER...] - crictl v1.34.0 smoke test through CRI on the
 # same private containerd critest.sh uses (cri-lib.sh). For each handler
-# (default: custom-runc custom-runsc custom-runc-sb custom-runsc-sb runc) it
+# (default: custom-runc custom-runsc custom-runc-sb custom-runsc-sb custom-runc-pool runc) it
 # runs two pods:
 #
 #   hostnet  host network (no CNI, no hostname), busybox + a second busybox
@@ -34,7 +34,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 source "$PEER/cri-lib.sh"
 
-handlers=("$@"); ((${#handlers[@]})) || handlers=(custom-runc custom-runsc custom-runc-sb custom-runsc-sb runc)
+handlers=("$@"); ((${#handlers[@]})) || handlers=(custom-runc custom-runsc custom-runc-sb custom-runsc-sb custom-runc-pool runc)
 [ "$(id -u)" = 0 ] || die "needs root"
 need_tools
 mkdir -p "$OUT"
@@ -124,7 +124,7 @@ nothing_left() {
   for p in $(peercheck pids "$pod"); do
     echo "process left: $p $(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)"; bad=1
   done
-  case $h in *-sb)
+  case $h in *-sb|*-pool)
     for p in $(peercheck pids "containerd-shim-custom-v2 sandbox-holder"); do
       echo "sandbox holder left: $p $(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)"; bad=1
     done ;;
@@ -168,7 +168,7 @@ pod() {
     step start-web X start "$(cat "$d/web")" || return 1
     apps+=("$(cat "$d/web")")
   fi
-  case $h in *-sb) step "no pause container in containerd's store" only_containers "${apps[@]}" ;; esac
+  case $h in *-sb|*-pool) step "no pause container in containerd's store" only_containers "${apps[@]}" ;; esac
   sleep 2
   step logs expect 'hello from' X logs "$cid"
   step exec expect '^exec-ok uid=0$' X exec "$cid" sh -c 'echo exec-ok uid=$(id -u)'

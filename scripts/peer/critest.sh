@@ -7,6 +7,7 @@
 #   runsc      handler custom-runsc  io.containerd.custom.v2, backend = "runsc"
 #   runc-sb    handler custom-runc-sb   the same, sandboxer = 'shim' (containerd's
 #   runsc-sb   handler custom-runsc-sb  Sandbox API: no pause container)
+#   runc-pool  handler custom-runc-pool custom-runc-sb with pods_per_shim = 10
 #   runc-shim  handler runc          io.containerd.runc.v2 (containerd's own shim, baseline)
 #
 # The daemon (cri-lib.sh, templates/containerd-cri.toml.in): its own root,
@@ -32,8 +33,9 @@ case "${1:-}" in
   runsc) handler=custom-runsc ;;
   runc-sb) handler=custom-runc-sb ;;
   runsc-sb) handler=custom-runsc-sb ;;
+  runc-pool) handler=custom-runc-pool ;;
   runc-shim) handler=runc ;;
-  *) die "usage: critest.sh runc|runsc|runc-sb|runsc-sb|runc-shim" ;;
+  *) die "usage: critest.sh runc|runsc|runc-sb|runsc-sb|runc-pool|runc-shim" ;;
 esac
 [ "$(id -u)" = 0 ] || die "needs root"
 need_tools
@@ -103,7 +105,7 @@ if [ "$handler" = custom-runsc ] || [ "$handler" = custom-runsc-sb ]; then
     'should support ReadonlyPaths'
   )
 fi
-if [ "$handler" = custom-runc-sb ]; then
+if [ "$handler" = custom-runc-sb ] || [ "$handler" = custom-runc-pool ]; then
   # The runc holder owns no user namespace yet: a pod with hostUsers: false
   # is refused with NotImplemented at RunPodSandbox (use the pause-path
   # handler for such pods). CONTAINER and TARGET modes are refused as the

@@ -44,7 +44,8 @@ for suite in $SUITES; do
     run "critest custom-runc" "$snap/critest.sh" runc
     run "critest custom-runsc" "$snap/critest.sh" runsc
     run "critest custom-runc-sb" "$snap/critest.sh" runc-sb
-    run "critest custom-runsc-sb" "$snap/critest.sh" runsc-sb ;;
+    run "critest custom-runsc-sb" "$snap/critest.sh" runsc-sb
+    run "critest custom-runc-pool" "$snap/critest.sh" runc-pool ;;
   smoke)
     run "crictl-smoke" "$snap/crictl-smoke.sh" ;;
   *) die "unknown suite $suite" ;;
@@ -67,6 +68,7 @@ line() { grep -m1 "$1" "$2" 2>/dev/null || echo "(not run)"; }
   printf '  %-32s %s\n' "custom-runsc" "$(line '^passed ' "$OUT/critest-custom-runsc.txt")"
   printf '  %-32s %s\n' "custom-runc-sb (sandboxer shim)" "$(line '^passed ' "$OUT/critest-custom-runc-sb.txt")"
   printf '  %-32s %s\n' "custom-runsc-sb (sandboxer shim)" "$(line '^passed ' "$OUT/critest-custom-runsc-sb.txt")"
+  printf '  %-32s %s\n' "custom-runc-pool (shared shim)" "$(line '^passed ' "$OUT/critest-custom-runc-pool.txt")"
   echo
   echo "crictl smoke: $(tail -1 "$OUT/crictl-smoke.txt" 2>/dev/null || echo '(not run)')"
   grep '^FAIL ' "$OUT/crictl-smoke.txt" 2>/dev/null | sed 's/^/  /' || true

@@ -130,7 +130,7 @@ func (r *report) add(c comparison) {
 //     extra skips (containerd-suite.sh's "skip list:" line);
 //   - critest with each of this shim's handlers (custom-runc, custom-runsc
 //     on the pause path; custom-runc-sb, custom-runsc-sb with sandboxer =
-//     "shim") passes every spec the runc handler passed, less the handler's
+//     "shim"; custom-runc-pool, sharing shims) passes every spec the runc handler passed, less the handler's
 //     extra skips (critest.sh's "skip:" lines);
 //   - the crictl smoke has no FAIL step.
 func gate(dir string, w io.Writer) bool {
@@ -172,7 +172,7 @@ func gate(dir string, w io.Writer) bool {
 			r.fail("critest baseline: %v", err)
 		}
 		baseSummary, _ := os.ReadFile(filepath.Join(dir, "critest-runc.txt"))
-		for _, h := range []string{"custom-runc", "custom-runsc", "custom-runc-sb", "custom-runsc-sb"} {
+		for _, h := range []string{"custom-runc", "custom-runsc", "custom-runc-sb", "custom-runsc-sb", "custom-runc-pool"} {
 			name := "critest, " + h
 			xml, ok := r.read("critest-" + h + ".junit.xml")
 			if !ok {
