@@ -235,6 +235,13 @@ func sharedShimScenario(t *testing.T, like *env, e *env, connect func() runtimea
 			assertPodGone(t, e, p.id)
 		}
 		pods[2].remove()
+		// Its last Pod gone, the other shim exits too.
+		eventually(t, 30*time.Second, "no shared shim left", func() error {
+			if got := servingShims(t, e); len(got) > 0 {
+				return fmt.Errorf("shims left: %+v", got)
+			}
+			return nil
+		})
 		report(t, fmt.Sprintf("shared-shim %s %s: 3 pods on 2 shims; the shim's first pod removed, its neighbour served on (exec, stats, a new container's log); a fourth pod took the place; containerd restarted, every pod served; SIGKILL ended exactly its pods; nothing left", path, like.name()))
 	}
 }
