@@ -15,7 +15,6 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	cshim "github.com/containerd/containerd/v2/pkg/shim"
-	"github.com/containerd/fifo"
 	"github.com/containerd/log"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/shim/pool"
 )
@@ -161,15 +160,21 @@ func (l *sharedLog) relink() bool {
 		if b == l.current {
 			continue
 		}
-		// containerd holds the read end open while it serves the Pod;
-		// a fifo with no reader would block the open, hence the bound.
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		f, err := fifo.OpenFifoDup2(ctx, filepath.Join(b, "log"), unix.O_WRONLY, 0, int(os.Stderr.Fd()))
-		cancel()
+		// Non-blocking, the open fails at once (ENXIO) on a fifo nobody
+		// reads; containerd holds the read end while it serves the Pod.
+		fd, err := unix.Open(filepath.Join(b, "log"), unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 		if err != nil {
 			continue
 		}
-		_ = f.Close() // fd 2 is the copy that stays
+		// Blocking writes, as on the fifo the shim was started with.
+		err = unix.SetNonblock(fd, false)
+		if err == nil {
+			err = unix.Dup3(fd, int(os.Stderr.Fd()), 0)
+		}
+		_ = unix.Close(fd) // fd 2 is the copy that stays
+		if err != nil {
+			continue
+		}
 		l.current = b
 		l.retryAt = time.Time{}
 		return true

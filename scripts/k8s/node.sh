@@ -26,6 +26,7 @@
 # env: K8S_E2E_DIR, CONTAINERD_VERSION, SHIM_BIN, RUNSC_BIN, CNI_BIN (/usr/lib/cni),
 #      NODE_NAME, ports: ETCD_PORT APISERVER_PORT KUBELET_PORT KUBELET_HEALTHZ_PORT METRICS_PORT,
 #      RUNC_HANDLER (custom-runc), GVISOR_HANDLER (custom-runsc): handler and RuntimeClass names,
+#      RUNC_POOL_HANDLER (custom-runc-pool): custom-runc-sb with pods_per_shim = 10
 #      RUNC_SB_HANDLER (custom-runc-sb), GVISOR_SB_HANDLER (custom-runsc-sb): the same backends
 #      with sandboxer = 'shim' (no pause container),
 #      CRI_STATS=true (kubelet feature gate PodAndContainerStatsFromCRI: pod stats from
@@ -76,6 +77,7 @@ GVISOR_HANDLER=${GVISOR_HANDLER:-custom-runsc}
 # sandbox (runc: a namespace holder process; gVisor: the runsc sandbox), no pause
 RUNC_SB_HANDLER=${RUNC_SB_HANDLER:-custom-runc-sb}
 GVISOR_SB_HANDLER=${GVISOR_SB_HANDLER:-custom-runsc-sb}
+RUNC_POOL_HANDLER=${RUNC_POOL_HANDLER:-custom-runc-pool}
 # the kubelet's clusterDNS (no DNS server runs; ClusterFirst Pods get it in resolv.conf)
 CLUSTER_DNS=${CLUSTER_DNS:-10.96.0.10}
 
@@ -239,6 +241,17 @@ state = "$N/containerd/state"
           backend = "runc"
           runtime_handler = "$RUNC_SB_HANDLER"
           [$R.$RUNC_SB_HANDLER.options.runc]
+            root = "$N/runc"
+      # the runc one again with shared shims: up to 10 Pods per shim process
+      [$R.$RUNC_POOL_HANDLER]
+        runtime_type = "io.containerd.custom.v2"
+        sandboxer = "shim"
+        disable_pause_image_pull = true
+        [$R.$RUNC_POOL_HANDLER.options]
+          backend = "runc"
+          runtime_handler = "$RUNC_POOL_HANDLER"
+          pods_per_shim = 10
+          [$R.$RUNC_POOL_HANDLER.options.runc]
             root = "$N/runc"
       [$R.$GVISOR_SB_HANDLER]
         runtime_type = "io.containerd.custom.v2"
@@ -547,13 +560,18 @@ kind: RuntimeClass
 metadata: {name: $GVISOR_SB_HANDLER}
 handler: $GVISOR_SB_HANDLER
 ---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: $RUNC_POOL_HANDLER}
+handler: $RUNC_POOL_HANDLER
+---
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: default, namespace: default}
 EOF
   kc -n default create configmap kube-root-ca.crt --from-file=ca.crt="$PKI/ca.crt" \
     --dry-run=client -o yaml | kc apply -f - >/dev/null
-  ts "RuntimeClasses $RUNC_HANDLER, $GVISOR_HANDLER, $RUNC_SB_HANDLER, $GVISOR_SB_HANDLER, default ServiceAccount, kube-root-ca.crt"
+  ts "RuntimeClasses $RUNC_HANDLER, $GVISOR_HANDLER, $RUNC_SB_HANDLER, $GVISOR_SB_HANDLER, $RUNC_POOL_HANDLER, default ServiceAccount, kube-root-ca.crt"
 
   wait_for "metrics aggregator (static Pod) on https://127.0.0.1:$METRICS_PORT, TLS + basic auth" 120 \
     curl -sf --cacert "$METRICS_ETC/ca.crt" -u "prometheus:$(cat "$METRICS_ETC/password")" \
@@ -672,7 +690,7 @@ case "${1:-}" in
   # internal: the resolved settings, for test.sh
   vars)
     for v in N K8S_VERSION K8S_BIN CTRD_BIN CRICTL SOCK PKI RUN LOG NODE_NAME KUBELET_PORT METRICS_PORT METRICS_ETC POD_GW \
-             BUSYBOX_IMAGE CRI_STATS RUNSC_BIN RUNC_HANDLER GVISOR_HANDLER RUNC_SB_HANDLER GVISOR_SB_HANDLER CLUSTER_DNS; do
+             BUSYBOX_IMAGE CRI_STATS RUNSC_BIN RUNC_HANDLER GVISOR_HANDLER RUNC_SB_HANDLER GVISOR_SB_HANDLER RUNC_POOL_HANDLER CLUSTER_DNS; do
       printf '%s=%q\n' "$v" "${!v}"
     done ;;
   *) echo "usage: $0 up|down|test|env|status|clean" >&2; exit 2 ;;

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # test.sh - end-to-end checks of containerd-shim-custom-v2 on the node that
 # scripts/k8s/node.sh up started, for each RuntimeClass handler
-# (default: node.sh's $RUNC_HANDLER $GVISOR_HANDLER $RUNC_SB_HANDLER $GVISOR_SB_HANDLER,
-# i.e. custom-runc custom-runsc on the pause path and custom-runc-sb custom-runsc-sb
-# on containerd's Sandbox API (sandboxer = 'shim', no pause container); a subset
-# with HANDLERS="...").
+# (default: node.sh's $RUNC_HANDLER $GVISOR_HANDLER $RUNC_SB_HANDLER $GVISOR_SB_HANDLER
+# $RUNC_POOL_HANDLER, i.e. custom-runc custom-runsc on the pause path, custom-runc-sb
+# custom-runsc-sb on containerd's Sandbox API (sandboxer = 'shim', no pause
+# container), and custom-runc-pool, custom-runc-sb sharing shims (pods_per_shim =
+# 10: a Pod's shim is found by its pool group); a subset with HANDLERS="...").
 #
 # Per handler:
 #   run        a Pod with runtimeClassName=<handler> reaches Running, on the
@@ -59,14 +60,15 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 eval "$("$here/node.sh" vars)" || exit 2
 export KUBECONFIG=$N/etc/admin.kubeconfig
-HANDLERS=${HANDLERS:-$RUNC_HANDLER $GVISOR_HANDLER $RUNC_SB_HANDLER $GVISOR_SB_HANDLER}
+HANDLERS=${HANDLERS:-$RUNC_HANDLER $GVISOR_HANDLER $RUNC_SB_HANDLER $GVISOR_SB_HANDLER $RUNC_POOL_HANDLER}
 TIMEOUT=${TIMEOUT:-120}
 IMG=$BUSYBOX_IMAGE
 
 kc() { "$K8S_BIN/kubectl" "$@"; }
 ctr() { "$CTRD_BIN/ctr" -a "$SOCK" -n k8s.io "$@"; }
 is_gvisor() { [ "$1" = "$GVISOR_HANDLER" ] || [ "$1" = "$GVISOR_SB_HANDLER" ]; }
-is_sb() { [ "$1" = "$RUNC_SB_HANDLER" ] || [ "$1" = "$GVISOR_SB_HANDLER" ]; }
+is_sb() { [ "$1" = "$RUNC_SB_HANDLER" ] || [ "$1" = "$GVISOR_SB_HANDLER" ] || [ "$1" = "$RUNC_POOL_HANDLER" ]; }
+is_runc_sb() { [ "$1" = "$RUNC_SB_HANDLER" ] || [ "$1" = "$RUNC_POOL_HANDLER" ]; } # sandboxes are holders
 cri() { "$CRICTL" --config /dev/null --runtime-endpoint "unix://$SOCK" --timeout 30s "$@"; }
 kubelet_get() { # straight to the kubelet (the apiserver will not proxy to a loopback node)
   curl -sf --max-time 20 --cacert "$PKI/ca.crt" --cert "$PKI/apiserver-kubelet-client.crt" \
@@ -119,7 +121,12 @@ EOF
 uid_of() { kc get pod "$1" -o jsonpath='{.metadata.uid}'; }
 sandboxes_of() { cri pods --label "io.kubernetes.pod.uid=$1" -q; }           # all, newest first
 containers_of() { local s; for s in $(sandboxes_of "$1"); do cri ps -a --pod "$s" -q; done; }
-shims_with() { ps -eo pid=,args= | awk -v id="$1" '$2 ~ /containerd-shim-custom-v2$/ && index($0 " ", " " id " ") {print $1}'; }
+# shims_with ID: the shim serving ID: started with -id ID, or, with pods_per_shim,
+# serving ID's pool group (the pool's index: "<pool> <group>", README)
+shims_with() {
+  local g=""; [ -r "/run/containerd/custom/pools/pods/k8s.io/$1" ] && g=$(awk '{print $2}' "/run/containerd/custom/pools/pods/k8s.io/$1")
+  ps -eo pid=,args= | awk -v id="$1" -v g="$g" '$2 ~ /containerd-shim-custom-v2$/ && (index($0 " ", " " id " ") || (g != "" && index($0 " ", " -group " g " "))) {print $1}'
+}
 sandbox_procs_with() { ps -eo pid=,args= | awk -v id="$1" '$2 == "runsc-sandbox" && index($0, id) {print $1}'; }
 runsc_procs_with() { ps -eo pid=,args= | awk -v id="$1" '$2 ~ /runsc/ && index($0, id) {print $1}'; }
 # the runc backend's sandbox holders of this node (they run its copy of the shim);
@@ -279,7 +286,7 @@ EOF
       ! grep -qxF "$msb" <<<"$all" && ! grep -q pause <<<"$store" && ok=0
     check no-pause $ok "containerd's store for the Pod: $(echo ${store:-nothing} | sed "s/\([0-9a-f]\{13\}\)[0-9a-f]*/\1/g") (its container: ${mcid:0:13}); sandbox ${msb:0:13} in the store: $(grep -qxF "$msb" <<<"$all" && echo YES || echo no); $(echo $all | wc -w) containers in k8s.io"
   fi
-  if [ "$H" = "$RUNC_SB_HANDLER" ]; then
+  if is_runc_sb "$H"; then
     hp=$(holders_with "$msb"); cpid=$(cri inspect -o go-template --template '{{.info.pid}}' "$mcid" 2>/dev/null)
     ns_same=""; ok=1
     if [ "$(echo $hp | wc -w)" = 1 ] && [ -n "$cpid" ]; then
@@ -584,7 +591,7 @@ print("cpu=%.3fs mem=%.1fMiB" % (cpu / 1e9, mem / 1048576.0) if cpu > 0 and mem 
   if is_sb "$H"; then
     nh=$(echo $holders0 | wc -w)
     ok=1; [ -z "$lh" ] && ok=0
-    [ "$H" = "$RUNC_SB_HANDLER" ] && [ "$nh" = 0 ] && ok=1 # the runc backend's sandboxes are holders
+    is_runc_sb "$H" && [ "$nh" = 0 ] && ok=1 # the runc backend's sandboxes are holders
     check cleanup-holder $ok "containerd-shim-custom-v2 sandbox-holder processes: $nh before the delete (pids$(for e in $holders0; do printf ' %s' "${e%%:*}"; done)), left: ${lh:-none} (gone ${t_h:-never}s after delete); this node's holders now: $(holders | tr '\n' ' ' | sed 's/^$/none/')"
   fi
 
