@@ -159,7 +159,7 @@ func sharedShimScenario(t *testing.T, like *env, e *env, connect func() runtimea
 		eventually(t, 30*time.Second, "the new container's log", func() error {
 			data, err := os.ReadFile(filepath.Join(p.logDir, "b.log"))
 			if err != nil || !strings.Contains(string(data), "from-b") {
-				return fmt.Errorf("b.log: %q %v", data, err)
+				return fmt.Errorf("b.log: %q: %w", data, err)
 			}
 			return nil
 		})
@@ -173,7 +173,7 @@ func sharedShimScenario(t *testing.T, like *env, e *env, connect func() runtimea
 		eventually(t, 30*time.Second, "the shared shim's log after its first pod went", func() error {
 			data, err := os.ReadFile(e.d.LogPath())
 			if err != nil || !strings.Contains(string(data), "goroutine stack dump") {
-				return fmt.Errorf("no stack dump of shim %d in %s (%v)", shared.Pid, e.d.LogPath(), err)
+				return fmt.Errorf("no stack dump of shim %d in %s (read: %w)", shared.Pid, e.d.LogPath(), err)
 			}
 			return nil
 		})

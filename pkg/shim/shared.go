@@ -16,6 +16,7 @@ import (
 
 	cshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
+
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/shim/pool"
 )
 
@@ -31,8 +32,12 @@ const PoolRoot = "/run/containerd/custom/pools"
 func poolGroup(f *flags, containerdAddress, group, bundle string, opts *anypb.Any, addressOf func(string) (string, error)) (_ string, poolDir string, _ func(), _ error) {
 	noop := func() {}
 	cfg, err := backends().Schema().ConfigFromOptions(opts)
-	if err != nil || cfg.PodsPerShim <= 1 {
-		// A bad configuration is create's to report, with its field.
+	if err != nil {
+		// A bad configuration is create's to report, with its file and
+		// field, and leaving nothing behind; start has nothing to undo.
+		return group, "", noop, nil //nolint:nilerr // reported by create
+	}
+	if cfg.PodsPerShim <= 1 {
 		return group, "", noop, nil
 	}
 	raw, err := optionsBytes(opts)
