@@ -6,6 +6,7 @@ PKG      := github.com/custom-runtime/containerd-shim-custom-v2
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 AGG      := bin/containerd-shim-custom-metrics
+INST     := bin/containerd-shim-custom-install
 LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revision=$(REVISION)
 AGG_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 # containerd lines the integration suite runs against.
@@ -22,10 +23,11 @@ all: build
 # containerd's API packages without their gRPC clients (the shim speaks
 # ttrpc; TestShimLinksNoAggregator guards what it links).
 BUILDTAGS ?= seccomp netgo osusergo no_grpc
-build: ## build the shim (static: CGO, libseccomp) and the node metrics aggregator into bin/
+build: ## build the shim (static: CGO, libseccomp), the node metrics aggregator and the node installer into bin/
 	@test -f /usr/lib/$$(gcc -dumpmachine)/libseccomp.a || { echo "libseccomp-dev is missing: make deps (or apt-get install libseccomp-dev)"; exit 1; }
 	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(BUILDTAGS)" -ldflags "$(LDFLAGS) -extldflags -static" -o $(BIN) ./cmd/containerd-shim-custom-v2
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(AGG_LDFLAGS)" -o $(AGG) ./cmd/containerd-shim-custom-metrics
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(INST) ./cmd/containerd-shim-custom-install
 
 deps: ## install what the tests need (apt packages, containerd builds cached in .tools/)
 	bash scripts/deps.sh
