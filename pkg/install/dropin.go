@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// The handlers the installer can register (README "Install"; the Helm
+// Handlers are those the installer can register (README "Install"; the Helm
 // chart's values.handlers): the runc and gVisor backends on the pause path
 // and, with -sb, as pod sandboxes of their own (sandboxer = "shim").
 var Handlers = []string{"custom-runc", "custom-runsc", "custom-runc-sb", "custom-runsc-sb"}
@@ -128,15 +128,12 @@ func (d DropIn) backendTable(b *strings.Builder, table, backend string) {
 	if len(keys) == 0 {
 		return
 	}
-	indent := "    "
-	name := backend
+	indent := ""
 	if table != "" {
-		name = table + "." + backend
 		indent = "      "
-		fmt.Fprintf(b, "    [%s]\n", name)
+		fmt.Fprintf(b, "    [%s.%s]\n", table, backend)
 	} else {
-		fmt.Fprintf(b, "[%s]\n", name)
-		indent = ""
+		fmt.Fprintf(b, "[%s]\n", backend)
 	}
 	for _, k := range keys {
 		b.WriteString(indent + k + "\n")

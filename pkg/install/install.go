@@ -18,7 +18,7 @@ var Binaries = []string{"containerd-shim-custom-v2", "containerd-shim-custom-met
 // files that start with it.
 const header = "# Written by containerd-shim-custom-install"
 
-// ErrRestartNeeded: the drop-in changed and the installer may not restart
+// ErrRestartNeeded says the drop-in changed and the installer may not restart
 // containerd; the node stays unlabelled until containerd has been
 // restarted and an install run again finds nothing to change.
 var ErrRestartNeeded = errors.New("containerd must be restarted to load the runtime's handlers, and the installer is not allowed to (restart policy)")
