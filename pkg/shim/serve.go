@@ -83,12 +83,18 @@ func runServe(ctx context.Context, f *flags) error {
 	// go, and the sandbox service asks the task service after a pod's
 	// ShutdownSandbox; svc is set before either can be called.
 	var svc *task.Service
+	// Only a shared server's Pods have a place in a pool to leave; other
+	// servers skip the pool's index on every delete.
+	var leave func(id string)
+	if f.pool != "" {
+		leave = func(id string) { leavePool(ctx, f.namespace, id) }
+	}
 	sandboxes := sandbox.NewService(ctx, sandbox.Config{
 		Backends: reg,
 		Reaper:   gate,
 		Metrics:  rec,
 		Shutdown: func() { svc.ShutdownIfIdle() },
-		Leave:    func(id string) { leavePool(ctx, f.namespace, id) },
+		Leave:    leave,
 	})
 	hold := sandboxes.Holds
 	if f.pool != "" {
@@ -103,7 +109,7 @@ func runServe(ctx context.Context, f *flags) error {
 		Shutdown:  func() { once.Do(func() { close(shutdown) }) },
 		Hold:      hold,
 		Created:   sandboxes.ContainerCreated,
-		Deleted:   func(id string) { leavePool(ctx, f.namespace, id) },
+		Deleted:   leave,
 	})
 	go func() {
 		for e := range exits {

@@ -42,8 +42,8 @@ func Open(root, namespace string, key []byte, size int) (*Pool, error) {
 	if size < 2 {
 		return nil, fmt.Errorf("pods per shim %d: a pool needs at least 2", size)
 	}
-	if strings.ContainsAny(namespace, "/\x00") || namespace == "" || namespace == "." || namespace == ".." {
-		return nil, fmt.Errorf("namespace %q: not a file name", namespace)
+	if err := checkName("namespace", namespace); err != nil {
+		return nil, err
 	}
 	h := sha256.New()
 	h.Write([]byte(namespace))
@@ -140,7 +140,7 @@ func (p *Pool) members(k int) ([]string, error) {
 // before gets its slot again. bundle is the Pod's bundle directory, whose
 // log fifo containerd reads (Bundles).
 func (p *Pool) Admit(pod, bundle string, alive func(group string) bool) (group string, release func(), err error) {
-	if err := checkName(pod); err != nil {
+	if err := checkName("pod id", pod); err != nil {
 		return "", nil, err
 	}
 	release, err = p.lock()
@@ -217,7 +217,7 @@ func (p *Pool) Bundles(group string) ([]string, error) {
 
 // GroupOf is the group pod was admitted to.
 func (p *Pool) GroupOf(pod string) (string, bool, error) {
-	if err := checkName(pod); err != nil {
+	if err := checkName("pod id", pod); err != nil {
 		return "", false, err
 	}
 	release, err := p.lock()
@@ -255,7 +255,7 @@ func readIndex(root, namespace, pod string) (dir, group string, ok bool, err err
 		return "", "", false, fmt.Errorf("pool: where is pod %s: %w", pod, err)
 	}
 	dir, group, found := strings.Cut(string(data), " ")
-	if !found || checkName(dir) != nil {
+	if !found || checkName("pool", dir) != nil {
 		return "", "", false, fmt.Errorf("pool: where is pod %s: %q: %w", pod, data, errMalformed)
 	}
 	return dir, group, true, nil
@@ -268,15 +268,17 @@ var errMalformed = errors.New("malformed pool index")
 // shim's death) need not know the handler's options. Leaving twice, or a
 // Pod never admitted, is no error.
 func Leave(root, namespace, pod string) error {
-	if err := checkName(pod); err != nil {
+	if err := checkName("pod id", pod); err != nil {
 		return err
 	}
 	dir, _, ok, err := readIndex(root, namespace, pod)
 	if err != nil || !ok {
 		return err
 	}
-	p := &Pool{root: root, ns: namespace, dir: filepath.Join(root, dir)}
-	p.key = strings.TrimPrefix(dir, namespace+"-")
+	p, err := OpenDir(filepath.Join(root, dir))
+	if err != nil {
+		return err
+	}
 	release, err := p.lock()
 	if err != nil {
 		return err
@@ -325,11 +327,12 @@ func (p *Pool) ExitIfEmpty(group string, done func() error) (bool, error) {
 	return true, nil
 }
 
-// checkName refuses a Pod id that is no plain file name (containerd's ids
-// are [A-Za-z0-9_.-]; a path here would escape the pool's directory).
-func checkName(pod string) error {
-	if pod == "" || pod == "." || pod == ".." || strings.ContainsAny(pod, "/\x00") {
-		return fmt.Errorf("pod id %q: not a file name", pod)
+// checkName refuses a Pod id or namespace that is no plain file name
+// (containerd's are [A-Za-z0-9_.-]; a path here would escape the pool's
+// directory).
+func checkName(what, name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("%s %q: not a file name", what, name)
 	}
 	return nil
 }
