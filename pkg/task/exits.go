@@ -7,9 +7,13 @@ import (
 	"syscall"
 	"time"
 
+	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/metrics"
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 )
 
@@ -280,5 +284,68 @@ func (t *exitTracker) deleted(c *container) {
 	if ch, ok := t.execCountSubscribers[c]; ok {
 		close(ch)
 		delete(t.execCountSubscribers, c)
+	}
+}
+
+// HandleExit is fed every exit the reaper reports.
+func (s *Service) HandleExit(e runtime.Exit) { s.exits.HandleExit(e) }
+
+func (s *Service) publishOOM(id string) {
+	s.publish(&eventstypes.TaskOOM{ContainerID: id})
+	if c, err := s.lookup(id, true); err == nil {
+		c.oomKilled.Store(true)
+		s.metrics.OOM(c.labels)
+	}
+}
+
+// processExited records an exit and publishes TaskExit (TaskOOM first when
+// the cgroup saw an OOM kill the watcher has not reported yet). TaskExit is
+// queued before the process is marked stopped, so nothing that waits for
+// the exit (Wait, Delete and its TaskDelete) can get ahead of it.
+func (s *Service) processExited(e runtime.Exit, c *container, p *process) {
+	if st := p.current(); st == stateStopped || st == stateDeleted {
+		return // already recorded (a runtime reported it too)
+	}
+	if p.isInit() {
+		// In a cgroup shared with other tasks (a gVisor pod), a kill is only
+		// reported for an init that died of SIGKILL (cgroup.OOMWatcher).
+		s.oom.CheckExit(c.id, e.Status == 128+int(syscall.SIGKILL))
+		if err := c.bundle.WriteExit(bundle.Exit{Pid: e.Pid, Status: e.Status, Timestamp: e.Timestamp}); err != nil {
+			log.G(s.ctx).WithError(err).WithField("id", c.id).Warn("record exit status in bundle")
+		}
+	}
+	p.mu.Lock()
+	if p.state == stateStopped || p.state == stateDeleted {
+		p.mu.Unlock()
+		return
+	}
+	// Queued under the process lock: two reports of one exit cannot both
+	// publish. The queue's lock is a leaf.
+	s.publish(&eventstypes.TaskExit{
+		ContainerID: c.id,
+		ID:          p.name(),
+		Pid:         uint32(e.Pid),
+		ExitStatus:  uint32(e.Status),
+		ExitedAt:    protobuf.ToTimestamp(e.Timestamp),
+	})
+	p.setExitedLocked(e.Status, e.Timestamp)
+	pio := p.io
+	p.mu.Unlock()
+
+	reason := metrics.ExitReasonOf(uint32(e.Status), c.oomKilled.Load())
+	if p.isInit() {
+		ran := time.Duration(-1)
+		if started := c.startedAt.Load(); started != nil {
+			ran = e.Timestamp.Sub(*started)
+		}
+		s.metrics.TaskExited(c.labels, c.ident, reason, ran)
+	} else {
+		s.metrics.ExecExited(c.labels, reason)
+	}
+	if pio != nil {
+		pio.Exited(s.platform)
+	}
+	if !p.isInit() {
+		s.exits.execDone(c)
 	}
 }
