@@ -83,7 +83,12 @@ func testBundle(t *testing.T, busybox string, args ...string) (bundle.Bundle, *s
 			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
 		},
 		Linux: &specs.Linux{
-			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}},
+			// A cgroup of its own: with no path, libcontainer names it
+			// after the container id, which other packages' tests, run
+			// at the same time, may use too (CI found "execfail" shared
+			// with the runsc backend's test).
+			CgroupsPath: fmt.Sprintf("/custom-shim-unit-%d-%s", os.Getpid(), filepath.Base(dir)),
+			Namespaces:  []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}},
 		},
 	}
 	data, _ = json.Marshal(spec)

@@ -65,7 +65,7 @@ func TestFailedExecLeavesNoProcess(t *testing.T) {
 	be, err := newBackend(*cfg, "test", b, spec, "")
 	check(t, err)
 	ctx := context.Background()
-	const id = "execfail"
+	const id = "runsc-execfail"
 	// The sandbox inherits the stdio runsc create gets: files, not pipes
 	// whose reader would wait for the sandbox.
 	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
