@@ -100,10 +100,11 @@ func (i *Installer) Install(ctx context.Context) error {
 	if err := i.Check(ctx); err != nil {
 		return fmt.Errorf("containerd-shim-custom-v2 check on the host: %w", err)
 	}
-	if err := i.Node.SetLabel(ctx, LabelKey, i.Version); err != nil {
+	yes, v := "true", i.Version
+	if err := i.Node.SetLabels(ctx, map[string]*string{LabelKey: &yes, VersionKey: &v}); err != nil {
 		return err
 	}
-	i.Logf("node %s labelled %s=%s (containerd %s, handlers %s)", i.Node.Name, LabelKey, i.Version, version, strings.Join(d.Handlers, ", "))
+	i.Logf("node %s labelled %s=true, %s=%s (containerd %s, handlers %s)", i.Node.Name, LabelKey, VersionKey, i.Version, version, strings.Join(d.Handlers, ", "))
 	return nil
 }
 
@@ -114,10 +115,10 @@ func (i *Installer) Install(ctx context.Context) error {
 // Pods of its RuntimeClasses first; a shim that dies later needs the
 // binary for containerd's cleanup).
 func (i *Installer) Uninstall(ctx context.Context) error {
-	if err := i.Node.RemoveLabel(ctx, LabelKey); err != nil {
+	if err := i.Node.SetLabels(ctx, map[string]*string{LabelKey: nil, VersionKey: nil}); err != nil {
 		return err
 	}
-	i.Logf("node %s: label %s removed", i.Node.Name, LabelKey)
+	i.Logf("node %s: labels %s, %s removed", i.Node.Name, LabelKey, VersionKey)
 	reload := false
 	for _, p := range []string{i.DropInPath, i.DefaultsPath} {
 		data, err := os.ReadFile(i.host(p))

@@ -69,10 +69,14 @@ func newInstaller(t *testing.T, rec *recorder, restart bool) *Installer {
 			} `json:"metadata"`
 		}
 		_ = json.Unmarshal(data, &patch)
-		if v := patch.Metadata.Labels[LabelKey]; v != nil {
-			rec.add("label=" + *v)
-		} else {
+		l := patch.Metadata.Labels
+		switch {
+		case l[LabelKey] != nil && *l[LabelKey] == "true" && l[VersionKey] != nil:
+			rec.add("label=" + *l[VersionKey])
+		case l[LabelKey] == nil && l[VersionKey] == nil && len(l) == 2:
 			rec.add("unlabel")
+		default:
+			rec.add("bad-patch")
 		}
 	}))
 	t.Cleanup(api.Close)

@@ -17,9 +17,13 @@ import (
 	"time"
 )
 
-// LabelKey is the label a node carries once the runtime works on it; its
-// value is the installed version. RuntimeClasses select on it.
-const LabelKey = "runtime.custom-runtime.io/installed"
+// LabelKey is the label a node carries, "true", once the runtime works on
+// it: RuntimeClasses select on it, whatever the version (a rolling upgrade
+// leaves nodes schedulable). VersionKey says which version is installed.
+const (
+	LabelKey   = "runtime.custom-runtime.io/installed"
+	VersionKey = "runtime.custom-runtime.io/version"
+)
 
 // Node patches one Node's labels through the Kubernetes API, with the
 // installer Pod's ServiceAccount (RBAC: patch on nodes; the chart's
@@ -62,20 +66,10 @@ func InCluster(name string) (*Node, error) {
 	}, nil
 }
 
-// SetLabel sets the label key to value on the node.
-func (n *Node) SetLabel(ctx context.Context, key, value string) error {
-	return n.patchLabel(ctx, key, value)
-}
-
-// RemoveLabel removes the label key from the node; a label that is not
-// there is no error.
-func (n *Node) RemoveLabel(ctx context.Context, key string) error {
-	return n.patchLabel(ctx, key, nil)
-}
-
-// patchLabel sends a JSON merge patch of the node's labels (null removes).
-func (n *Node) patchLabel(ctx context.Context, key string, value any) error {
-	body, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]any{key: value}}})
+// SetLabels sets the node's labels in one patch: a nil value removes its
+// key (a label that is not there is no error).
+func (n *Node) SetLabels(ctx context.Context, labels map[string]*string) error {
+	body, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
 	if err != nil {
 		return err
 	}

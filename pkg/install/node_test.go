@@ -27,10 +27,11 @@ func TestNodeLabelPatches(t *testing.T) {
 	}))
 	defer srv.Close()
 	n := &Node{Name: "node-1", API: srv.URL, Token: func() (string, error) { return "tok", nil }, Client: srv.Client()}
-	if err := n.SetLabel(context.Background(), LabelKey, "v1.2.3"); err != nil {
+	v := "v1.2.3"
+	if err := n.SetLabels(context.Background(), map[string]*string{LabelKey: &v}); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.RemoveLabel(context.Background(), LabelKey); err != nil {
+	if err := n.SetLabels(context.Background(), map[string]*string{LabelKey: nil}); err != nil {
 		t.Fatal(err)
 	}
 	labels := func(i int) map[string]any { return got[i]["metadata"].(map[string]any)["labels"].(map[string]any) }
@@ -49,7 +50,8 @@ func TestNodeLabelSaysWhyRefused(t *testing.T) {
 	}))
 	defer srv.Close()
 	n := &Node{Name: "node-2", API: srv.URL, Token: func() (string, error) { return "tok", nil }, Client: srv.Client()}
-	err := n.SetLabel(context.Background(), LabelKey, "v1")
+	v := "v1"
+	err := n.SetLabels(context.Background(), map[string]*string{LabelKey: &v})
 	if err == nil || !strings.Contains(err.Error(), "only its own node") || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("refused patch: %v", err)
 	}
