@@ -13,7 +13,7 @@ AGG_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 CONTAINERD_VERSIONS ?= 2.4.2 2.2.9 1.7.36
 export CONTAINERD_VERSIONS
 
-.PHONY: all build deps test test-cgroup2 test-systemd lint unit integration stress fuzz demo bench soak peer e2e-k8s install clean help
+.PHONY: all build image deps test test-cgroup2 test-systemd lint unit integration stress fuzz demo bench soak peer e2e-k8s install clean help
 
 all: build
 
@@ -28,6 +28,10 @@ build: ## build the shim (static: CGO, libseccomp), the node metrics aggregator 
 	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(BUILDTAGS)" -ldflags "$(LDFLAGS) -extldflags -static" -o $(BIN) ./cmd/containerd-shim-custom-v2
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(AGG_LDFLAGS)" -o $(AGG) ./cmd/containerd-shim-custom-metrics
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(INST) ./cmd/containerd-shim-custom-install
+
+IMAGE ?= ghcr.io/custom-runtime/containerd-shim-custom-v2
+image: build ## the installer image as an OCI archive (_output/image/image.tar and layout/), tagged $(IMAGE):$(VERSION); no container engine
+	$(GO) run ./integration/cmd/mkimage -tag $(IMAGE):$(VERSION) -out _output/image -contrib contrib -arch amd64=bin,/bin/busybox
 
 deps: ## install what the tests need (apt packages, containerd builds cached in .tools/)
 	bash scripts/deps.sh

@@ -48,6 +48,10 @@ func main() {
 	if len(os.Args) > 1 {
 		action = os.Args[1]
 	}
+	if action == "version" || action == "--version" {
+		fmt.Println(version)
+		return
+	}
 	i, err := fromEnv()
 	if err != nil {
 		log.G(ctx).WithError(err).Fatal("installer settings")
@@ -71,8 +75,6 @@ func main() {
 		if err := i.Uninstall(ctx); err != nil {
 			log.G(ctx).WithError(err).Fatal("uninstall")
 		}
-	case "version", "--version":
-		fmt.Println(version)
 	default:
 		log.G(ctx).Fatalf("unknown action %q: want install, uninstall or version", action)
 	}
