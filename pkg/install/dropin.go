@@ -2,9 +2,12 @@ package install
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/pelletier/go-toml/v2"
 )
 
 // Handlers are those the installer can register (README "Install"; the Helm
@@ -152,4 +155,36 @@ func majorMinor(v string) (int, int, error) {
 		return 0, 0, fmt.Errorf("containerd version %q: want major.minor", v)
 	}
 	return major, minor, nil
+}
+
+// CheckImported tells whether containerd reads the drop-in at dropIn: its
+// configuration file (config, on the host; absent means the built-in
+// default) must import it. containerd 2.x's default imports
+// /etc/containerd/conf.d/*.toml, 1.7's imports nothing. The installer does
+// not edit the operator's main configuration: it says what to add.
+func CheckImported(config []byte, exists bool, dropIn, version string) error {
+	major, _, err := majorMinor(version)
+	if err != nil {
+		return err
+	}
+	var imports []string
+	if !exists {
+		if major >= 2 {
+			imports = []string{"/etc/containerd/conf.d/*.toml"}
+		}
+	} else {
+		var doc struct {
+			Imports []string `toml:"imports"`
+		}
+		if err := toml.Unmarshal(config, &doc); err != nil {
+			return fmt.Errorf("containerd's configuration: %w", err)
+		}
+		imports = doc.Imports
+	}
+	for _, pattern := range imports {
+		if ok, _ := filepath.Match(pattern, dropIn); ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("containerd %s does not read %s: add imports = [%q] to its configuration (/etc/containerd/config.toml)", version, dropIn, filepath.Join(filepath.Dir(dropIn), "*.toml"))
 }

@@ -143,3 +143,28 @@ func TestDropInRefusesUnknown(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckImported(t *testing.T) {
+	const dropIn = "/etc/containerd/conf.d/custom-runtime.toml"
+	for _, c := range []struct {
+		name    string
+		config  string
+		exists  bool
+		version string
+		ok      bool
+	}{
+		{"2.x default", "", false, "2.4.2", true},
+		{"1.7 default imports nothing", "", false, "1.7.36", false},
+		{"a file without imports", "version = 3\n", true, "2.4.2", false},
+		{"a file importing conf.d", "version = 2\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n", true, "1.7.36", true},
+		{"a file importing elsewhere", "version = 3\nimports = [\"/etc/containerd/other/*.toml\"]\n", true, "2.2.9", false},
+	} {
+		err := CheckImported([]byte(c.config), c.exists, dropIn, c.version)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: %v, want ok=%v", c.name, err, c.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "conf.d/*.toml") {
+			t.Errorf("%s: %v does not say what to add", c.name, err)
+		}
+	}
+}

@@ -64,6 +64,13 @@ func (i *Installer) Install(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	config, err := os.ReadFile(i.host("/etc/containerd/config.toml"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("containerd's configuration: %w", err)
+	}
+	if err := CheckImported(config, err == nil, i.DropInPath, version); err != nil {
+		return err
+	}
 	// The binaries first: a restarted containerd may start the handlers'
 	// shims at once.
 	for _, b := range Binaries {
