@@ -15,10 +15,16 @@
 //	HOST_ROOT            the host's / in the Pod (/host)
 //	CONTAINERD_SOCKET    containerd's socket on the host (/run/containerd/containerd.sock)
 //
+//	POD_NAMESPACE, DAEMONSET  the installer's own DaemonSet (uninstall on delete)
+//	SELECTOR             its Pods' label selector ("drain")
+//
 // "install" (the default) installs, retrying every 30 s until the node is
-// labelled, then waits for SIGTERM and leaves everything in place (a
-// rolling upgrade replaces the Pod). "uninstall" removes the label, the
-// drop-in and the binaries once.
+// labelled, then waits for SIGTERM: if its DaemonSet is still there, this
+// is a rolling upgrade replacing the Pod and everything stays; if the
+// DaemonSet is gone or being deleted, it uninstalls from the node.
+// "uninstall" removes the labels, the drop-in and the binaries once.
+// "drain" (the chart's pre-delete hook) deletes the DaemonSet in the
+// foreground and waits until its Pods have uninstalled.
 package main
 
 import (
@@ -52,9 +58,26 @@ func main() {
 		fmt.Println(version)
 		return
 	}
-	i, err := fromEnv()
+	if err := run(ctx, action); err != nil {
+		log.G(ctx).WithError(err).Fatal(action)
+	}
+}
+
+func run(ctx context.Context, action string) error {
+	api, err := install.InCluster()
 	if err != nil {
-		log.G(ctx).WithError(err).Fatal("installer settings")
+		return err
+	}
+	self := install.DaemonSet{API: api, Namespace: os.Getenv("POD_NAMESPACE"), Name: os.Getenv("DAEMONSET")}
+	if action == "drain" {
+		if self.Namespace == "" || self.Name == "" || os.Getenv("SELECTOR") == "" {
+			return errors.New("POD_NAMESPACE, DAEMONSET and SELECTOR must be set")
+		}
+		return self.Drain(ctx, os.Getenv("SELECTOR"), 5*time.Minute)
+	}
+	i, err := fromEnv(api)
+	if err != nil {
+		return fmt.Errorf("installer settings: %w", err)
 	}
 	switch action {
 	case "install":
@@ -66,21 +89,30 @@ func main() {
 			log.G(ctx).WithError(err).Error("install; retrying in 30s")
 			select {
 			case <-ctx.Done():
-				return
+				return nil
 			case <-time.After(30 * time.Second):
 			}
 		}
 		<-ctx.Done()
-	case "uninstall":
-		if err := i.Uninstall(ctx); err != nil {
-			log.G(ctx).WithError(err).Fatal("uninstall")
+		// SIGTERM: an upgrade, or the DaemonSet's deletion?
+		bg, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+		defer cancel()
+		if self.Name == "" {
+			return nil
 		}
+		going, err := self.Going(bg)
+		if err != nil || !going {
+			return err
+		}
+		return i.Uninstall(bg)
+	case "uninstall":
+		return i.Uninstall(ctx)
 	default:
-		log.G(ctx).Fatalf("unknown action %q: want install, uninstall or version", action)
+		return fmt.Errorf("unknown action %q: want install, uninstall, drain or version", action)
 	}
 }
 
-func fromEnv() (*install.Installer, error) {
+func fromEnv(api *install.API) (*install.Installer, error) {
 	env := func(k, def string) string {
 		if v := os.Getenv(k); v != "" {
 			return v
@@ -91,10 +123,7 @@ func fromEnv() (*install.Installer, error) {
 	if nodeName == "" {
 		return nil, errors.New("NODE_NAME is unset (the DaemonSet sets it from spec.nodeName)")
 	}
-	node, err := install.InCluster(nodeName)
-	if err != nil {
-		return nil, err
-	}
+	node := &install.Node{Name: nodeName, API: api}
 	host := env("HOST_ROOT", "/host")
 	i := &install.Installer{
 		Host:         host,

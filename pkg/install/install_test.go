@@ -89,7 +89,7 @@ func newInstaller(t *testing.T, rec *recorder, restart bool) *Installer {
 		DropIn:       DropIn{Handlers: []string{"custom-runc", "custom-runc-sb"}, SystemdCgroup: true},
 		Containerd:   Containerd{Socket: versiontest.Serve(t, "v2.4.2")},
 		Check:        func(context.Context) error { rec.add("check"); return nil },
-		Node:         &Node{Name: "node-1", API: api.URL, Token: func() (string, error) { return "t", nil }, Client: api.Client()},
+		Node:         &Node{Name: "node-1", API: &API{URL: api.URL, Token: func() (string, error) { return "t", nil }, HTTP: api.Client()}},
 		Version:      "v1",
 		Wait:         10 * time.Second,
 		Logf:         t.Logf,

@@ -26,7 +26,7 @@ func TestNodeLabelPatches(t *testing.T) {
 		_, _ = w.Write([]byte(`{"kind":"Node"}`))
 	}))
 	defer srv.Close()
-	n := &Node{Name: "node-1", API: srv.URL, Token: func() (string, error) { return "tok", nil }, Client: srv.Client()}
+	n := &Node{Name: "node-1", API: &API{URL: srv.URL, Token: func() (string, error) { return "tok", nil }, HTTP: srv.Client()}}
 	v := "v1.2.3"
 	if err := n.SetLabels(context.Background(), map[string]*string{LabelKey: &v}); err != nil {
 		t.Fatal(err)
@@ -49,7 +49,7 @@ func TestNodeLabelSaysWhyRefused(t *testing.T) {
 		_, _ = w.Write([]byte(`{"kind":"Status","status":"Failure","message":"nodes \"node-2\" is forbidden: only its own node","reason":"Forbidden","code":403}`))
 	}))
 	defer srv.Close()
-	n := &Node{Name: "node-2", API: srv.URL, Token: func() (string, error) { return "tok", nil }, Client: srv.Client()}
+	n := &Node{Name: "node-2", API: &API{URL: srv.URL, Token: func() (string, error) { return "tok", nil }, HTTP: srv.Client()}}
 	v := "v1"
 	err := n.SetLabels(context.Background(), map[string]*string{LabelKey: &v})
 	if err == nil || !strings.Contains(err.Error(), "only its own node") || !strings.Contains(err.Error(), "403") {
