@@ -38,8 +38,9 @@ deps: ## install what the tests need (apt packages, containerd builds cached in 
 
 test: deps build lint unit fuzz integration ## everything CI runs: lint, vet, unit tests (-race), integration suite (root)
 
-lint: ## golangci-lint (.golangci.yml); the first run builds it into .tools/bin
+lint: ## golangci-lint (.golangci.yml) and helm lint of the chart; the first run builds both into .tools/bin
 	bash scripts/lint.sh
+	bash scripts/helm-lint.sh
 
 unit: ## go vet, gofmt check and unit tests with the race detector
 	$(GO) vet ./...

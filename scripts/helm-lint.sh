@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# helm-lint.sh - Helm's own linter over contrib/helm/containerd-shim-custom-v2,
+# with the default values and with every option on (all handlers, the
+# aggregator and its PodMonitor), and a render of both (`helm template`).
+#
+# helm is built from the Go module proxy into .tools/bin the first time (a
+# few minutes) and again only when HELM_VERSION changes (stamped in
+# .tools/bin/.helm-version, as lint.sh does for golangci-lint).
+# env: HELM_VERSION (default v4.3.2), TOOLS_DIR (default <repo>/.tools)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tools=${TOOLS_DIR:-$root/.tools}
+version=${HELM_VERSION:-v4.3.2}
+helm=$tools/bin/helm
+chart=$root/contrib/helm/containerd-shim-custom-v2
+
+log() { printf 'helm-lint.sh: %s\n' "$*" >&2; }
+
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+  PATH=/usr/local/go/bin:$PATH
+fi
+if [ "$(cat "$tools/bin/.helm-version" 2>/dev/null)" != "$version" ] || [ ! -x "$helm" ]; then
+  log "building helm $version into $tools/bin (takes a few minutes)"
+  mkdir -p "$tools/bin"
+  GOFLAGS=-mod=mod GOBIN=$tools/bin go install "helm.sh/helm/v4/cmd/helm@$version"
+  echo "$version" > "$tools/bin/.helm-version"
+fi
+
+all=(--set 'handlers={custom-runc,custom-runsc,custom-runc-sb,custom-runsc-sb}'
+     --set aggregator.enabled=true --set aggregator.podMonitor.enabled=true)
+"$helm" lint --strict "$chart"
+"$helm" lint --strict "$chart" "${all[@]}"
+"$helm" template check "$chart" -n kube-system > /dev/null
+"$helm" template check "$chart" -n kube-system "${all[@]}" > /dev/null
+log "chart ok (helm $version)"
