@@ -8,12 +8,17 @@
 //	SYSTEMD_CGROUP       "true" for kubelet's systemd cgroup driver
 //	RUNSC                runsc's path on the host ("" = on containerd's PATH)
 //	RESTRICT_OOM_SCORE_ADJ "true" on hosts that deny lowering oom_score_adj
-//	RESTART_CONTAINERD   "if-changed" (restart through nsenter into PID 1's
-//	                     namespaces: systemctl restart containerd; needs hostPID)
-//	                     or "never" (the node stays unlabelled until an
-//	                     operator restarts containerd)
+//	RESTART_CONTAINERD   "if-changed" (run RESTART_COMMAND when the drop-in
+//	                     changed) or "never" (the node stays unlabelled until
+//	                     an operator restarts containerd)
+//	RESTART_COMMAND      the restart, split on spaces ("nsenter -t 1 -m -u -i -n -p --
+//	                     systemctl restart containerd": PID 1's namespaces; needs hostPID)
 //	HOST_ROOT            the host's / in the Pod (/host)
 //	CONTAINERD_SOCKET    containerd's socket on the host (/run/containerd/containerd.sock)
+//	CONTAINERD_CONFIG    its configuration on the host (/etc/containerd/config.toml);
+//	                     the drop-in goes to conf.d/ beside it
+//	PREFIX               where the host gets the binaries (/usr/local/bin): a
+//	                     directory on containerd's PATH
 //
 //	POD_NAMESPACE, DAEMONSET  the installer's own DaemonSet (uninstall on delete)
 //	SELECTOR             its Pods' label selector ("drain")
@@ -125,12 +130,20 @@ func fromEnv(api *install.API) (*install.Installer, error) {
 	}
 	node := &install.Node{Name: nodeName, API: api}
 	host := env("HOST_ROOT", "/host")
+	prefix := env("PREFIX", "/usr/local/bin")
+	config := env("CONTAINERD_CONFIG", "/etc/containerd/config.toml")
+	if !filepath.IsAbs(prefix) || !filepath.IsAbs(config) {
+		return nil, fmt.Errorf("PREFIX %q and CONTAINERD_CONFIG %q: want absolute paths on the host", prefix, config)
+	}
 	i := &install.Installer{
-		Host:         host,
-		Source:       filepath.Dir(mustExecutable()),
-		Prefix:       "/usr/local/bin",
-		DropInPath:   "/etc/containerd/conf.d/custom-runtime.toml",
-		DefaultsPath: "/etc/containerd/custom-shim.toml",
+		Host:       host,
+		Source:     filepath.Dir(mustExecutable()),
+		Prefix:     prefix,
+		ConfigPath: config,
+		// The drop-in directory containerd 2.x imports by default, next
+		// to the configuration it is given.
+		DropInPath:   filepath.Join(filepath.Dir(config), "conf.d", "custom-runtime.toml"),
+		DefaultsPath: "/etc/containerd/custom-shim.toml", // where the shim reads it (oci.DefaultConfigPath)
 		DropIn: install.DropIn{
 			Handlers:            strings.Split(env("HANDLERS", "custom-runc,custom-runsc"), ","),
 			SystemdCgroup:       os.Getenv("SYSTEMD_CGROUP") == "true",
@@ -139,7 +152,7 @@ func fromEnv(api *install.API) (*install.Installer, error) {
 		},
 		Containerd: install.Containerd{Socket: filepath.Join(host, env("CONTAINERD_SOCKET", "/run/containerd/containerd.sock"))},
 		Check: func(ctx context.Context) error {
-			out, err := exec.CommandContext(ctx, "chroot", host, "/usr/local/bin/containerd-shim-custom-v2", "check").CombinedOutput()
+			out, err := exec.CommandContext(ctx, "chroot", host, filepath.Join(prefix, "containerd-shim-custom-v2"), "check").CombinedOutput()
 			if err != nil {
 				return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
 			}
@@ -152,7 +165,9 @@ func fromEnv(api *install.API) (*install.Installer, error) {
 	}
 	switch p := env("RESTART_CONTAINERD", "never"); p {
 	case "if-changed":
-		i.Containerd.Restart = []string{"nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--", "systemctl", "restart", "containerd"}
+		// systemd's, run in the host's namespaces (the Pod has hostPID);
+		// another service manager or a k3s agent sets its own.
+		i.Containerd.Restart = strings.Fields(env("RESTART_COMMAND", "nsenter -t 1 -m -u -i -n -p -- systemctl restart containerd"))
 	case "never":
 	default:
 		return nil, fmt.Errorf("RESTART_CONTAINERD %q: want if-changed or never", p)

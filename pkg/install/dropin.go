@@ -162,14 +162,16 @@ func majorMinor(v string) (int, int, error) {
 // default) must import it. containerd 2.x's default imports
 // /etc/containerd/conf.d/*.toml, 1.7's imports nothing. The installer does
 // not edit the operator's main configuration: it says what to add.
-func CheckImported(config []byte, exists bool, dropIn, version string) error {
+func CheckImported(config []byte, exists bool, configPath, dropIn, version string) error {
 	major, _, err := majorMinor(version)
 	if err != nil {
 		return err
 	}
 	var imports []string
 	if !exists {
-		if major >= 2 {
+		// The built-in default applies only where containerd looks by
+		// default; elsewhere containerd was started with --config.
+		if major >= 2 && configPath == "/etc/containerd/config.toml" {
 			imports = []string{"/etc/containerd/conf.d/*.toml"}
 		}
 	} else {
@@ -186,5 +188,5 @@ func CheckImported(config []byte, exists bool, dropIn, version string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("containerd %s does not read %s: add imports = [%q] to its configuration (/etc/containerd/config.toml)", version, dropIn, filepath.Join(filepath.Dir(dropIn), "*.toml"))
+	return fmt.Errorf("containerd %s does not read %s: add imports = [%q] to its configuration (%s)", version, dropIn, filepath.Join(filepath.Dir(dropIn), "*.toml"), configPath)
 }

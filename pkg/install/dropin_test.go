@@ -159,7 +159,7 @@ func TestCheckImported(t *testing.T) {
 		{"a file importing conf.d", "version = 2\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n", true, "1.7.36", true},
 		{"a file importing elsewhere", "version = 3\nimports = [\"/etc/containerd/other/*.toml\"]\n", true, "2.2.9", false},
 	} {
-		err := CheckImported([]byte(c.config), c.exists, dropIn, c.version)
+		err := CheckImported([]byte(c.config), c.exists, "/etc/containerd/config.toml", dropIn, c.version)
 		if (err == nil) != c.ok {
 			t.Errorf("%s: %v, want ok=%v", c.name, err, c.ok)
 		}

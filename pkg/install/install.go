@@ -28,6 +28,7 @@ type Installer struct {
 	Host         string // the host's root in the installer's Pod ("/host")
 	Source       string // the image's binaries
 	Prefix       string // where the host gets them ("/usr/local/bin")
+	ConfigPath   string // containerd's configuration on the host ("/etc/containerd/config.toml")
 	DropInPath   string // containerd's drop-in on the host ("/etc/containerd/conf.d/custom-runtime.toml")
 	DefaultsPath string // the shim's defaults file on the host ("/etc/containerd/custom-shim.toml")
 	DropIn       DropIn // its Version is the running containerd's
@@ -64,11 +65,11 @@ func (i *Installer) Install(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	config, err := os.ReadFile(i.host("/etc/containerd/config.toml"))
+	config, err := os.ReadFile(i.host(i.ConfigPath))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("containerd's configuration: %w", err)
 	}
-	if err := CheckImported(config, err == nil, i.DropInPath, version); err != nil {
+	if err := CheckImported(config, err == nil, i.ConfigPath, i.DropInPath, version); err != nil {
 		return err
 	}
 	// The binaries first: a restarted containerd may start the handlers'

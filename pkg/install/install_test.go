@@ -84,6 +84,7 @@ func newInstaller(t *testing.T, rec *recorder, restart bool) *Installer {
 		Host:         t.TempDir(),
 		Source:       src,
 		Prefix:       "/usr/local/bin",
+		ConfigPath:   "/etc/containerd/config.toml",
 		DropInPath:   "/etc/containerd/conf.d/custom-runtime.toml",
 		DefaultsPath: "/etc/containerd/custom-shim.toml",
 		DropIn:       DropIn{Handlers: []string{"custom-runc", "custom-runc-sb"}, SystemdCgroup: true},

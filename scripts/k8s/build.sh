@@ -67,7 +67,10 @@ mkdir -p "$bin" "$k8s_tools/images"
 log "Kubernetes $ver -> $bin"
 
 # ---- Kubernetes binaries --------------------------------------------------------------
-has_k8s() { local b; for b in kube-apiserver kubelet kubectl; do [ -x "$bin/$b" ] || return 1; done; }
+# the scheduler and the controller manager for the two-node cluster test
+# (DaemonSets, Jobs, the scheduler's placement and its Pending reasons)
+k8s_bins=(kube-apiserver kubelet kubectl kube-scheduler kube-controller-manager)
+has_k8s() { local b; for b in "${k8s_bins[@]}"; do [ -x "$bin/$b" ] || return 1; done; }
 build_k8s() {
   local t0 work gomod n ldf
   t0=$(now)
@@ -89,7 +92,7 @@ build_k8s() {
       while read -r m; do echo "	$m => $m v0.$n"; done
     echo ")"
   } > "$work/go.mod"
-  log "building kube-apiserver, kubelet, kubectl $ver (throw-away module $work)"
+  log "building ${k8s_bins[*]} $ver (throw-away module $work)"
   # kubelet, apiserver and kubectl report this version (Node.status.nodeInfo.kubeletVersion...)
   ldf="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -97,13 +100,13 @@ build_k8s() {
     ldf="$ldf -X $p.gitTreeState=clean -X $p.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   done
   (cd "$work" && go build -trimpath -ldflags "$ldf" -o "$work/out/" \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl) ||
+      "${k8s_bins[@]/#/k8s.io/kubernetes/cmd/}") ||
     die "Kubernetes build failed"
-  for b in kube-apiserver kubelet kubectl; do mv -f "$work/out/$b" "$bin/$b"; done
+  for b in "${k8s_bins[@]}"; do mv -f "$work/out/$b" "$bin/$b"; done
   rm -rf "$work"
   log "Kubernetes binaries built in $(since "$t0")s"
 }
-if has_k8s; then log "kube-apiserver, kubelet, kubectl: cached"; else build_k8s; fi
+if has_k8s; then log "${k8s_bins[*]}: cached"; else build_k8s; fi
 
 # ---- etcd -------------------------------------------------------------------------------
 build_etcd() {
