@@ -13,7 +13,7 @@ AGG_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 CONTAINERD_VERSIONS ?= 2.4.2 2.2.9 1.7.36
 export CONTAINERD_VERSIONS
 
-.PHONY: all build image deps test test-cgroup2 test-systemd lint unit integration stress fuzz demo bench soak peer e2e-k8s install clean help
+.PHONY: all build arm64 image deps test unit-arm64 test-cgroup2 test-systemd lint unit integration stress fuzz demo bench soak peer e2e-k8s install clean help
 
 all: build
 
@@ -29,14 +29,22 @@ build: ## build the shim (static: CGO, libseccomp), the node metrics aggregator 
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(AGG_LDFLAGS)" -o $(AGG) ./cmd/containerd-shim-custom-metrics
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(INST) ./cmd/containerd-shim-custom-install
 
+arm64: ## cross-build the three binaries for linux/arm64 into bin/arm64 (Debian's aarch64 toolchain and libseccomp:arm64; installs them first)
+	bash scripts/arm64.sh deps
+	VERSION=$(VERSION) REVISION=$(REVISION) BUILDTAGS="$(BUILDTAGS)" bash scripts/arm64.sh build bin/arm64
+
 IMAGE ?= ghcr.io/custom-runtime/containerd-shim-custom-v2
-image: build ## the installer image as an OCI archive (_output/image/image.tar and layout/), tagged $(IMAGE):$(VERSION); no container engine
-	$(GO) run ./integration/cmd/mkimage -tag $(IMAGE):$(VERSION) -out _output/image -contrib contrib -arch amd64=bin,/bin/busybox
+comma := ,
+# ARCHES=amd64 for an image without the arm64 cross build
+ARCHES ?= amd64 arm64
+image: build $(filter arm64,$(ARCHES)) ## the installer image as an OCI archive (_output/image/image.tar and layout/), an index of $(ARCHES), tagged $(IMAGE):$(VERSION); no container engine
+	$(GO) run ./integration/cmd/mkimage -tag $(IMAGE):$(VERSION) -out _output/image -contrib contrib -arch amd64=bin,/bin/busybox \
+	  $(if $(filter arm64,$(ARCHES)),-arch arm64=bin/arm64$(comma)bin/arm64/busybox)
 
 deps: ## install what the tests need (apt packages, containerd builds cached in .tools/)
 	bash scripts/deps.sh
 
-test: deps build lint unit fuzz integration ## everything CI runs: lint, vet, unit tests (-race), integration suite (root)
+test: deps build lint unit unit-arm64 fuzz integration ## everything CI runs: lint, vet, unit tests (-race; arm64 under qemu-user), integration suite (root)
 
 lint: ## golangci-lint (.golangci.yml) and helm lint of the chart; the first run builds both into .tools/bin
 	bash scripts/lint.sh
@@ -46,6 +54,10 @@ unit: ## go vet, gofmt check and unit tests with the race detector
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) test -race -count=1 ./pkg/...
+
+unit-arm64: ## the pure-logic unit tests built for arm64 and run under qemu-user (scripts/arm64.sh)
+	bash scripts/arm64.sh deps
+	bash scripts/arm64.sh unit
 
 integration: build ## integration suite against real containerd + runc (root; run `make deps` first)
 	@mkdir -p _output
@@ -90,7 +102,7 @@ peer: deps build ## peer suites offline: containerd's client suite, critest, cri
 	bash scripts/peer/run-all.sh
 	bash scripts/peer/gate.sh
 
-e2e-k8s: deps build ## single-node Kubernetes 1.34 on loopback: Pods on RuntimeClasses custom-runc and custom-runsc through this shim (root; the first run builds Kubernetes into .tools/k8s, ~10 min)
+e2e-k8s: deps build image ## Kubernetes 1.34 on loopback: Pods on every RuntimeClass of this shim on one node, then the chart on a two-node cluster (install, scheduling, upgrade and rollback from a git-history build, uninstall) (root; the first run builds Kubernetes into .tools/k8s, ~10 min)
 	bash scripts/k8s/e2e.sh
 
 install: build ## install the shim and the metrics aggregator into $(PREFIX)/bin (containerd finds the shim on its PATH)

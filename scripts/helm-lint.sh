@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # helm-lint.sh - Helm's own linter over contrib/helm/containerd-shim-custom-v2,
 # with the default values and with every option on (all handlers, the
-# aggregator and its PodMonitor), and a render of both (`helm template`).
+# aggregator and its PodMonitor), a render of both (`helm template`), and a
+# check that the plain YAML in contrib/k8s is what the chart renders.
+#
+#   helm-lint.sh            lint, render, fail if contrib/k8s/*.yaml is stale
+#   helm-lint.sh --update   write contrib/k8s/*.yaml from the chart
 #
 # helm is built from the Go module proxy into .tools/bin the first time (a
 # few minutes) and again only when HELM_VERSION changes (stamped in
@@ -33,4 +37,28 @@ all=(--set 'handlers={custom-runc,custom-runsc,custom-runc-sb,custom-runsc-sb}'
 "$helm" lint --strict "$chart" "${all[@]}"
 "$helm" template check "$chart" -n kube-system > /dev/null
 "$helm" template check "$chart" -n kube-system "${all[@]}" > /dev/null
+
+# contrib/k8s: the chart rendered for kubectl apply (no helm hooks: the
+# pre-delete drain would run at once)
+render() { # render ARGS...: a file's content
+  printf '# Generated from contrib/helm/containerd-shim-custom-v2 by scripts/helm-lint.sh --update:\n'
+  printf '# do not edit. helm template containerd-shim-custom-v2 -n kube-system --no-hooks %s\n' "$*"
+  "$helm" template containerd-shim-custom-v2 "$chart" -n kube-system --no-hooks "$@"
+}
+stale=0
+while IFS='|' read -r file args; do
+  read -r -a a <<< "$args"
+  if [ "${1:-}" = --update ]; then
+    render "${a[@]}" > "$root/contrib/k8s/$file"
+    log "wrote contrib/k8s/$file"
+  elif ! diff -u "$root/contrib/k8s/$file" <(render "${a[@]}") >&2; then
+    log "contrib/k8s/$file is not what the chart renders: scripts/helm-lint.sh --update"
+    stale=1
+  fi
+done <<'EOF'
+containerd-shim-custom-v2.yaml|
+runtimeclass.yaml|--show-only templates/runtimeclasses.yaml --set handlers={custom-runc,custom-runsc,custom-runc-sb,custom-runsc-sb}
+aggregator.yaml|--show-only templates/aggregator.yaml --set aggregator.enabled=true --set aggregator.podMonitor.enabled=true
+EOF
+[ "$stale" = 0 ] || exit 1
 log "chart ok (helm $version)"

@@ -38,6 +38,27 @@ func start(t *testing.T, args ...string) int {
 	return cmd.Process.Pid
 }
 
+// startHeld starts, like start, a child that cannot exit before exit is
+// called: its stdin is a pipe whose write end exit closes, and the command
+// must read stdin to EOF before it exits.
+func startHeld(t *testing.T, args ...string) (pid int, exit func()) {
+	t.Helper()
+	rd, wr, err := os.Pipe() // close-on-exec: no other child holds it open
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdin = rd
+	err = cmd.Start()
+	rd.Close()
+	if err != nil {
+		wr.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { wr.Close() })
+	return cmd.Process.Pid, func() { wr.Close() }
+}
+
 // waitZombie waits until pid is an exited, unreaped child of this process
 // (waitid with WNOWAIT leaves it so). An orphan becomes our child when its
 // parent exits, so ECHILD is retried until then.
@@ -107,8 +128,18 @@ func TestGateHeldTrackedExitsFlow(t *testing.T) {
 		}
 	}()
 	libcontainers := start(t, "/bin/true") // what libcontainer waits for itself
-	tracked := start(t, "sh", "-c", "exit 7")
+	// The tracked child exits only once tracked: Track collects a child
+	// that has exited already (TestTrackAfterTheChildsSIGCHLD), and then
+	// it is no zombie for waitZombie to wait for; here its exit must come
+	// through the Reap done while the gate is held.
+	tracked, exitTracked := startHeld(t, "sh", "-c", "read x; exit 7")
 	r.Track(tracked)
+	select {
+	case e := <-ec:
+		t.Fatalf("Track delivered an exit before the tracked child exited: %+v", e)
+	default:
+	}
+	exitTracked()
 	// An orphan: sh prints its background child's pid and exits first.
 	out, err := exec.Command("sh", "-c", "sleep 0.05 & echo $!").Output()
 	if err != nil {

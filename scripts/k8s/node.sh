@@ -31,6 +31,17 @@
 #      with sandboxer = 'shim' (no pause container),
 #      CRI_STATS=true (kubelet feature gate PodAndContainerStatsFromCRI: pod stats from
 #      the shim's Stats instead of cAdvisor; give `test` the same value)
+#      Two-node cluster (scripts/k8s/cluster.sh):
+#      CONTROLLERS=1 also runs kube-scheduler and kube-controller-manager (DaemonSets,
+#        Jobs, garbage collection, the scheduler's placement and Pending reasons);
+#      CONTROL_DIR=DIR makes this a second node of the control plane that node.sh
+#        started with K8S_E2E_DIR=DIR: containerd and a kubelet only, its certificates
+#        signed by that node's CA (set CGROUP_ROOT, ports, NODE_NAME, BRIDGE, POD_*);
+#      CGROUP_ROOT  the kubelet's cgroupRoot (default /): Pod cgroups of its own;
+#      HANDLERS_BY=installer: containerd gets no handler of this shim and no shim
+#        binary, but imports $N/etc/conf.d/*.toml, and $N/bin/restart-containerd
+#        restarts it (the chart's installer writes and restarts); no RuntimeClasses,
+#        no aggregator (the chart has them)
 set -euo pipefail
 umask 022
 
@@ -81,11 +92,16 @@ RUNC_POOL_HANDLER=${RUNC_POOL_HANDLER:-custom-runc-pool}
 # the kubelet's clusterDNS (no DNS server runs; ClusterFirst Pods get it in resolv.conf)
 CLUSTER_DNS=${CLUSTER_DNS:-10.96.0.10}
 
+CONTROLLERS=${CONTROLLERS:-0}
+CONTROL_DIR=${CONTROL_DIR:-}
+HANDLERS_BY=${HANDLERS_BY:-node.sh}
+CGROUP_ROOT=${CGROUP_ROOT:-/}
+
 SOCK=$N/containerd/containerd.sock
 PKI=$N/pki
 RUN=$N/run
 LOG=$N/logs
-export KUBECONFIG=$N/etc/admin.kubeconfig
+export KUBECONFIG=${CONTROL_DIR:-$N}/etc/admin.kubeconfig
 # the aggregator's TLS certificate, web config, password and config file
 METRICS_ETC=$N/etc/metrics
 # go builds scripts/k8s/scrape (the in-cluster scrape client) at up
@@ -136,6 +152,20 @@ gen_pki() {
     echo "$want" > .done
   )
 }
+# A second node's kubelet certificates, signed by the control node's CA.
+gen_worker_pki() {
+  local want; want="$NODE_NAME $(sha256sum < "$CONTROL_DIR/pki/ca.crt")"
+  [ -f "$PKI/.done" ] && [ "$(cat "$PKI/.done")" = "$want" ] && return 0
+  rm -rf "$PKI"; mkdir -p "$PKI"; chmod 700 "$PKI"
+  (
+    cd "$PKI"
+    cp "$CONTROL_DIR/pki/ca.crt" "$CONTROL_DIR/pki/ca.key" .
+    sign kubelet-client "system:node:$NODE_NAME" system:nodes clientAuth ""
+    sign kubelet-serving "system:node:$NODE_NAME" system:nodes serverAuth "DNS:$NODE_NAME,DNS:localhost,IP:127.0.0.1"
+    rm -f ca.key ca.srl
+    echo "$want" > .done
+  )
+}
 # The aggregator's server certificate (also for a PKI made before it existed): the
 # name contrib/metrics uses, loopback, and the Pod network's gateway, where Pods
 # reach it.
@@ -162,60 +192,12 @@ EOF
 }
 
 # --------------------------------------------------------------------- configs
-write_configs() {
-  mkdir -p "$N"/{bin,etc,logs,run,containerd,cni/net.d,cni/ipam,kubelet,etcd,pod-logs,volume-plugins,manifests,metrics,runc,runsc}
-  chmod 700 "$N/etcd" "$N/metrics"
-  # a snapshot of the shim (a concurrent `make build` cannot swap it mid-run), replaced
-  # atomically and only when it changed: running shims and the aggregator keep theirs
-  if ! cmp -s "$SHIM_BIN" "$N/bin/containerd-shim-custom-v2"; then
-    install -m 0755 "$SHIM_BIN" "$N/bin/.containerd-shim-custom-v2.new"
-    mv -f "$N/bin/.containerd-shim-custom-v2.new" "$N/bin/containerd-shim-custom-v2"
-  fi
-  if ! cmp -s "$AGG_BIN" "$N/bin/containerd-shim-custom-metrics"; then
-    install -m 0755 "$AGG_BIN" "$N/bin/.containerd-shim-custom-metrics.new"
-    mv -f "$N/bin/.containerd-shim-custom-metrics.new" "$N/bin/containerd-shim-custom-metrics"
-  fi
-  # the in-cluster scrape client (and bcrypt hasher), static for the busybox Pod
-  ( cd "$root" && CGO_ENABLED=0 "$GO" build -trimpath -o "$N/bin/.scrape.new" ./scripts/k8s/scrape ) ||
-    die "cannot build scripts/k8s/scrape"
-  mv -f "$N/bin/.scrape.new" "$N/bin/scrape"
-
+# containerd's tables for this shim's handlers: none when the installer under
+# test (scripts/k8s/cluster.sh) writes them as a drop-in
+custom_handlers() {
+  [ "$HANDLERS_BY" = installer ] && return 0
   local R='plugins."io.containerd.cri.v1.runtime".containerd.runtimes'
-  cat > "$N/etc/containerd.toml" <<EOF
-version = 3
-root = "$N/containerd/root"
-state = "$N/containerd/state"
-[grpc]
-  address = "$SOCK"
-[ttrpc]
-  address = "$SOCK.ttrpc"
-[debug]
-  address = "$N/containerd/debug.sock"
-  level = "info"
-[plugins]
-  # the default NRI socket may belong to another containerd on this host
-  [plugins."io.containerd.nri.v1.nri"]
-    disable = true
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "$N/containerd/opt"
-  [plugins."io.containerd.grpc.v1.cri"]
-    stream_server_address = "127.0.0.1"
-    stream_server_port = "0"
-  [plugins."io.containerd.cri.v1.images"]
-    snapshotter = "overlayfs"
-    [plugins."io.containerd.cri.v1.images".pinned_images]
-      sandbox = "$PAUSE_IMAGE"
-  [plugins."io.containerd.cri.v1.runtime"]
-    enable_selinux = false
-    # lowering oom_score_adj is denied on this VM, and CRI's sandboxes ask for -998
-    restrict_oom_score_adj = true
-    [plugins."io.containerd.cri.v1.runtime".containerd]
-      default_runtime_name = "runc"
-      # containerd's own runc shim: runs the metrics aggregator Pod only
-      [$R.runc]
-        runtime_type = "io.containerd.runc.v2"
-        [$R.runc.options]
-          SystemdCgroup = false
+  cat <<EOF
       [$R.$RUNC_HANDLER]
         runtime_type = "io.containerd.custom.v2"
         [$R.$RUNC_HANDLER.options]
@@ -263,6 +245,70 @@ state = "$N/containerd/state"
           [$R.$GVISOR_SB_HANDLER.options.runsc]
             binary_name = "$RUNSC_BIN"
             root = "$N/runsc"
+EOF
+}
+
+# the shim and the aggregator, and the in-cluster scrape client, when node.sh
+# (not the installer) provides them
+node_binaries() {
+  # a snapshot of the shim (a concurrent `make build` cannot swap it mid-run), replaced
+  # atomically and only when it changed: running shims and the aggregator keep theirs
+  if ! cmp -s "$SHIM_BIN" "$N/bin/containerd-shim-custom-v2"; then
+    install -m 0755 "$SHIM_BIN" "$N/bin/.containerd-shim-custom-v2.new"
+    mv -f "$N/bin/.containerd-shim-custom-v2.new" "$N/bin/containerd-shim-custom-v2"
+  fi
+  if ! cmp -s "$AGG_BIN" "$N/bin/containerd-shim-custom-metrics"; then
+    install -m 0755 "$AGG_BIN" "$N/bin/.containerd-shim-custom-metrics.new"
+    mv -f "$N/bin/.containerd-shim-custom-metrics.new" "$N/bin/containerd-shim-custom-metrics"
+  fi
+  # the in-cluster scrape client (and bcrypt hasher), static for the busybox Pod
+  ( cd "$root" && CGO_ENABLED=0 "$GO" build -trimpath -o "$N/bin/.scrape.new" ./scripts/k8s/scrape ) ||
+    die "cannot build scripts/k8s/scrape"
+  mv -f "$N/bin/.scrape.new" "$N/bin/scrape"
+}
+
+write_configs() {
+  mkdir -p "$N"/{bin,etc,logs,run,containerd,cni/net.d,cni/ipam,kubelet,etcd,pod-logs,volume-plugins,manifests,metrics,runc,runsc}
+  chmod 700 "$N/etcd" "$N/metrics"
+  [ "$HANDLERS_BY" = installer ] || node_binaries
+  local R='plugins."io.containerd.cri.v1.runtime".containerd.runtimes'
+  cat > "$N/etc/containerd.toml" <<EOF
+version = 3
+$([ "$HANDLERS_BY" = installer ] && echo "imports = [\"$N/etc/conf.d/*.toml\"]")
+root = "$N/containerd/root"
+state = "$N/containerd/state"
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+[debug]
+  address = "$N/containerd/debug.sock"
+  level = "info"
+[plugins]
+  # the default NRI socket may belong to another containerd on this host
+  [plugins."io.containerd.nri.v1.nri"]
+    disable = true
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$N/containerd/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.cri.v1.images".pinned_images]
+      sandbox = "$PAUSE_IMAGE"
+  [plugins."io.containerd.cri.v1.runtime"]
+    enable_selinux = false
+    # lowering oom_score_adj is denied on this VM, and CRI's sandboxes ask for -998
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.cri.v1.runtime".containerd]
+      default_runtime_name = "runc"
+      # containerd's own runc shim: runs the metrics aggregator Pod only
+      [$R.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [$R.runc.options]
+          SystemdCgroup = false
+$(custom_handlers)
     [plugins."io.containerd.cri.v1.runtime".cni]
       bin_dirs = ["$CNI_BIN"]
       conf_dir = "$N/cni/net.d"
@@ -287,7 +333,7 @@ EOF
 }
 EOF
 
-  kubeconfig "$N/etc/admin.kubeconfig" admin admin
+  [ -n "$CONTROL_DIR" ] || kubeconfig "$N/etc/admin.kubeconfig" admin admin
   kubeconfig "$N/etc/kubelet.kubeconfig" "system:node:$NODE_NAME" kubelet-client
 
   cat > "$N/etc/kubelet.yaml" <<EOF
@@ -300,6 +346,8 @@ healthzBindAddress: 127.0.0.1
 healthzPort: $KUBELET_HEALTHZ_PORT
 containerRuntimeEndpoint: unix://$SOCK
 cgroupDriver: cgroupfs
+# a second kubelet on this host needs Pod cgroups of its own
+cgroupRoot: "${CGROUP_ROOT:-/}"
 failSwapOn: false
 # the kubelet's own oom_score_adj (default -999): lowering it is denied here
 oomScoreAdj: 0
@@ -331,6 +379,7 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 EOF
 
+  if [ "$HANDLERS_BY" = installer ]; then restart_script; return 0; fi
   # The aggregator serves TLS with basic auth (contrib/metrics' setup) on loopback,
   # for test.sh on the host, and on the Pod network's gateway, for Pods. The
   # password and its hash are made once and kept, so that an unchanged node keeps
@@ -417,6 +466,28 @@ spec:
 EOF
 }
 
+# The installer's RESTART_COMMAND on this node (run in the host's namespaces from
+# its Pod): containerd restarted as up starts it, moved first out of the
+# installer Pod's cgroups, as systemd would start it in a unit of its own (else
+# the Pod's deletion would kill it).
+restart_script() {
+  cat > "$N/bin/.restart-containerd.new" <<EOF
+#!/bin/sh
+for f in /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs; do
+  [ -f "\$f" ] && echo \$\$ > "\$f" 2>/dev/null
+done
+K8S_E2E_DIR='$N' CONTAINERD_VERSION='$CONTAINERD_VERSION' TOOLS_DIR='$tools' HANDLERS_BY=installer \\
+  exec bash '$root/scripts/k8s/node.sh' restart-containerd
+EOF
+  chmod 0755 "$N/bin/.restart-containerd.new"
+  mv -f "$N/bin/.restart-containerd.new" "$N/bin/restart-containerd"
+}
+start_containerd() {
+  start_bg containerd env CONTAINERD_SHIM_CUSTOM_METRICS_DIR="$N/metrics" \
+    "$CTRD_BIN/containerd" --config "$N/etc/containerd.toml"
+  wait_for containerd 60 "$CTRD_BIN/ctr" -a "$SOCK" version
+}
+
 # ------------------------------------------------------------------- processes
 pid_of() { [ -f "$RUN/$1.pid" ] && cat "$RUN/$1.pid"; }
 alive() { local p; p=$(pid_of "$1") && [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
@@ -466,44 +537,32 @@ preflight() {
   [ "$(id -u)" = 0 ] || die "needs root"
   [ -n "$K8S_VERSION" ] && [ -x "$K8S_BIN/kubelet" ] || die "no Kubernetes binaries: run scripts/k8s/build.sh"
   local b
-  for b in etcd kube-apiserver kubelet kubectl; do [ -x "$K8S_BIN/$b" ] || die "missing $K8S_BIN/$b (scripts/k8s/build.sh)"; done
+  local need="kubelet kubectl"
+  [ -n "$CONTROL_DIR" ] || need="$need etcd kube-apiserver"
+  [ "$CONTROLLERS" = 1 ] && need="$need kube-scheduler kube-controller-manager"
+  for b in $need; do [ -x "$K8S_BIN/$b" ] || die "missing $K8S_BIN/$b (scripts/k8s/build.sh)"; done
+  if [ -n "$CONTROL_DIR" ]; then
+    [ -f "$CONTROL_DIR/pki/ca.key" ] || die "no control node in $CONTROL_DIR (node.sh up with K8S_E2E_DIR=$CONTROL_DIR)"
+  fi
   [ -x "$CRICTL" ] || die "missing crictl (scripts/k8s/build.sh)"
   [ -x "$CTRD_BIN/containerd" ] || die "missing containerd $CONTAINERD_VERSION in $CTRD_BIN (scripts/deps.sh)"
-  [ -x "$SHIM_BIN" ] || die "missing $SHIM_BIN (make build)"
+  [ "$HANDLERS_BY" = installer ] || [ -x "$SHIM_BIN" ] || die "missing $SHIM_BIN (make build)"
   [ -x "$RUNSC_BIN" ] || die "missing $RUNSC_BIN (scripts/deps.sh)"
   [ -x "$CNI_BIN/bridge" ] || die "missing CNI plugins in $CNI_BIN (apt-get install containernetworking-plugins)"
   for b in busybox pause; do [ -f "$IMAGES/$b.tar" ] || die "missing $IMAGES/$b.tar (scripts/k8s/build.sh)"; done
   command -v openssl >/dev/null || die "openssl not found"
   if ! alive containerd; then
     local p
-    for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" "$METRICS_PORT"; do
+    local ports="$KUBELET_PORT $KUBELET_HEALTHZ_PORT"
+    [ -n "$CONTROL_DIR" ] || ports="$ports $ETCD_PORT $ETCD_PEER_PORT $APISERVER_PORT"
+    [ "$HANDLERS_BY" = installer ] || ports="$ports $METRICS_PORT"
+    for p in $ports; do
       port_free "$p" || die "port 127.0.0.1:$p is in use (another node.sh? set the *_PORT variables)"
     done
   fi
 }
 
-up() {
-  preflight
-  local start; start=$(date +%s.%N)
-  gen_pki; gen_metrics_pki; write_configs
-  ts "PKI and configs in $N (Kubernetes $K8S_VERSION, containerd $CONTAINERD_VERSION, node $NODE_NAME)"
-  save_sysctls; save_host_paths
-
-  # The Pod network's bridge, with its gateway address, before the kubelet starts
-  # the aggregator, which listens there (the CNI bridge plugin takes it as it is).
-  ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
-  ip addr replace "$POD_GW/${POD_SUBNET#*/}" dev "$BRIDGE"
-  ip link set "$BRIDGE" up
-
-  start_bg containerd env CONTAINERD_SHIM_CUSTOM_METRICS_DIR="$N/metrics" \
-    "$CTRD_BIN/containerd" --config "$N/etc/containerd.toml"
-  wait_for containerd 60 "$CTRD_BIN/ctr" -a "$SOCK" version
-  local f
-  for f in "$IMAGES/busybox.tar" "$IMAGES/pause.tar"; do
-    "$CTRD_BIN/ctr" -a "$SOCK" -n k8s.io images import "$f" >/dev/null 2>>"$LOG/ctr.log" || die "import $f failed (see $LOG/ctr.log)"
-  done
-  ts "images imported ($BUSYBOX_IMAGE, $PAUSE_IMAGE)"
-
+control_plane() {
   start_bg etcd "$K8S_BIN/etcd" --name k8s-e2e --data-dir "$N/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
@@ -523,10 +582,51 @@ up() {
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --allow-privileged=true --profiling=false
   wait_for kube-apiserver 180 kc get --raw /readyz
+  if [ "$CONTROLLERS" = 1 ]; then
+    start_bg kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig="$N/etc/admin.kubeconfig" \
+      --authentication-skip-lookup=true --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false
+    # node-lifecycle: removes the not-ready taint kubelets register with
+    start_bg kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig="$N/etc/admin.kubeconfig" \
+      --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
+      --controllers=node-lifecycle-controller,daemonset-controller,job-controller,garbage-collector-controller,serviceaccount-controller,root-ca-certificate-publisher-controller \
+      --root-ca-file="$PKI/ca.crt" --use-service-account-credentials=false
+  fi
+}
 
+up() {
+  preflight
+  local start; start=$(date +%s.%N)
+  if [ -n "$CONTROL_DIR" ]; then gen_worker_pki; else gen_pki; fi
+  [ "$HANDLERS_BY" = installer ] || gen_metrics_pki
+  write_configs
+  ts "PKI and configs in $N (Kubernetes $K8S_VERSION, containerd $CONTAINERD_VERSION, node $NODE_NAME)"
+  save_sysctls; save_host_paths
+
+  # The Pod network's bridge, with its gateway address, before the kubelet starts
+  # the aggregator, which listens there (the CNI bridge plugin takes it as it is).
+  ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+  ip addr replace "$POD_GW/${POD_SUBNET#*/}" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+
+  start_containerd
+  local f
+  for f in "$IMAGES/busybox.tar" "$IMAGES/pause.tar"; do
+    "$CTRD_BIN/ctr" -a "$SOCK" -n k8s.io images import "$f" >/dev/null 2>>"$LOG/ctr.log" || die "import $f failed (see $LOG/ctr.log)"
+  done
+  ts "images imported ($BUSYBOX_IMAGE, $PAUSE_IMAGE)"
+
+  [ -n "$CONTROL_DIR" ] || control_plane
+
+  # a second kubelet's Pod cgroups: the kubelet wants its cgroupRoot to exist
+  if [ "$CGROUP_ROOT" != / ]; then
+    local c
+    for c in /sys/fs/cgroup/*/; do
+      [ -f "$c/cgroup.procs" ] && mkdir -p "$c${CGROUP_ROOT#/}"
+    done
+  fi
   # the aggregator's static Pod is in place before the kubelet starts; rewriting an
   # unchanged manifest would make a running kubelet restart the Pod (counters reset)
-  cmp -s "$N/etc/shim-metrics.yaml" "$N/manifests/shim-metrics.yaml" ||
+  [ "$HANDLERS_BY" = installer ] || cmp -s "$N/etc/shim-metrics.yaml" "$N/manifests/shim-metrics.yaml" ||
     install -m 0644 "$N/etc/shim-metrics.yaml" "$N/manifests/shim-metrics.yaml"
   local kstart
   start_bg kubelet "$K8S_BIN/kubelet" --config="$N/etc/kubelet.yaml" \
@@ -538,6 +638,11 @@ up() {
   wait_for "node $NODE_NAME Ready" 180 node_ready_since "$kstart"
   local ready_s; ready_s=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
 
+  if [ -n "$CONTROL_DIR" ] || [ "$HANDLERS_BY" = installer ]; then
+    printf 'node_ready_seconds=%s\n' "$ready_s" > "$RUN/startup"
+    ts "node $NODE_NAME up: Ready ${ready_s}s after up started"
+    return 0
+  fi
   # what the absent controller-manager would create: default ServiceAccount, kube-root-ca.crt
   kc apply -f - >/dev/null <<EOF
 apiVersion: node.k8s.io/v1
@@ -618,8 +723,8 @@ down() {
   [ -d "$N" ] || { ts "nothing to stop ($N absent)"; return 0; }
   # 1. Pods away through the API while the kubelet runs (clean sandbox teardown);
   #    the static Pod by removing its manifest.
-  if alive kubelet && alive kube-apiserver; then
-    kc delete pods --all -n default --grace-period=2 --timeout=60s >/dev/null 2>&1 || true
+  if alive kubelet && kc get --raw /readyz >/dev/null 2>&1; then
+    kc delete pods -n default --field-selector "spec.nodeName=$NODE_NAME" --grace-period=2 --timeout=60s >/dev/null 2>&1 || true
     rm -f "$N/manifests/shim-metrics.yaml"
     local end=$(( $(date +%s) + 60 ))
     while [ -n "$(cri pods --state ready -q 2>/dev/null)" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.5; done
@@ -634,6 +739,8 @@ down() {
       cri rmp -f "$p" >/dev/null 2>&1 || true
     done
   fi
+  stop_one kube-controller-manager
+  stop_one kube-scheduler
   stop_one kube-apiserver
   stop_one etcd
   stop_one containerd
@@ -644,7 +751,11 @@ down() {
     echo "leftover processes: $(echo $left)"; kill -KILL $left 2>/dev/null || true
   fi
   # 4. the kubelet's (now empty) cgroups - unless another kubelet uses them - and the bridge
-  if ! pgrep -x kubelet >/dev/null; then
+  if [ "$CGROUP_ROOT" != / ]; then
+    for c in /sys/fs/cgroup/*/"${CGROUP_ROOT#/}"; do
+      [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    done
+  elif ! pgrep -x kubelet >/dev/null; then
     for c in /sys/fs/cgroup/*/kubepods; do
       [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
     done
@@ -668,7 +779,7 @@ down() {
 
 status() {
   local n
-  for n in containerd etcd kube-apiserver kubelet; do
+  for n in containerd etcd kube-apiserver kube-scheduler kube-controller-manager kubelet; do
     if alive "$n"; then echo "$n: running (pid $(pid_of "$n"))"; else echo "$n: stopped"; fi
   done
   [ -f "$RUN/startup" ] && cat "$RUN/startup"
@@ -681,6 +792,8 @@ case "${1:-}" in
   status) status ;;
   test) shift; exec "$root/scripts/k8s/test.sh" "$@" ;;
   clean) down; rm -rf "$N"; ts "removed $N" ;;
+  # internal: $N/bin/restart-containerd (HANDLERS_BY=installer) runs it
+  restart-containerd) stop_one containerd; start_containerd ;;
   env)
     echo "export KUBECONFIG=$KUBECONFIG"
     echo "export PATH=$K8S_BIN:$(dirname "$CRICTL"):$CTRD_BIN:\$PATH"

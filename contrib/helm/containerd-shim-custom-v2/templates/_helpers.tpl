@@ -17,3 +17,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "shim.serviceAccount" -}}
 {{- printf "%s-installer" (include "shim.fullname" .) -}}
 {{- end -}}
+
+{{/* The API server's address, when values name one (apiServer). */}}
+{{- define "shim.apiServerEnv" -}}
+{{- with .Values.apiServer.host }}
+- {name: KUBERNETES_SERVICE_HOST, value: {{ . | quote }}}
+- {name: KUBERNETES_SERVICE_PORT, value: {{ required "apiServer.port is required with apiServer.host" $.Values.apiServer.port | quote }}}
+{{- end }}
+{{- end -}}
