@@ -36,7 +36,9 @@ type Backend interface {
 	Start(ctx context.Context, id string, io *IO) error
 
 	// Restore creates and starts the container from a checkpoint image and
-	// returns the init pid. NotImplemented where unsupported.
+	// returns the init pid. NotImplemented where unsupported;
+	// FailedPrecondition where this host cannot (runc: a CRIU too old for
+	// the kernel).
 	Restore(ctx context.Context, c *CreateConfig, r *RestoreConfig) (pid int, err error)
 
 	// Exec starts an additional process in a running container and returns
@@ -78,7 +80,8 @@ type Backend interface {
 	Stats(ctx context.Context, id string, cg cgroup.Cgroup) (*cgroup.Metrics, error)
 
 	// Checkpoint dumps the container's state. NotImplemented where
-	// unsupported.
+	// unsupported; FailedPrecondition where this host cannot (runc: a CRIU
+	// too old for the kernel), with the container left as it was.
 	Checkpoint(ctx context.Context, id string, c *CheckpointConfig) error
 }
 

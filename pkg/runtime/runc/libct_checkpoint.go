@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 
-	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/runc/libcontainer"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -18,8 +16,8 @@ import (
 
 // Restore implements runtime.Backend.
 func (b *libBackend) Restore(ctx context.Context, cc *runtime.CreateConfig, r *runtime.RestoreConfig) (_ int, retErr error) {
-	if _, err := lookCriu(); err != nil {
-		return 0, err
+	if _, err := preflightCriu(ctx); err != nil {
+		return 0, fmt.Errorf("restore container %s: %w", cc.ID, err)
 	}
 	config, err := b.libcontainerConfig(cc.ID)
 	if err != nil {
@@ -82,7 +80,8 @@ func (b *libBackend) Restore(ctx context.Context, cc *runtime.CreateConfig, r *r
 
 // Checkpoint implements runtime.Backend.
 func (b *libBackend) Checkpoint(ctx context.Context, id string, cc *runtime.CheckpointConfig) error {
-	if _, err := lookCriu(); err != nil {
+	// libcontainer's own failure here would name only criu's log.
+	if _, err := preflightCriu(ctx); err != nil {
 		return err
 	}
 	c, err := b.get(id)
@@ -142,13 +141,4 @@ func emptyNamespaces(names []string) uint32 {
 		}
 	}
 	return flags
-}
-
-// lookCriu finds criu, which checkpoint and restore need.
-func lookCriu() (string, error) {
-	p, err := exec.LookPath("criu")
-	if err != nil {
-		return "", fmt.Errorf("checkpoint and restore need criu: %w: %w", err, errdefs.ErrNotImplemented)
-	}
-	return p, nil
 }

@@ -265,8 +265,8 @@ func (b *Backend) Start(ctx context.Context, id string, _ *runtime.IO) error {
 
 // Restore implements runtime.Backend.
 func (b *Backend) Restore(ctx context.Context, c *runtime.CreateConfig, r *runtime.RestoreConfig) (int, error) {
-	if _, err := exec.LookPath(b.criu()); err != nil {
-		return 0, fmt.Errorf("restore needs criu (%s): %w: %w", b.criu(), err, errdefs.ErrNotImplemented)
+	if _, err := preflightCriu(ctx); err != nil {
+		return 0, fmt.Errorf("restore container %s: %w", c.ID, err)
 	}
 	work := r.WorkDir
 	if work == "" {
@@ -405,8 +405,9 @@ func (b *Backend) Stats(ctx context.Context, id string, cg cgroup.Cgroup) (*cgro
 
 // Checkpoint implements runtime.Backend.
 func (b *Backend) Checkpoint(ctx context.Context, id string, c *runtime.CheckpointConfig) error {
-	if _, err := exec.LookPath(b.criu()); err != nil {
-		return fmt.Errorf("checkpoint needs criu (%s): %w: %w", b.criu(), err, errdefs.ErrNotImplemented)
+	// runc's own failure here would name only criu's log.
+	if _, err := preflightCriu(ctx); err != nil {
+		return err
 	}
 	var actions []gorunc.CheckpointAction
 	if !c.Exit {
@@ -440,9 +441,6 @@ func (b *Backend) Checkpoint(ctx context.Context, id string, c *runtime.Checkpoi
 	}
 	return nil
 }
-
-// criu is looked up on PATH: runc ignores its --criu flag nowadays.
-func (b *Backend) criu() string { return "criu" }
 
 func (b *Backend) criuWorkDir() string {
 	if b.cfg.CriuWorkPath != "" {
