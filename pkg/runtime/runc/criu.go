@@ -33,6 +33,10 @@ const criuBinary = "criu"
 // criuVersionTimeout bounds "criu --version", which only prints.
 const criuVersionTimeout = 10 * time.Second
 
+// criuTooOld starts both refusals: Kubernetes' node e2e checkpoint test
+// skips on exactly this text, as it does for runc's shim.
+const criuTooOld = "CRIU binary not found or too old"
+
 // preflightCriu returns the criu binary checkpoint and restore will run,
 // or why they cannot run on this host: NotImplemented without criu,
 // FailedPrecondition for a CRIU too old for the kernel. It decides only
@@ -41,7 +45,7 @@ const criuVersionTimeout = 10 * time.Second
 func preflightCriu(ctx context.Context) (string, error) {
 	path, err := exec.LookPath(criuBinary)
 	if err != nil {
-		return "", fmt.Errorf("checkpoint and restore need criu (the shim's PATH: %s): %w: %w", os.Getenv("PATH"), err, errdefs.ErrNotImplemented)
+		return "", fmt.Errorf("%s: checkpoint and restore need criu (the shim's PATH: %s): %w: %w", criuTooOld, os.Getenv("PATH"), err, errdefs.ErrNotImplemented)
 	}
 	v, err := criuVersions.get(ctx, path)
 	if err != nil {
@@ -66,8 +70,8 @@ func criuKernelError(path, criuVersion, release string) error {
 	if !known || kv.less(vvarVclockKernel) || !cv.less(vvarVclockCriu) {
 		return nil
 	}
-	return fmt.Errorf("criu %s (%s) cannot run on kernel %s: needs CRIU %s or later (kernel %s's vvar_vclock mapping, criu PR #2539): %w",
-		cv.short(), path, release, vvarVclockCriu.short(), vvarVclockKernel.short(), errdefs.ErrFailedPrecondition)
+	return fmt.Errorf("%s: criu %s (%s) cannot run on kernel %s: needs CRIU %s or later (kernel %s's vvar_vclock mapping, criu PR #2539): %w",
+		criuTooOld, cv.short(), path, release, vvarVclockCriu.short(), vvarVclockKernel.short(), errdefs.ErrFailedPrecondition)
 }
 
 // version is major, minor, patch.
