@@ -73,13 +73,15 @@ label_is() { [ "$(label "$1" "$2")" = "$3" ]; }
 # git history in a worktree (cached by commit)
 new_tar=$root/_output/image/image.tar
 [ -f "$new_tar" ] || { echo "cluster.sh: $new_tar missing (make image)" >&2; exit 2; }
-NEW=$(cd "$root" && git describe --tags --always --dirty)
+# the tags are the images' own (index.json's ref name): a commit made since
+# `make image` ran does not change what was built
+tag_of() { tar -xOf "$1" index.json | sed -n 's/.*"org.opencontainers.image.ref.name": *"[^"]*:\([^"]*\)".*/\1/p' | head -1; }
+NEW=$(tag_of "$new_tar")
 prev=$(cd "$root" && git rev-parse --short "$PREV_REF^{commit}") || { echo "cluster.sh: $PREV_REF is not in this clone's history" >&2; exit 2; }
-OLD=$(cd "$root" && git describe --tags --always "$prev")
 old_tar=$tools/k8s/prev/$prev/image.tar
 if [ ! -f "$old_tar" ]; then
   w=$(mktemp -d /tmp/prev-build.XXXXXX)
-  echo "building the previous version $OLD from git history ($w)"
+  echo "building the previous version ($prev) from git history ($w)"
   (cd "$root" && git worktree add -q --detach "$w/src" "$prev") || exit 2
   if ! make -C "$w/src" build image >"$out/prev-build.log" 2>&1; then
     tail -20 "$out/prev-build.log"; (cd "$root" && git worktree remove --force "$w/src"); exit 2
@@ -88,6 +90,8 @@ if [ ! -f "$old_tar" ]; then
   cp "$w/src/_output/image/image.tar" "$old_tar.tmp" && mv "$old_tar.tmp" "$old_tar"
   (cd "$root" && git worktree remove --force "$w/src"); rm -rf "$w"
 fi
+OLD=$(tag_of "$old_tar")
+[ -n "$OLD" ] && [ -n "$NEW" ] || { echo "cluster.sh: no tag in $old_tar or $new_tar" >&2; exit 2; }
 [ "$OLD" != "$NEW" ] || { echo "cluster.sh: the previous version is this one ($NEW)" >&2; exit 2; }
 
 # ---------------------------------------------------------------------- cluster
@@ -100,6 +104,7 @@ cleanup() {
   node2 down >/dev/null 2>&1; node1 down >/dev/null 2>&1
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT   # so that EXIT runs the cleanup
 node1 up || exit 1
 node2 up || exit 1
 untainted() { [ -z "$(kc get nodes -o jsonpath='{.items[*].spec.taints}')" ]; }
