@@ -102,8 +102,6 @@ func (i *Installer) Install(ctx context.Context) error {
 		if err := i.Containerd.RestartAndWait(ctx, i.Wait); err != nil {
 			return err
 		}
-	} else if err := i.Containerd.Wait(ctx, i.Wait); err != nil {
-		return err
 	}
 	if err := i.Check(ctx); err != nil {
 		return fmt.Errorf("containerd-shim-custom-v2 check on the host: %w", err)
