@@ -1,12 +1,16 @@
 # containerd-shim-custom-v2
 GO       ?= go
 PREFIX   ?= /usr/local
-BIN      := bin/containerd-shim-custom-v2
+# BINDIR, GOARCH and CC (a cross compiler) build for another architecture:
+# make arm64 does.
+BINDIR   ?= bin
+GOARCH   ?= $(shell $(GO) env GOARCH)
+BIN      := $(BINDIR)/containerd-shim-custom-v2
 PKG      := github.com/custom-runtime/containerd-shim-custom-v2
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
-AGG      := bin/containerd-shim-custom-metrics
-INST     := bin/containerd-shim-custom-install
+AGG      := $(BINDIR)/containerd-shim-custom-metrics
+INST     := $(BINDIR)/containerd-shim-custom-install
 LDFLAGS  := -s -w -X $(PKG)/pkg/shim.Version=$(VERSION) -X $(PKG)/pkg/shim.Revision=$(REVISION)
 AGG_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 # containerd lines the integration suite runs against.
@@ -24,14 +28,18 @@ all: build
 # ttrpc; TestShimLinksNoAggregator guards what it links).
 BUILDTAGS ?= seccomp netgo osusergo no_grpc
 build: ## build the shim (static: CGO, libseccomp), the node metrics aggregator and the node installer into bin/
-	@test -f /usr/lib/$$(gcc -dumpmachine)/libseccomp.a || { echo "libseccomp-dev is missing: make deps (or apt-get install libseccomp-dev)"; exit 1; }
-	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(BUILDTAGS)" -ldflags "$(LDFLAGS) -extldflags -static" -o $(BIN) ./cmd/containerd-shim-custom-v2
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(AGG_LDFLAGS)" -o $(AGG) ./cmd/containerd-shim-custom-metrics
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(INST) ./cmd/containerd-shim-custom-install
+	@test -f /usr/lib/$$($(CC) -dumpmachine)/libseccomp.a || { echo "libseccomp-dev is missing: make deps (or apt-get install libseccomp-dev)"; exit 1; }
+	CGO_ENABLED=1 CC=$(CC) GOARCH=$(GOARCH) $(GO) build -trimpath -tags "$(BUILDTAGS)" -ldflags "$(LDFLAGS) -extldflags -static" -o $(BIN) ./cmd/containerd-shim-custom-v2
+	CGO_ENABLED=0 GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags "$(AGG_LDFLAGS)" -o $(AGG) ./cmd/containerd-shim-custom-metrics
+	CGO_ENABLED=0 GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(INST) ./cmd/containerd-shim-custom-install
 
+# libseccomp-golang asks pkg-config for its flags: libseccomp:arm64's .pc,
+# not the host's.
 arm64: ## cross-build the three binaries for linux/arm64 into bin/arm64 (Debian's aarch64 toolchain and libseccomp:arm64; installs them first)
 	bash scripts/arm64.sh deps
-	VERSION=$(VERSION) REVISION=$(REVISION) BUILDTAGS="$(BUILDTAGS)" bash scripts/arm64.sh build bin/arm64
+	PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig \
+	  $(MAKE) --no-print-directory build BINDIR=bin/arm64 GOARCH=arm64 CC=aarch64-linux-gnu-gcc VERSION=$(VERSION) REVISION=$(REVISION)
+	bash scripts/arm64.sh check bin/arm64
 
 IMAGE ?= ghcr.io/custom-runtime/containerd-shim-custom-v2
 comma := ,

@@ -6,20 +6,19 @@
 #                         (root): gcc-aarch64-linux-gnu, libseccomp-dev:arm64,
 #                         qemu-user-static; extract Debian's arm64 static busybox
 #                         into .tools/arm64/busybox.
-#   arm64.sh build OUTDIR the shim, the metrics aggregator and the installer for
-#                         arm64 into OUTDIR, built as `make build` builds them for
-#                         amd64, plus OUTDIR/busybox (arm64); each checked with file(1).
+#   arm64.sh check OUTDIR what `make arm64` built into OUTDIR (make build with
+#                         GOARCH=arm64 and the cross CC) checked with file(1):
+#                         static aarch64 executables; plus OUTDIR/busybox (arm64).
 #   arm64.sh unit         go test -c the pure-logic packages for arm64 and run the
 #                         test binaries under qemu-user; one summary line a package.
 #
 # .tools/ lives at the repository root (gitignored); the script works from any cwd.
-# env: VERSION, REVISION, BUILDTAGS (defaults as in the Makefile), TOOLS_DIR, GO
+# env: TOOLS_DIR, GO
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=${TOOLS_DIR:-$root/.tools}/arm64
 go=${GO:-go}
-pkg=github.com/custom-runtime/containerd-shim-custom-v2
 cc=aarch64-linux-gnu-gcc
 busybox=$tools/busybox
 log() { printf 'arm64.sh: %s\n' "$*" >&2; }
@@ -67,26 +66,9 @@ check_bin() {
   printf '%-34s %9s bytes  %s\n' "${1##*/}" "$(stat -c %s "$1")" "$(cut -d, -f2,4 <<< "$d" | cut -c2-)"
 }
 
-build() {
-  local out=${1:?usage: arm64.sh build OUTDIR}
-  { command -v $cc >/dev/null && [ -f /usr/lib/aarch64-linux-gnu/libseccomp.a ] && [ -x "$busybox" ]; } ||
-    die "the arm64 toolchain, libseccomp or busybox is missing: bash scripts/arm64.sh deps"
-  # The Makefile's defaults (its ?=: set, even empty, wins), so `make` and a
-  # direct call stamp the same values.
-  local version=${VERSION-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
-  local revision=${REVISION-$(git rev-parse HEAD 2>/dev/null)}
-  local tags=${BUILDTAGS-seccomp netgo osusergo no_grpc}
-  local ldflags="-s -w -X $pkg/pkg/shim.Version=$version -X $pkg/pkg/shim.Revision=$revision"
-  mkdir -p "$out"
-  # libseccomp-golang asks pkg-config for its flags: read libseccomp:arm64's .pc,
-  # not the amd64 one (the two agree today; the cross gcc finds the .a itself).
-  PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig \
-  CGO_ENABLED=1 CC=$cc GOOS=linux GOARCH=arm64 $go build -trimpath -tags "$tags" \
-    -ldflags "$ldflags -extldflags -static" -o "$out/containerd-shim-custom-v2" ./cmd/containerd-shim-custom-v2
-  CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $go build -trimpath -ldflags "-s -w -X main.version=$version -X main.revision=$revision" \
-    -o "$out/containerd-shim-custom-metrics" ./cmd/containerd-shim-custom-metrics
-  CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $go build -trimpath -ldflags "-s -w -X main.version=$version" \
-    -o "$out/containerd-shim-custom-install" ./cmd/containerd-shim-custom-install
+check() {
+  local out=${1:?usage: arm64.sh check OUTDIR}
+  [ -x "$busybox" ] || die "the arm64 busybox is missing: bash scripts/arm64.sh deps"
   install -m 0755 "$busybox" "$out/busybox"
   local b
   for b in containerd-shim-custom-v2 containerd-shim-custom-metrics containerd-shim-custom-install busybox; do check_bin "$out/$b"; done
@@ -144,7 +126,7 @@ unit() {
 
 case ${1:-} in
   deps) deps ;;
-  build) shift; build "$@" ;;
+  check) shift; check "$@" ;;
   unit) unit ;;
-  *) die "usage: arm64.sh deps | build OUTDIR | unit" ;;
+  *) die "usage: arm64.sh deps | check OUTDIR | unit" ;;
 esac
