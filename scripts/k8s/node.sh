@@ -133,6 +133,10 @@ sign() { # sign NAME CN O(or "") EKU SAN(or "")
     -days 30 -sha256 -extfile "$name.ext" -out "$name.crt" 2>/dev/null
   rm -f "$name.csr" "$name.ext"
 }
+sign_kubelet() { # this node's kubelet certificates, by ca.crt/ca.key in the current dir
+  sign kubelet-client "system:node:$NODE_NAME" system:nodes clientAuth ""
+  sign kubelet-serving "system:node:$NODE_NAME" system:nodes serverAuth "DNS:$NODE_NAME,DNS:localhost,IP:127.0.0.1"
+}
 gen_pki() {
   local want="$NODE_NAME"
   [ -f "$PKI/.done" ] && [ "$(cat "$PKI/.done")" = "$want" ] && return 0
@@ -145,8 +149,7 @@ gen_pki() {
       "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     sign admin admin system:masters clientAuth ""
     sign apiserver-kubelet-client kube-apiserver-kubelet-client system:masters clientAuth ""
-    sign kubelet-client "system:node:$NODE_NAME" system:nodes clientAuth ""
-    sign kubelet-serving "system:node:$NODE_NAME" system:nodes serverAuth "DNS:$NODE_NAME,DNS:localhost,IP:127.0.0.1"
+    sign_kubelet
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
     echo "$want" > .done
@@ -160,8 +163,7 @@ gen_worker_pki() {
   (
     cd "$PKI"
     cp "$CONTROL_DIR/pki/ca.crt" "$CONTROL_DIR/pki/ca.key" .
-    sign kubelet-client "system:node:$NODE_NAME" system:nodes clientAuth ""
-    sign kubelet-serving "system:node:$NODE_NAME" system:nodes serverAuth "DNS:$NODE_NAME,DNS:localhost,IP:127.0.0.1"
+    sign_kubelet
     rm -f ca.key ca.srl
     echo "$want" > .done
   )
