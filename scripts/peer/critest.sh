@@ -45,6 +45,10 @@ base=$OUT/critest-$handler
 rm -f "$base".{txt,junit.xml,log,containerd.log}
 
 work=$(mktemp -d /tmp/peer-cri-XXXXXX)
+# containerd's state dir below it: a user-namespaced Pod's root (host uid
+# 1000 in critest's mappings) must traverse it to reach the bundle's rootfs,
+# as it traverses /run/containerd on a node (runc's own CI: runc#3259)
+chmod 0711 "$work"
 shm_before=$(awk 'NR > 1 {print $2}' /proc/sysvipc/shm | sort)
 cleanup() {
   local rc=$?
