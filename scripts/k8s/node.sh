@@ -27,6 +27,8 @@
 #      NODE_NAME, ports: ETCD_PORT APISERVER_PORT KUBELET_PORT KUBELET_HEALTHZ_PORT METRICS_PORT,
 #      RUNC_HANDLER (custom-runc), GVISOR_HANDLER (custom-runsc): handler and RuntimeClass names,
 #      RUNC_POOL_HANDLER (custom-runc-pool): custom-runc-sb with pods_per_shim = 10
+#      USERNS_HANDLER (custom-runc-userns): the runc backend with no options table, its
+#        settings in $N/etc/custom-shim.toml (CONTAINERD_SHIM_CUSTOM_CONFIG): user-namespaced Pods
 #      RUNC_SB_HANDLER (custom-runc-sb), GVISOR_SB_HANDLER (custom-runsc-sb): the same backends
 #      with sandboxer = 'shim' (no pause container),
 #      CRI_STATS=true (kubelet feature gate PodAndContainerStatsFromCRI: pod stats from
@@ -89,6 +91,7 @@ GVISOR_HANDLER=${GVISOR_HANDLER:-custom-runsc}
 RUNC_SB_HANDLER=${RUNC_SB_HANDLER:-custom-runc-sb}
 GVISOR_SB_HANDLER=${GVISOR_SB_HANDLER:-custom-runsc-sb}
 RUNC_POOL_HANDLER=${RUNC_POOL_HANDLER:-custom-runc-pool}
+USERNS_HANDLER=${USERNS_HANDLER:-custom-runc-userns}
 # the kubelet's clusterDNS (no DNS server runs; ClusterFirst Pods get it in resolv.conf)
 CLUSTER_DNS=${CLUSTER_DNS:-10.96.0.10}
 
@@ -237,6 +240,10 @@ custom_handlers() {
           pods_per_shim = 10
           [$R.$RUNC_POOL_HANDLER.options.runc]
             root = "$N/runc"
+      # no options table: CRI then sends runc's options type, which a user-namespaced
+      # Pod needs (IoUid/IoGid); the shim's settings come from its default config file
+      [$R.$USERNS_HANDLER]
+        runtime_type = "io.containerd.custom.v2"
       [$R.$GVISOR_SB_HANDLER]
         runtime_type = "io.containerd.custom.v2"
         sandboxer = "shim"
@@ -485,7 +492,13 @@ EOF
   mv -f "$N/bin/.restart-containerd.new" "$N/bin/restart-containerd"
 }
 start_containerd() {
-  start_bg containerd env CONTAINERD_SHIM_CUSTOM_METRICS_DIR="$N/metrics" \
+  local conf=()
+  if [ "$HANDLERS_BY" != installer ]; then
+    # the settings of the handler without options (a node's /etc/containerd/custom-shim.toml)
+    printf 'backend = "runc"\nruntime_handler = "%s"\n[runc]\n  root = "%s"\n' "$USERNS_HANDLER" "$N/runc" > "$N/etc/custom-shim.toml"
+    conf=(CONTAINERD_SHIM_CUSTOM_CONFIG="$N/etc/custom-shim.toml")
+  fi
+  start_bg containerd env CONTAINERD_SHIM_CUSTOM_METRICS_DIR="$N/metrics" "${conf[@]}" \
     "$CTRD_BIN/containerd" --config "$N/etc/containerd.toml"
   wait_for containerd 60 "$CTRD_BIN/ctr" -a "$SOCK" version
 }
@@ -672,13 +685,18 @@ kind: RuntimeClass
 metadata: {name: $RUNC_POOL_HANDLER}
 handler: $RUNC_POOL_HANDLER
 ---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: $USERNS_HANDLER}
+handler: $USERNS_HANDLER
+---
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: default, namespace: default}
 EOF
   kc -n default create configmap kube-root-ca.crt --from-file=ca.crt="$PKI/ca.crt" \
     --dry-run=client -o yaml | kc apply -f - >/dev/null
-  ts "RuntimeClasses $RUNC_HANDLER, $GVISOR_HANDLER, $RUNC_SB_HANDLER, $GVISOR_SB_HANDLER, $RUNC_POOL_HANDLER, default ServiceAccount, kube-root-ca.crt"
+  ts "RuntimeClasses $RUNC_HANDLER, $GVISOR_HANDLER, $RUNC_SB_HANDLER, $GVISOR_SB_HANDLER, $RUNC_POOL_HANDLER, $USERNS_HANDLER, default ServiceAccount, kube-root-ca.crt"
 
   wait_for "metrics aggregator (static Pod) on https://127.0.0.1:$METRICS_PORT, TLS + basic auth" 120 \
     curl -sf --cacert "$METRICS_ETC/ca.crt" -u "prometheus:$(cat "$METRICS_ETC/password")" \
@@ -805,7 +823,7 @@ case "${1:-}" in
   # internal: the resolved settings, for test.sh
   vars)
     for v in N K8S_VERSION K8S_BIN CTRD_BIN CRICTL SOCK PKI RUN LOG NODE_NAME KUBELET_PORT METRICS_PORT METRICS_ETC POD_GW \
-             BUSYBOX_IMAGE CRI_STATS RUNSC_BIN RUNC_HANDLER GVISOR_HANDLER RUNC_SB_HANDLER GVISOR_SB_HANDLER RUNC_POOL_HANDLER CLUSTER_DNS; do
+             BUSYBOX_IMAGE CRI_STATS RUNSC_BIN RUNC_HANDLER GVISOR_HANDLER RUNC_SB_HANDLER GVISOR_SB_HANDLER RUNC_POOL_HANDLER USERNS_HANDLER CLUSTER_DNS; do
       printf '%s=%q\n' "$v" "${!v}"
     done ;;
   *) echo "usage: $0 up|down|test|env|status|clean" >&2; exit 2 ;;

@@ -55,6 +55,14 @@
 #              _started_total, _exited_total{reason} (stopped; died: the OOM-killed
 #              gVisor sandbox), _shutdown_total and sandbox_start_latency_seconds'
 #              count, one per sandbox on a sandboxed handler, none on the pause path
+# Then, on $USERNS_HANDLER (node.sh: the runc backend with no options table; skip with
+# USERNS_HANDLER=""):
+#   userns     a Pod with hostUsers: false reaches Running (kubelet admits it from the
+#              handler's features); one mapping of 65536 ids, container root on a host
+#              id other than 0, the container's init runs as that host uid, a file it
+#              writes to an emptyDir is root's inside and on the host (the volume
+#              is idmapped, as kubelet asks)
+#   userns-delete  the Pod deleted, its sandbox gone
 # Prints PASS/FAIL per check and a summary; exits 1 if any check failed.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -646,6 +654,51 @@ print("cpu=%.3fs mem=%.1fMiB" % (cpu / 1e9, mem / 1048576.0) if cpu > 0 and mem 
   echo "-- $H: $(since "$hstart")s"
   HTIMES+=("$H $(since "$hstart")s")
 done
+
+# ---- a user-namespaced Pod (hostUsers: false) on the handler without options ---------
+# kubelet admits it only when the handler reports user namespaces (the shim's -info
+# features, through CRI's RuntimeHandler features)
+if [ -n "${USERNS_HANDLER:-}" ]; then
+  H=$USERNS_HANDLER; hstart=$(now); last_check=$hstart
+  echo
+  echo "== $H"
+  podspec userns "$H" Never <<EOF | kc apply -f - >/dev/null
+  hostUsers: false
+  volumes: [{name: scratch, emptyDir: {}}]
+  containers:
+  - name: main
+    image: $IMG
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo written-by-the-pod > /scratch/f; exec sleep 3600"]
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+EOF
+  if kc wait --for=condition=Ready pod/userns --timeout="${TIMEOUT}s" >/dev/null 2>&1; then
+    uidmap=$(kc exec userns -- cat /proc/self/uid_map 2>&1 | awk '{$1=$1; print}')
+    inside=$(kc exec userns -- stat -c '%u:%g' /scratch/f 2>&1)
+    hostf=$N/kubelet/pods/$(uid_of userns)/volumes/kubernetes.io~empty-dir/scratch/f
+    host=$(stat -c '%u:%g' "$hostf" 2>&1)
+    cpid=$(cri inspect -o go-template --template '{{.info.pid}}' "$(containers_of "$(uid_of userns)" | head -1)" 2>/dev/null)
+    procuid=$(awk '/^Uid:/ {print $2}' "/proc/${cpid:-0}/status" 2>/dev/null)
+    base=$(awk 'NR == 1 && $1 == 0 {print $2}' <<<"$uidmap")
+    # one mapping of 65536 ids, container 0 on a host id other than 0, the container's
+    # root running as that host id; the volume is idmapped (kubelet's mappings, applied
+    # by runc): the file is root's inside and, on disk, the host's root's
+    ok=1
+    [ "$(wc -l <<<"$uidmap")" = 1 ] && [ -n "$base" ] && [ "$base" != 0 ] && [ "$(awk '{print $3}' <<<"$uidmap")" = 65536 ] &&
+      [ "$procuid" = "$base" ] && [ "$inside" = 0:0 ] && [ "$host" = 0:0 ] && ok=0
+    check userns $ok "Running in $(since "$hstart")s; /proc/self/uid_map: '$uidmap'; the container's init (host pid ${cpid:-?}) runs as host uid ${procuid:-?}; the file it wrote to its emptyDir: $inside inside, $host on the host ($hostf)"
+  else
+    check userns 1 "not Ready after ${TIMEOUT}s: $(kc get pod userns --no-headers 2>&1); $(kc get events --field-selector involvedObject.name=userns -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' | tail -3)"
+  fi
+  usb=$(sandboxes_of "$(uid_of userns)" | head -1)
+  kc delete pod userns --wait=true --timeout=60s >/dev/null 2>&1
+  # nothing left running: no process as the Pod's host uid, no shim for its sandbox
+  left() { { [ -n "${base:-}" ] && ps -eo uid=,pid= | awk -v u="$base" '$1 == u {print $2}'; [ -z "$usb" ] || shims_with "$usb"; } | tr '\n' ' '; }
+  ok=1; [ -n "$usb" ] && until_true 30 test -z "$(left)" && ok=0
+  check userns-delete $ok "Pod deleted: processes of host uid ${base:-?} or shims of sandbox ${usb:0:13} left: $(left)"
+  echo "-- $H: $(since "$hstart")s"
+  HTIMES+=("$H $(since "$hstart")s")
+fi
 
 echo
 echo "== summary ($(since "$test_start")s; each check's time is since the previous check; node Ready $(sed -n 's/node_ready_seconds=//p' "$RUN/startup" 2>/dev/null)s after up)"
