@@ -3,6 +3,8 @@ package runtime
 import (
 	"context"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/bundle"
 )
 
@@ -32,6 +34,16 @@ type Pod struct {
 	Annotations  map[string]string
 	// Reaper is the shim's reaper (the sandbox process is its child).
 	Reaper ReaperGate
+	// UserNS is the pod's user namespace (hostUsers: false), nil for the
+	// host's. CRI made NetNS inside it; the sandbox joins it and its
+	// containers join the sandbox's.
+	UserNS *UserNS
+}
+
+// UserNS is a pod's user namespace: CRI's one UID and one GID mapping, each
+// mapping container id 0.
+type UserNS struct {
+	UID, GID specs.LinuxIDMapping
 }
 
 // PodSandbox is a pod's sandbox as a backend provides it: one live

@@ -6,7 +6,10 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/custom-runtime/containerd-shim-custom-v2/pkg/runtime"
 )
 
 // podConfig is what the shim takes from CRI's PodSandboxConfig.
@@ -23,6 +26,8 @@ type podConfig struct {
 	labels       map[string]string
 	name, uid    string
 	namespace    string
+	// userns is the pod's user namespace (hostUsers: false); nil: the host's.
+	userns *runtime.UserNS
 }
 
 // CRI's defaults for every pod with a network of its own (its
@@ -71,13 +76,16 @@ func decodePodConfig(opts *anypb.Any, netnsPath string) (*podConfig, error) {
 	// CRI leaves the check of the mode to the sandbox controller (its pause
 	// controller refuses what it cannot do, as this one must).
 	if pc.userns != nil {
-		switch *pc.userns {
-		case modeNode:
-		case modePod:
-			return nil, fmt.Errorf("PodSandboxConfig: user namespaces (hostUsers: false) are not supported by this shim's sandboxes: %w", errdefs.ErrNotImplemented)
-		default:
-			return nil, fmt.Errorf("PodSandboxConfig: field \"linux.security_context.namespace_options.userns_options.mode\": unsupported user namespace mode %s (only NODE, or POD with mappings): %w", *pc.userns, errdefs.ErrInvalidArgument)
+		u, err := podUserNS(pc)
+		if err != nil {
+			return nil, err
 		}
+		c.userns = u
+	}
+	if c.userns != nil && c.hostNetwork {
+		// kubelet refuses hostUsers: false with hostNetwork; CRI would give
+		// no network namespace whose owner the holder could join.
+		return nil, fmt.Errorf("PodSandboxConfig: a user namespace (hostUsers: false) with the host's network: %w", errdefs.ErrInvalidArgument)
 	}
 	if c.hostNetwork {
 		if netnsPath != "" {
@@ -95,6 +103,11 @@ func decodePodConfig(opts *anypb.Any, netnsPath string) (*podConfig, error) {
 	}
 	if !c.hostNetwork {
 		for k, v := range defaultSysctls {
+			// As CRI: no ping_group_range in a user namespace, which maps
+			// only the pod's 65536 ids, not the range's.
+			if c.userns != nil && k == "net.ipv4.ping_group_range" {
+				continue
+			}
 			c.sysctls[k] = v
 		}
 	}
@@ -148,4 +161,42 @@ func resolvConf(dns *criDNS) string {
 		b.WriteString("options " + strings.Join(dns.options, " ") + "\n")
 	}
 	return b.String()
+}
+
+const usernsField = "PodSandboxConfig: field \"linux.security_context.namespace_options.userns_options"
+
+// podUserNS validates a pod's user namespace options as containerd's pause
+// controller does (its parseUsernsIDs): NODE without mappings is the host's
+// (nil); POD needs one UID and one GID mapping, each mapping the pod's root.
+func podUserNS(pc *criPodConfig) (*runtime.UserNS, error) {
+	switch *pc.userns {
+	case modeNode:
+		if len(pc.uids) != 0 || len(pc.gids) != 0 {
+			return nil, fmt.Errorf("%s\": mode NODE with %d UID and %d GID mappings: %w", usernsField, len(pc.uids), len(pc.gids), errdefs.ErrInvalidArgument)
+		}
+		return nil, nil
+	case modePod:
+	default:
+		return nil, fmt.Errorf("%s.mode\": unsupported user namespace mode %s (only NODE, or POD with mappings): %w", usernsField, *pc.userns, errdefs.ErrInvalidArgument)
+	}
+	one := func(name string, ms []idMapping) (specs.LinuxIDMapping, error) {
+		if len(ms) != 1 {
+			return specs.LinuxIDMapping{}, fmt.Errorf("%s.%s\": %d mappings, want exactly one: %w", usernsField, name, len(ms), errdefs.ErrInvalidArgument)
+		}
+		m := ms[0]
+		if m.length == 0 || m.containerID != 0 || uint64(m.hostID)+uint64(m.length) > 1<<32 {
+			return specs.LinuxIDMapping{}, fmt.Errorf("%s.%s\": mapping container %d to host %d, length %d: want the pod's root (container id 0) mapped, a length of at least 1, within 32 bits: %w",
+				usernsField, name, m.containerID, m.hostID, m.length, errdefs.ErrInvalidArgument)
+		}
+		return specs.LinuxIDMapping{ContainerID: 0, HostID: m.hostID, Size: m.length}, nil
+	}
+	uid, err := one("uids", pc.uids)
+	if err != nil {
+		return nil, err
+	}
+	gid, err := one("gids", pc.gids)
+	if err != nil {
+		return nil, err
+	}
+	return &runtime.UserNS{UID: uid, GID: gid}, nil
 }

@@ -51,7 +51,11 @@ type criPodConfig struct {
 	sysctls              map[string]string
 	network, pid, ipc    namespaceMode
 	userns               *namespaceMode // nil: no userns options (the host's)
+	uids, gids           []idMapping    // userns_options' mappings
 }
+
+// idMapping is CRI's IDMapping.
+type idMapping struct{ hostID, containerID, length uint32 }
 
 // field walks a message's fields, calling fn for each with its number,
 // wire type and value bytes (for varints, the value is in v).
@@ -233,9 +237,22 @@ func (c *criPodConfig) securityContext(typ protowire.Type, data []byte) error {
 					return errWireType
 				}
 				mode := modePod
-				err := fields(data, func(num protowire.Number, typ protowire.Type, _ []byte, v uint64) error {
-					if num == 1 && typ == protowire.VarintType {
-						mode = namespaceMode(int32(v))
+				err := fields(data, func(num protowire.Number, typ protowire.Type, data []byte, v uint64) error {
+					switch num {
+					case 1:
+						if typ == protowire.VarintType {
+							mode = namespaceMode(int32(v))
+						}
+					case 2, 3:
+						m, err := decodeIDMapping(typ, data)
+						if err != nil {
+							return err
+						}
+						if num == 2 {
+							c.uids = append(c.uids, m)
+						} else {
+							c.gids = append(c.gids, m)
+						}
 					}
 					return nil
 				})
@@ -245,4 +262,26 @@ func (c *criPodConfig) securityContext(typ protowire.Type, data []byte) error {
 			return nil
 		})
 	})
+}
+
+func decodeIDMapping(typ protowire.Type, data []byte) (idMapping, error) {
+	var m idMapping
+	if typ != protowire.BytesType {
+		return m, errWireType
+	}
+	err := fields(data, func(num protowire.Number, typ protowire.Type, _ []byte, v uint64) error {
+		if typ != protowire.VarintType {
+			return errWireType
+		}
+		switch num {
+		case 1:
+			m.hostID = uint32(v)
+		case 2:
+			m.containerID = uint32(v)
+		case 3:
+			m.length = uint32(v)
+		}
+		return nil
+	})
+	return m, err
 }

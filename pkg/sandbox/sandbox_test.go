@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"github.com/moby/sys/mountinfo"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -33,6 +34,21 @@ func nsOpts(network, ipc, pid criapi.NamespaceMode) *criapi.LinuxPodSandboxConfi
 	return &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
 		NamespaceOptions: &criapi.NamespaceOption{Network: network, Ipc: ipc, Pid: pid},
 	}}
+}
+
+func idm(container, host, length uint32) *criapi.IDMapping {
+	return &criapi.IDMapping{ContainerId: container, HostId: host, Length: length}
+}
+
+// usernsOpts is a pod config with user namespace options: mode, the PID
+// namespace mode, and optionally a UID then a GID mapping.
+func usernsOpts(mode, pid criapi.NamespaceMode, maps ...*criapi.IDMapping) *criapi.PodSandboxConfig {
+	u := &criapi.UserNamespace{Mode: mode}
+	if len(maps) == 2 {
+		u.Uids, u.Gids = maps[:1], maps[1:]
+	}
+	return &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
+		NamespaceOptions: &criapi.NamespaceOption{Pid: pid, UsernsOptions: u}}}}
 }
 
 // What CRI sends as CreateSandboxRequest.options, and what is refused.
@@ -67,9 +83,37 @@ func TestDecodePodConfig(t *testing.T) {
 			"", nil, errdefs.IsInvalidArgument, "host-network"},
 		{"pod network without a netns", &criapi.PodSandboxConfig{}, "", nil, errdefs.IsInvalidArgument, "netns_path"},
 		{"TARGET pid", &criapi.PodSandboxConfig{Linux: nsOpts(0, 0, criapi.NamespaceMode_TARGET)}, "/n", nil, errdefs.IsInvalidArgument, "TARGET"},
-		{"user namespace", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
-			NamespaceOptions: &criapi.NamespaceOption{UsernsOptions: &criapi.UserNamespace{Mode: criapi.NamespaceMode_POD}}}}},
-			"/n", nil, errdefs.IsNotImplemented, "user namespaces"},
+		{"user namespace", usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_CONTAINER, idm(0, 65536, 65536), idm(0, 131072, 65536)),
+			"/n", func(c *podConfig) bool {
+				u := c.userns
+				_, ping := c.sysctls["net.ipv4.ping_group_range"]
+				return u != nil && u.UID == (specs.LinuxIDMapping{ContainerID: 0, HostID: 65536, Size: 65536}) &&
+					u.GID == (specs.LinuxIDMapping{ContainerID: 0, HostID: 131072, Size: 65536}) &&
+					!ping && c.sysctls["net.ipv4.ip_unprivileged_port_start"] == "0"
+			}, nil, ""},
+		{"user namespace: NODE is the host's", usernsOpts(criapi.NamespaceMode_NODE, criapi.NamespaceMode_CONTAINER),
+			"/n", func(c *podConfig) bool { return c.userns == nil && c.sysctls["net.ipv4.ping_group_range"] != "" }, nil, ""},
+		{"user namespace: NODE with mappings", usernsOpts(criapi.NamespaceMode_NODE, criapi.NamespaceMode_CONTAINER, idm(0, 65536, 65536), idm(0, 65536, 65536)),
+			"/n", nil, errdefs.IsInvalidArgument, "mode NODE with 1 UID and 1 GID mappings"},
+		{"user namespace: POD without mappings", usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_CONTAINER),
+			"/n", nil, errdefs.IsInvalidArgument, "uids\": 0 mappings, want exactly one"},
+		{"user namespace: two UID mappings", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &criapi.NamespaceOption{UsernsOptions: &criapi.UserNamespace{Mode: criapi.NamespaceMode_POD,
+				Uids: []*criapi.IDMapping{idm(0, 65536, 1), idm(1, 65537, 1)}, Gids: []*criapi.IDMapping{idm(0, 65536, 2)}}}}}},
+			"/n", nil, errdefs.IsInvalidArgument, "uids\": 2 mappings"},
+		{"user namespace: root not mapped", usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_CONTAINER, idm(0, 65536, 65536), idm(1000, 65536, 65536)),
+			"/n", nil, errdefs.IsInvalidArgument, "gids\": mapping container 1000"},
+		{"user namespace: zero length", usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_CONTAINER, idm(0, 65536, 0), idm(0, 65536, 1)),
+			"/n", nil, errdefs.IsInvalidArgument, "length 0"},
+		{"user namespace: past 32 bits", usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_CONTAINER, idm(0, 4294967295, 2), idm(0, 65536, 1)),
+			"/n", nil, errdefs.IsInvalidArgument, "within 32 bits"},
+		{"user namespace with the host's network", func() *criapi.PodSandboxConfig {
+			pc := usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_CONTAINER, idm(0, 65536, 65536), idm(0, 65536, 65536))
+			pc.Linux.SecurityContext.NamespaceOptions.Network = criapi.NamespaceMode_NODE
+			return pc
+		}(), "", nil, errdefs.IsInvalidArgument, "host's network"},
+		{"user namespace with a shared PID namespace", usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_POD, idm(0, 65536, 65536), idm(0, 65536, 65536)),
+			"/n", func(c *podConfig) bool { return c.userns != nil && c.sharedPID }, nil, ""},
 		{"user namespace per container", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
 			NamespaceOptions: &criapi.NamespaceOption{UsernsOptions: &criapi.UserNamespace{Mode: criapi.NamespaceMode_CONTAINER}}}}},
 			"/n", nil, errdefs.IsInvalidArgument, "userns_options.mode"},

@@ -276,6 +276,7 @@ func (s *Service) CreateSandbox(ctx context.Context, r *sandboxapi.CreateSandbox
 		CgroupParent: pod.cgroupParent,
 		Annotations:  podAnnotations(sb.id, pod),
 		Reaper:       s.reaper,
+		UserNS:       pod.userns,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", sb.id, err)

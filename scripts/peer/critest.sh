@@ -109,11 +109,12 @@ if [ "$handler" = custom-runsc ] || [ "$handler" = custom-runsc-sb ]; then
     'should support ReadonlyPaths'
   )
 fi
-if [ "$handler" = custom-runc-sb ] || [ "$handler" = custom-runc-pool ]; then
-  # The runc holder owns no user namespace yet: a pod with hostUsers: false
-  # is refused with NotImplemented at RunPodSandbox (use the pause-path
-  # handler for such pods). CONTAINER and TARGET modes are refused as the
-  # pause path refuses them, and those specs run.
+if [ "$handler" = custom-runc-pool ]; then
+  # pods_per_shim needs the handler's options table, and containerd's client
+  # cannot start a user-namespaced Pod's containers on a handler with one (it
+  # needs runc's options type for IoUid/IoGid; README "User namespaces").
+  # CONTAINER and TARGET modes are refused as on the other handlers, and
+  # those specs run.
   skips+=('UserNamespaces when Host idmap mount support is needed runtime should support NamespaceMode_POD')
 fi
 [ -n "${SKIP_EXTRA:-}" ] && skips+=("$SKIP_EXTRA")

@@ -9,19 +9,37 @@
 // the pod's hostname and sysctls, reports "ok" or what went wrong on fd 3
 // (the shim reads until EOF), then waits for SIGTERM or SIGINT, reaping
 // orphans as the init of a shared PID namespace.
+//
+// A user-namespaced pod (--userns UIDMAP GIDMAP): CRI made the pod's network
+// namespace inside a user namespace of its own. The shim forks the holder
+// into that network namespace only; the holder joins the user namespace that
+// owns it (NS_GET_USERNS; setns to a user namespace needs a single-threaded
+// caller, hence here and not in Go), checks its mappings are the pod's,
+// becomes the pod's root, and only then makes the UTS and IPC namespaces, so
+// that they belong to the pod's user namespace as pause's do and the
+// containers, which join /proc/<holder>/ns/user, can join them too.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <grp.h>
+#include <linux/nsfs.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #define HOLDER_MODE "sandbox-holder"
 #define READY_FD 3
+// With --userns and a new PID namespace: the shim closes its end of this
+// pipe once the holder is in the pod's cgroup (its child inherits that).
+#define GO_FD 4
 
 static void write_all(int fd, const char *p, size_t n)
 {
@@ -115,6 +133,115 @@ static void set_sysctl(const char *kv)
 	close(fd);
 }
 
+// read_map reads /proc/self/<file> (uid_map, gid_map) as one line with its
+// runs of blanks squeezed: "0 100000 65536".
+static void read_map(const char *file, char *out, size_t size)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof(path), "/proc/self/%s", file);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		fail("user namespace: open %s: %s", path, strerror(errno));
+	ssize_t n;
+	do
+		n = read(fd, buf, sizeof(buf) - 1);
+	while (n < 0 && errno == EINTR);
+	close(fd);
+	if (n < 0)
+		fail("user namespace: read %s: %s", path, strerror(errno));
+	buf[n] = '\0';
+	size_t o = 0;
+	int blank = 1;
+	for (char *p = buf; *p && o + 1 < size; p++) {
+		int b = (*p == ' ' || *p == '\t' || *p == '\n');
+		if (b && !blank)
+			out[o++] = ' ';
+		else if (!b)
+			out[o++] = *p;
+		blank = b;
+	}
+	if (o > 0 && out[o - 1] == ' ')
+		o--;
+	out[o] = '\0';
+}
+
+// join_userns moves the holder into the user namespace that owns its network
+// namespace, checks that namespace maps what CRI asked for (the containers'
+// specs carry the same mappings; runc checks them too), becomes its root and
+// unshares the pod's UTS and IPC namespaces (flags) under it.
+static void join_userns(const char *uidmap, const char *gidmap, int flags)
+{
+	// The host's root's supplementary groups go first, while dropping them
+	// is the host's root's to do: a user namespace may deny setgroups.
+	if (setgroups(0, NULL) < 0)
+		fail("user namespace: drop supplementary groups: %s", strerror(errno));
+	int net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (net < 0)
+		fail("user namespace: open /proc/self/ns/net: %s", strerror(errno));
+	int user = ioctl(net, NS_GET_USERNS);
+	if (user < 0)
+		fail("user namespace: the owner of the pod's network namespace (NS_GET_USERNS): %s", strerror(errno));
+	close(net);
+	if (setns(user, CLONE_NEWUSER) < 0)
+		fail("user namespace: join the owner of the pod's network namespace: %s (was the network namespace made "
+		     "inside the pod's user namespace?)", strerror(errno));
+	close(user);
+	char got[512];
+	read_map("uid_map", got, sizeof(got));
+	if (strcmp(got, uidmap) != 0)
+		fail("user namespace: the pod's network namespace belongs to a user namespace whose uid_map is \"%s\", "
+		     "the pod's is \"%s\"", got, uidmap);
+	read_map("gid_map", got, sizeof(got));
+	if (strcmp(got, gidmap) != 0)
+		fail("user namespace: the pod's network namespace belongs to a user namespace whose gid_map is \"%s\", "
+		     "the pod's is \"%s\"", got, gidmap);
+	// The pod's root, as pause runs: not the host's root with the pod's
+	// capabilities.
+	if (setresgid(0, 0, 0) < 0)
+		fail("user namespace: become the pod's root group: %s", strerror(errno));
+	if (setresuid(0, 0, 0) < 0)
+		fail("user namespace: become the pod's root: %s", strerror(errno));
+	if (flags && unshare(flags) < 0)
+		fail("user namespace: new UTS/IPC namespaces: %s", strerror(errno));
+}
+
+// clone_init: the PID namespace unshared under the pod's user namespace is
+// for the holder's children only; its init, the holder the pod's containers
+// join, is a child made here as the shim's own (CLONE_PARENT: the shim's
+// reaper collects its exit, its pid cannot be reused under the shim). This
+// process reports "ok <pid> <start time>" and exits; the child returns and
+// holds. It waits for the shim to have put it in the pod's cgroup first.
+static void clone_init(void)
+{
+	char c;
+	ssize_t r;
+	do
+		r = read(GO_FD, &c, 1);
+	while (r < 0 && errno == EINTR);
+	close(GO_FD);
+	pid_t pid = (pid_t)syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
+	if (pid < 0)
+		fail("user namespace: start the PID namespace's init: %s", strerror(errno));
+	if (pid == 0)
+		return;
+	char path[64], stat[1024], msg[64];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, stat, sizeof(stat) - 1);
+	if (fd >= 0)
+		close(fd);
+	char *p = n > 0 ? (stat[n] = '\0', strrchr(stat, ')')) : NULL;
+	unsigned long long start = 0;
+	// after ")": state, then fields 4..; the start time is field 22
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &start) != 1) {
+		kill(pid, SIGKILL);
+		fail("user namespace: read %s: %s", path, strerror(errno));
+	}
+	n = snprintf(msg, sizeof(msg), "ok %d %llu", (int)pid, start);
+	write_all(READY_FD, msg, (size_t)n);
+	_exit(0);
+}
+
 static void __attribute__((noreturn)) hold(char *args, char *end)
 {
 	sigset_t set;
@@ -126,6 +253,24 @@ static void __attribute__((noreturn)) hold(char *args, char *end)
 	// lost, and the init of a PID namespace gets only signals it waits for.
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
 		fail("block signals: %s", strerror(errno));
+	// No ptrace of the holder from the pod (a container with CAP_SYS_PTRACE
+	// in a shared PID namespace): it lives in the host's mount namespace.
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		fail("prctl(PR_SET_DUMPABLE): %s", strerror(errno));
+	// --userns comes first (the shim puts it there): the namespaces and the
+	// settings below must be the pod's user namespace's.
+	int userns_pid = 0;
+	if (args < end && strcmp(args, "--userns") == 0) {
+		char *uidmap = args + strlen(args) + 1;
+		char *gidmap = uidmap < end ? uidmap + strlen(uidmap) + 1 : end;
+		char *unsh = gidmap < end ? gidmap + strlen(gidmap) + 1 : end;
+		if (unsh >= end)
+			fail("sandbox holder: --userns needs UIDMAP GIDMAP FLAGS");
+		int flags = (int)strtol(unsh, NULL, 0);
+		join_userns(uidmap, gidmap, flags);
+		userns_pid = (flags & CLONE_NEWPID) != 0;
+		args = unsh + strlen(unsh) + 1;
+	}
 	for (char *a = args; a < end; a += strlen(a) + 1) {
 		char *next = a + strlen(a) + 1;
 		if (strcmp(a, "--hostname") == 0 && next < end) {
@@ -142,7 +287,10 @@ static void __attribute__((noreturn)) hold(char *args, char *end)
 			fail("sandbox holder: unknown argument \"%s\"", a);
 		}
 	}
-	write_all(READY_FD, "ok", 2);
+	if (userns_pid)
+		clone_init(); // returns in the child, which reports nothing
+	else
+		write_all(READY_FD, "ok", 2);
 	close(READY_FD);
 	for (;;) {
 		int sig = sigwaitinfo(&set, NULL);

@@ -91,6 +91,9 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 	}
 	defer ready.Close()
 	args := []string{Mode}
+	if p.UserNS != nil && p.NetNS == "" {
+		return 0, fmt.Errorf("start sandbox holder: a user namespace needs the pod's network namespace, made inside it: %w", errdefs.ErrInvalidArgument)
+	}
 	var flags uintptr
 	if p.NetNS != "" {
 		// A pod network of its own has a hostname of its own; a
@@ -107,6 +110,24 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 		flags |= unix.CLONE_NEWPID
 		args = append(args, "--pid1")
 	}
+	// With a user namespace and a PID namespace, the holder's init is a
+	// child it makes once in the pod's cgroup: goW tells it when.
+	var goR, goW *os.File
+	if p.UserNS != nil {
+		if flags&unix.CLONE_NEWPID != 0 {
+			if goR, goW, err = os.Pipe(); err != nil {
+				readyW.Close()
+				return 0, err
+			}
+			defer goR.Close()
+			defer goW.Close()
+		}
+		// The holder makes the UTS, IPC and PID namespaces itself, once it
+		// has joined the pod's user namespace, its first step (holder.c),
+		// so that they are that namespace's.
+		args = append([]string{Mode, "--userns", idMap(p.UserNS.UID), idMap(p.UserNS.GID), strconv.FormatUint(uint64(flags), 10)}, args[1:]...)
+		flags = 0
+	}
 	keys := make([]string, 0, len(p.Sysctls))
 	for k := range p.Sysctls {
 		keys = append(keys, k)
@@ -121,6 +142,9 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 	cmd.Args[0] = "containerd-shim-custom-v2"
 	cmd.Dir = "/"
 	cmd.ExtraFiles = []*os.File{readyW}
+	if goR != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, goR) // fd 4, holder.c's GO_FD
+	}
 	// The pidfd comes from the fork itself (CLONE_PIDFD): the reaper may
 	// collect the holder at any moment after it, and its pid be reused.
 	pidfd := -1
@@ -138,6 +162,9 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 	}
 	resume()
 	_ = readyW.Close() // the holder has its copy; ours must go for EOF to come
+	if goR != nil {
+		_ = goR.Close()
+	}
 	if err != nil {
 		return 0, fmt.Errorf("start sandbox holder: %w", err)
 	}
@@ -170,13 +197,28 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 	h.cgroup = cg
 	h.mu.Unlock()
 	adjustOOMScore(ctx, pid)
-	if err := waitReady(ctx, ready); err != nil {
+	if goW != nil {
+		_ = goW.Close() // in the pod's cgroup: the holder may start its init
+	}
+	msg, err := waitReady(ctx, ready)
+	if err != nil {
 		return 0, err
+	}
+	if goW != nil {
+		if pid, err = h.adoptInit(msg); err != nil {
+			return 0, err
+		}
+		adjustOOMScore(ctx, pid)
 	}
 	if err := writePid(p.Bundle, pid); err != nil {
 		return 0, err
 	}
 	return pid, nil
+}
+
+// idMap is a mapping as /proc/<pid>/uid_map shows it, blanks squeezed.
+func idMap(m specs.LinuxIDMapping) string {
+	return fmt.Sprintf("%d %d %d", m.ContainerID, m.HostID, m.Size)
 }
 
 // startIn starts cmd in the network namespace at netns ("": this one). The
@@ -274,31 +316,69 @@ func adjustOOMScore(ctx context.Context, pid int) {
 	}
 }
 
-// waitReady reads the holder's verdict: "ok", or what went wrong in its
+// waitReady reads the holder's verdict: "ok" (with its init's pid and
+// start time after "ok " when it made one), or what went wrong in its
 // namespaces (a refused sysctl, a hostname).
-func waitReady(ctx context.Context, r *os.File) error {
-	done := make(chan error, 1)
+func waitReady(ctx context.Context, r *os.File) (string, error) {
+	type verdict struct {
+		msg string
+		err error
+	}
+	done := make(chan verdict, 1)
 	go func() {
 		msg, err := io.ReadAll(io.LimitReader(r, 4096))
 		switch {
 		case err != nil:
-			done <- fmt.Errorf("sandbox holder: %w", err)
-		case string(msg) == "ok":
-			done <- nil
+			done <- verdict{err: fmt.Errorf("sandbox holder: %w", err)}
+		case string(msg) == "ok" || strings.HasPrefix(string(msg), "ok "):
+			done <- verdict{msg: string(msg)}
 		case len(msg) == 0:
-			done <- errors.New("sandbox holder exited before it was ready")
+			done <- verdict{err: errors.New("sandbox holder exited before it was ready")}
 		default:
-			done <- fmt.Errorf("sandbox holder: %s: %w", msg, errdefs.ErrInvalidArgument)
+			done <- verdict{err: fmt.Errorf("sandbox holder: %s: %w", msg, errdefs.ErrInvalidArgument)}
 		}
 	}()
 	select {
-	case err := <-done:
-		return err
+	case v := <-done:
+		return v.msg, v.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return "", ctx.Err()
 	case <-time.After(30 * time.Second):
-		return errors.New("sandbox holder not ready after 30s")
+		return "", errors.New("sandbox holder not ready after 30s")
 	}
+}
+
+// adoptInit makes the holder's init (msg: "ok <pid> <start time>", a child
+// of the shim through CLONE_PARENT) the holder: the pid Start returns, the
+// one Stop signals through a pidfd and the reaper tracks. The process that
+// made it exits on its own. The start time tells the init from a process
+// that took its pid had it died and been reaped before the pidfd pinned it.
+func (h *Holder) adoptInit(msg string) (int, error) {
+	var pid int
+	var start uint64
+	if n, _ := fmt.Sscanf(msg, "ok %d %d", &pid, &start); n != 2 || pid <= 0 {
+		return 0, fmt.Errorf("sandbox holder: malformed report %q", msg)
+	}
+	gate := h.pod.Reaper
+	if gate == nil {
+		gate = runtime.NoReaper{}
+	}
+	resume := gate.Pause()
+	defer resume()
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return 0, fmt.Errorf("sandbox holder: its init %d: %w", pid, err)
+	}
+	if now, err := startTime(pid); err != nil || now != start {
+		_ = unix.Close(pidfd)
+		return 0, fmt.Errorf("sandbox holder: its init %d exited before it was ready", pid)
+	}
+	gate.Track(pid)
+	h.mu.Lock()
+	_ = unix.Close(h.pidfd) // the process that made it, exiting
+	h.pid, h.pidfd = pid, pidfd
+	h.mu.Unlock()
+	return pid, nil
 }
 
 // holderPidFile records the holder's pid for "delete" after a shim died.

@@ -119,6 +119,11 @@ func Registration() runtime.Registration {
 			return New(*s.(*Config), c)
 		},
 		NewPod: func(s oci.Section, p *runtime.Pod) (runtime.PodSandbox, error) {
+			if p.UserNS != nil {
+				// Not advertised either (withoutUserNamespaces): kubelet
+				// sends no such pod; CRI clients that ask are told.
+				return nil, fmt.Errorf("user namespaces (hostUsers: false) on gVisor: runsc cannot join the pod's user namespace: %w", errdefs.ErrNotImplemented)
+			}
 			return NewPod(*s.(*Config), p), nil
 		},
 		Features: func(ctx context.Context, s oci.Section) (*features.Features, error) {
