@@ -27,7 +27,8 @@
 #      NODE_NAME, ports: ETCD_PORT APISERVER_PORT KUBELET_PORT KUBELET_HEALTHZ_PORT METRICS_PORT,
 #      RUNC_HANDLER (custom-runc), GVISOR_HANDLER (custom-runsc): handler and RuntimeClass names,
 #      RUNC_POOL_HANDLER (custom-runc-pool): custom-runc-sb with pods_per_shim = 10
-#      USERNS_HANDLER (custom-runc-userns): the runc backend with no options table, its
+#      USERNS_HANDLER (custom-runc-userns), USERNS_SB_HANDLER (custom-runc-sb-userns): the runc
+#        backend with no options table, on the pause path and on the Sandbox API, their
 #        settings in $N/etc/custom-shim.toml (CONTAINERD_SHIM_CUSTOM_CONFIG): user-namespaced Pods
 #      RUNC_SB_HANDLER (custom-runc-sb), GVISOR_SB_HANDLER (custom-runsc-sb): the same backends
 #      with sandboxer = 'shim' (no pause container),
@@ -92,6 +93,7 @@ RUNC_SB_HANDLER=${RUNC_SB_HANDLER:-custom-runc-sb}
 GVISOR_SB_HANDLER=${GVISOR_SB_HANDLER:-custom-runsc-sb}
 RUNC_POOL_HANDLER=${RUNC_POOL_HANDLER:-custom-runc-pool}
 USERNS_HANDLER=${USERNS_HANDLER:-custom-runc-userns}
+USERNS_SB_HANDLER=${USERNS_SB_HANDLER:-custom-runc-sb-userns}
 # the kubelet's clusterDNS (no DNS server runs; ClusterFirst Pods get it in resolv.conf)
 CLUSTER_DNS=${CLUSTER_DNS:-10.96.0.10}
 
@@ -244,6 +246,10 @@ custom_handlers() {
       # Pod needs (IoUid/IoGid); the shim's settings come from its default config file
       [$R.$USERNS_HANDLER]
         runtime_type = "io.containerd.custom.v2"
+      [$R.$USERNS_SB_HANDLER]
+        runtime_type = "io.containerd.custom.v2"
+        sandboxer = "shim"
+        disable_pause_image_pull = true
       [$R.$GVISOR_SB_HANDLER]
         runtime_type = "io.containerd.custom.v2"
         sandboxer = "shim"
@@ -690,13 +696,18 @@ kind: RuntimeClass
 metadata: {name: $USERNS_HANDLER}
 handler: $USERNS_HANDLER
 ---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: $USERNS_SB_HANDLER}
+handler: $USERNS_SB_HANDLER
+---
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: default, namespace: default}
 EOF
   kc -n default create configmap kube-root-ca.crt --from-file=ca.crt="$PKI/ca.crt" \
     --dry-run=client -o yaml | kc apply -f - >/dev/null
-  ts "RuntimeClasses $RUNC_HANDLER, $GVISOR_HANDLER, $RUNC_SB_HANDLER, $GVISOR_SB_HANDLER, $RUNC_POOL_HANDLER, $USERNS_HANDLER, default ServiceAccount, kube-root-ca.crt"
+  ts "RuntimeClasses $RUNC_HANDLER, $GVISOR_HANDLER, $RUNC_SB_HANDLER, $GVISOR_SB_HANDLER, $RUNC_POOL_HANDLER, $USERNS_HANDLER, $USERNS_SB_HANDLER, default ServiceAccount, kube-root-ca.crt"
 
   wait_for "metrics aggregator (static Pod) on https://127.0.0.1:$METRICS_PORT, TLS + basic auth" 120 \
     curl -sf --cacert "$METRICS_ETC/ca.crt" -u "prometheus:$(cat "$METRICS_ETC/password")" \
@@ -823,7 +834,7 @@ case "${1:-}" in
   # internal: the resolved settings, for test.sh
   vars)
     for v in N K8S_VERSION K8S_BIN CTRD_BIN CRICTL SOCK PKI RUN LOG NODE_NAME KUBELET_PORT METRICS_PORT METRICS_ETC POD_GW \
-             BUSYBOX_IMAGE CRI_STATS RUNSC_BIN RUNC_HANDLER GVISOR_HANDLER RUNC_SB_HANDLER GVISOR_SB_HANDLER RUNC_POOL_HANDLER USERNS_HANDLER CLUSTER_DNS; do
+             BUSYBOX_IMAGE CRI_STATS RUNSC_BIN RUNC_HANDLER GVISOR_HANDLER RUNC_SB_HANDLER GVISOR_SB_HANDLER RUNC_POOL_HANDLER USERNS_HANDLER USERNS_SB_HANDLER CLUSTER_DNS; do
       printf '%s=%q\n' "$v" "${!v}"
     done ;;
   *) echo "usage: $0 up|down|test|env|status|clean" >&2; exit 2 ;;

@@ -55,8 +55,8 @@
 #              _started_total, _exited_total{reason} (stopped; died: the OOM-killed
 #              gVisor sandbox), _shutdown_total and sandbox_start_latency_seconds'
 #              count, one per sandbox on a sandboxed handler, none on the pause path
-# Then, on $USERNS_HANDLER (node.sh: the runc backend with no options table; skip with
-# USERNS_HANDLER=""):
+# Then, on $USERNS_HANDLER and $USERNS_SB_HANDLER (node.sh: the runc backend with no
+# options table, pause path and Sandbox API), with shareProcessNamespace:
 #   userns     a Pod with hostUsers: false reaches Running (kubelet admits it from the
 #              handler's features); one mapping of 65536 ids, container root on a host
 #              id other than 0, the container's init runs as that host uid, a file it
@@ -655,15 +655,17 @@ print("cpu=%.3fs mem=%.1fMiB" % (cpu / 1e9, mem / 1048576.0) if cpu > 0 and mem 
   HTIMES+=("$H $(since "$hstart")s")
 done
 
-# ---- a user-namespaced Pod (hostUsers: false) on the handler without options ---------
-# kubelet admits it only when the handler reports user namespaces (the shim's -info
-# features, through CRI's RuntimeHandler features)
-if [ -n "${USERNS_HANDLER:-}" ]; then
-  H=$USERNS_HANDLER; hstart=$(now); last_check=$hstart
+# ---- user-namespaced Pods (hostUsers: false) on the handlers without options -------
+# kubelet admits them only when the handler reports user namespaces (the shim's -info
+# features, through CRI's RuntimeHandler features); shareProcessNamespace makes the
+# holder's PID namespace the Pod's user namespace's too
+for H in ${USERNS_HANDLER:-} ${USERNS_SB_HANDLER:-}; do
+  hstart=$(now); last_check=$hstart
   echo
   echo "== $H"
   podspec userns "$H" Never <<EOF | kc apply -f - >/dev/null
   hostUsers: false
+  shareProcessNamespace: true
   volumes: [{name: scratch, emptyDir: {}}]
   containers:
   - name: main
@@ -675,6 +677,7 @@ EOF
   if kc wait --for=condition=Ready pod/userns --timeout="${TIMEOUT}s" >/dev/null 2>&1; then
     uidmap=$(kc exec userns -- cat /proc/self/uid_map 2>&1 | awk '{$1=$1; print}')
     inside=$(kc exec userns -- stat -c '%u:%g' /scratch/f 2>&1)
+    pid1=$(kc exec userns -- cat /proc/1/cmdline 2>&1 | tr '\0' ' ')
     hostf=$N/kubelet/pods/$(uid_of userns)/volumes/kubernetes.io~empty-dir/scratch/f
     host=$(stat -c '%u:%g' "$hostf" 2>&1)
     cpid=$(cri inspect -o go-template --template '{{.info.pid}}' "$(containers_of "$(uid_of userns)" | head -1)" 2>/dev/null)
@@ -686,19 +689,22 @@ EOF
     ok=1
     [ "$(wc -l <<<"$uidmap")" = 1 ] && [ -n "$base" ] && [ "$base" != 0 ] && [ "$(awk '{print $3}' <<<"$uidmap")" = 65536 ] &&
       [ "$procuid" = "$base" ] && [ "$inside" = 0:0 ] && [ "$host" = 0:0 ] && ok=0
-    check userns $ok "Running in $(since "$hstart")s; /proc/self/uid_map: '$uidmap'; the container's init (host pid ${cpid:-?}) runs as host uid ${procuid:-?}; the file it wrote to its emptyDir: $inside inside, $host on the host ($hostf)"
+    check userns $ok "Running in $(since "$hstart")s; /proc/self/uid_map: '$uidmap'; the container's init (host pid ${cpid:-?}) runs as host uid ${procuid:-?}; PID 1 of the Pod: '${pid1% }'; the file it wrote to its emptyDir: $inside inside, $host on the host ($hostf)"
   else
     check userns 1 "not Ready after ${TIMEOUT}s: $(kc get pod userns --no-headers 2>&1); $(kc get events --field-selector involvedObject.name=userns -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' | tail -3)"
   fi
   usb=$(sandboxes_of "$(uid_of userns)" | head -1)
   kc delete pod userns --wait=true --timeout=60s >/dev/null 2>&1
-  # nothing left running: no process as the Pod's host uid, no shim for its sandbox
+  # nothing left running: no process as the Pod's host uid, no shim for its sandbox (a
+  # sandboxed handler's shim goes at RemovePodSandbox, when kubelet collects the Pod)
   left() { { [ -n "${base:-}" ] && ps -eo uid=,pid= | awk -v u="$base" '$1 == u {print $2}'; [ -z "$usb" ] || shims_with "$usb"; } | tr '\n' ' '; }
-  ok=1; [ -n "$usb" ] && until_true 30 test -z "$(left)" && ok=0
-  check userns-delete $ok "Pod deleted: processes of host uid ${base:-?} or shims of sandbox ${usb:0:13} left: $(left)"
+  nothing_left() { [ -z "$(left)" ]; }
+  s=$(now); ok=1; [ -n "$usb" ] && until_true "$TIMEOUT" nothing_left && ok=0
+  check userns-delete $ok "Pod deleted: processes of host uid ${base:-?} or shims of sandbox ${usb:0:13} left: $([ "$ok" = 0 ] && echo "none (gone $(since "$s")s after delete)" || left)"
   echo "-- $H: $(since "$hstart")s"
   HTIMES+=("$H $(since "$hstart")s")
-fi
+  base=
+done
 
 echo
 echo "== summary ($(since "$test_start")s; each check's time is since the previous check; node Ready $(sed -n 's/node_ready_seconds=//p' "$RUN/startup" 2>/dev/null)s after up)"
