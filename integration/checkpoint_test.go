@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -57,7 +58,7 @@ func TestCheckpointRestore(t *testing.T) {
 			t.Skipf("criu check fails on this host, restore not tested: %s", lastLine(string(out)))
 		}
 		if err != nil {
-			t.Fatalf("checkpoint: %v", err)
+			t.Fatalf("checkpoint: %v%s", err, criuLogTail(err, 40))
 		}
 		t.Cleanup(func() { _ = e.client.ImageService().Delete(nsCtx(ctx), checkpoint.Name()) })
 		// The checkpoint left the task running (containerd's default).
@@ -83,12 +84,22 @@ func TestCheckpointRestore(t *testing.T) {
 		if err := task.Start(ctx); err != nil {
 			t.Fatalf("start restored task: %v", err)
 		}
-		var out outputs
-		execToExit(t, c, task, "count", out.creator(), "cat", "/tmp/count")
-		if n := strings.TrimSpace(out.stdout.String()); n == "" || n == "0" {
-			t.Fatalf("restored counter %q", n)
+		// It carries on counting from the checkpoint: the file grows.
+		count := func(execID string) int {
+			var out outputs
+			execToExit(t, c, task, execID, out.creator(), "cat", "/tmp/count")
+			n, _ := strconv.Atoi(strings.TrimSpace(out.stdout.String()))
+			return n
 		}
-		task.Kill(ctx, 9)
+		first := count("count1")
+		time.Sleep(scaled(time.Second))
+		if second := count("count2"); first == 0 || second <= first {
+			ps, _ := exec.Command("ps", "-eo", "pid,ppid,stat,args").CombinedOutput()
+			t.Fatalf("restored counter %d, then %d: the restored process does not run\n%s", first, second, ps)
+		}
+		if err := task.Kill(ctx, 9); err != nil {
+			t.Fatalf("kill the restored task: %v", err)
+		}
 		waitExit(t, statusC, 30*time.Second)
 	})
 }
@@ -183,6 +194,24 @@ func criuTooOld(t *testing.T) (criuVersion, kernel string, old bool) {
 	newKernel := kmaj > 6 || kmaj == 6 && kmin >= 13
 	oldCriu := cmaj < 4 || cmaj == 4 && cmin < 1
 	return m[1] + "." + m[2] + m[3], kernel, newKernel && oldCriu
+}
+
+// criuLogTail is the end of the criu log an error names ("criu log: PATH"),
+// for the reader of a failed run (the log lives in the daemon's state dir).
+func criuLogTail(err error, n int) string {
+	m := regexp.MustCompile(`criu log: ([^ )]+)`).FindStringSubmatch(err.Error())
+	if m == nil {
+		return ""
+	}
+	data, rerr := os.ReadFile(m[1])
+	if rerr != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "\n--- end of " + m[1] + ":\n" + strings.Join(lines, "\n")
 }
 
 func lastLine(s string) string {

@@ -29,8 +29,13 @@ fi
 
 # The kernel: the image linux-image-amd64 points at today. Once fetched it stays (OUT/.kernel names it), so a
 # Debian point release does not change the guest under a cached CI machine.
-# veth: the sandboxed-pod test gives each pod a veth pair (CNI ptp).
-modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci 9pnet 9pnet_virtio netfs fscache 9p overlay veth"
+# veth: the sandboxed-pod test gives each pod a veth pair (CNI ptp). From crc32c_generic on, what CRIU's
+# kernel feature detection needs (the checkpoint tests run here: the host's CRIU cannot run on its own kernel):
+# the socket diag families, nftables, conntrack over netlink (a network namespace's dump), tun; loaded in
+# this order (each after what it depends on).
+modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci 9pnet 9pnet_virtio netfs fscache 9p overlay veth
+  crc32c_generic libcrc32c nfnetlink nf_tables nf_defrag_ipv4 nf_defrag_ipv6 nf_conntrack nf_conntrack_netlink
+  inet_diag tcp_diag udp_diag unix_diag netlink_diag af_packet_diag tun"
 have_modules() { for m in $modules; do [ -s "$OUT/ko/$m.ko" ] || return 1; done; }
 if [ ! -s "$OUT/vmlinux" ] || ! have_modules || [ ! -s "$OUT/.kernel" ]; then
   pick() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
@@ -64,12 +69,13 @@ if [ ! -s "$OUT/vmlinux" ] || ! have_modules || [ ! -s "$OUT/.kernel" ]; then
 fi
 
 # The initramfs is rebuilt when its inputs change (cheap: a few hundred KB).
-stamp=$(cat "$HERE/initramfs-init" /bin/busybox "$OUT"/ko/*.ko | sha256sum | cut -d' ' -f1)
+stamp=$({ echo $modules; cat "$HERE/initramfs-init" /bin/busybox "$OUT"/ko/*.ko; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$OUT/.initrd" 2>/dev/null)" != "$stamp" ] || [ ! -s "$OUT/initrd.cpio.gz" ]; then
   ird=$(mktemp -d)
   mkdir -p "$ird"/{bin,lib/modules,proc,sys,dev,lower,rw,newroot}
   cp /bin/busybox "$ird/bin/busybox"; ln -sf busybox "$ird/bin/sh"
   cp "$OUT"/ko/*.ko "$ird/lib/modules/"
+  echo $modules > "$ird/lib/modules/order"  # initramfs-init loads them in this order
   install -m 0755 "$HERE/initramfs-init" "$ird/init"
   (cd "$ird" && find . | /bin/busybox cpio -o -H newc -R 0:0 2>/dev/null | gzip -1 > "$OUT/initrd.cpio.gz.tmp")
   mv "$OUT/initrd.cpio.gz.tmp" "$OUT/initrd.cpio.gz"

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -192,4 +194,41 @@ func runCriuVersion(ctx context.Context, path string) (string, error) {
 		return "", fmt.Errorf("%s --version: %w", path, err)
 	}
 	return string(out), nil
+}
+
+// keepCriuLog copies criu's log from its work directory (about to go) into
+// the bundle and returns what an error should add: criu's own error lines
+// (the last few; CRIU's first error is usually the cause, its last what
+// failed after it), and the copy's path.
+func keepCriuLog(work, name, dst string) string {
+	data, err := os.ReadFile(filepath.Join(work, name))
+	if err != nil {
+		return ""
+	}
+	var b strings.Builder
+	if msg := criuLogErrors(data, 3); msg != "" {
+		b.WriteString(": " + msg)
+	}
+	if os.WriteFile(dst, data, 0o600) == nil {
+		b.WriteString(" (criu log: " + dst + ")")
+	}
+	return b.String()
+}
+
+// criuLogErrors returns up to max of criu's "Error (file:line): message"
+// lines, joined with "; ", without their timestamps: the first ones (the
+// cause), then the last one if there are more.
+func criuLogErrors(log []byte, max int) string {
+	var errs []string
+	for _, line := range strings.Split(string(log), "\n") {
+		i := strings.Index(line, "Error (")
+		if i < 0 {
+			continue
+		}
+		errs = append(errs, strings.TrimSpace(line[i:]))
+	}
+	if len(errs) > max {
+		errs = append(errs[:max-1], "...", errs[len(errs)-1])
+	}
+	return strings.Join(errs, "; ")
 }

@@ -238,3 +238,31 @@ func TestPreflightCriu(t *testing.T) {
 		})
 	}
 }
+
+// A failed dump's error carries criu's own error lines, not only a log path.
+func TestCriuLogErrors(t *testing.T) {
+	log := []byte(`(00.000010) Version: 3.17.1 (gitid 0)
+(00.010028) Error (criu/sockets.c:209): sockets: Diag module missing (-2)
+(00.120687) Warn  (criu/util.c:642): something
+(00.200468) Error (criu/tun.c:85): tun: Unable to create tun: No such file or directory
+(00.596774) Error (criu/kerndat.c:1666): kerndat_has_nftables_concat failed when initializing kerndat.
+(00.599593) Error (criu/crtools.c:260): Could not initialize kernel features detection.
+`)
+	want := "Error (criu/sockets.c:209): sockets: Diag module missing (-2); Error (criu/tun.c:85): tun: Unable to create tun: No such file or directory; ...; Error (criu/crtools.c:260): Could not initialize kernel features detection."
+	if got := criuLogErrors(log, 3); got != want {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
+	if got := criuLogErrors([]byte("(00.1) Info all good\n"), 3); got != "" {
+		t.Errorf("no errors: %q", got)
+	}
+	work, dst := t.TempDir(), filepath.Join(t.TempDir(), "criu-dump.log")
+	if err := os.WriteFile(filepath.Join(work, "dump.log"), log[:150], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := keepCriuLog(work, "dump.log", dst); got != ": Error (criu/sockets.c:209): sockets: Diag module missing (-2) (criu log: "+dst+")" {
+		t.Errorf("keepCriuLog: %q", got)
+	}
+	if got := keepCriuLog(work, "none.log", dst); got != "" {
+		t.Errorf("no log: %q", got)
+	}
+}

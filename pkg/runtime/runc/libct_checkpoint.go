@@ -72,8 +72,15 @@ func (b *libBackend) Restore(ctx context.Context, cc *runtime.CreateConfig, r *r
 	if err := writePidFile(cc.PidFile, pid); err != nil {
 		return 0, err
 	}
+	// The restored object does not know its init's start time (runc's CLI
+	// loads the state Restore saved for every later command), so Signal
+	// would call the restored init not running: use that state too.
+	loaded, err := libcontainer.Load(b.root, cc.ID)
+	if err != nil {
+		return 0, fmt.Errorf("restore container %s: load its state: %w", cc.ID, libError(err))
+	}
 	b.mu.Lock()
-	b.container = c
+	b.container = loaded
 	b.mu.Unlock()
 	return pid, nil
 }
@@ -113,12 +120,8 @@ func (b *libBackend) Checkpoint(ctx context.Context, id string, cc *runtime.Chec
 	})
 	resume()
 	if err != nil {
-		// The work directory goes away; keep criu's log in the bundle.
-		// The error names the copy only if there is one.
-		if data, rerr := os.ReadFile(filepath.Join(work, "dump.log")); rerr == nil && os.WriteFile(b.bundle.CriuDumpLog(), data, 0o600) == nil {
-			return fmt.Errorf("checkpoint container %s: %w (criu log: %s)", id, libError(err), b.bundle.CriuDumpLog())
-		}
-		return fmt.Errorf("checkpoint container %s: %w", id, libError(err))
+		// The work directory goes away; criu's log is kept in the bundle.
+		return fmt.Errorf("checkpoint container %s: %w%s", id, libError(err), keepCriuLog(work, "dump.log", b.bundle.CriuDumpLog()))
 	}
 	return nil
 }

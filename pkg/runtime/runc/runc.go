@@ -431,13 +431,8 @@ func (b *Backend) Checkpoint(ctx context.Context, id string, c *runtime.Checkpoi
 		}, actions...)
 	})
 	if err != nil {
-		// The work directory goes away; keep criu's log in the bundle.
-		dumpLog := b.bundle.CriuDumpLog()
-		// The error names the copy only if there is one.
-		if data, rerr := os.ReadFile(filepath.Join(work, "dump.log")); rerr == nil && os.WriteFile(dumpLog, data, 0o600) == nil {
-			return fmt.Errorf("%w (criu log: %s)", err, dumpLog)
-		}
-		return err
+		// The work directory goes away; criu's log is kept in the bundle.
+		return fmt.Errorf("%w%s", err, keepCriuLog(work, "dump.log", b.bundle.CriuDumpLog()))
 	}
 	return nil
 }
