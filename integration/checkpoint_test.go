@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +16,7 @@ import (
 	"github.com/containerd/containerd/api/services/tasks/v1"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images/archive"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
@@ -23,85 +26,149 @@ import (
 	"github.com/custom-runtime/containerd-shim-custom-v2/integration/harness"
 )
 
-// TestCheckpointRestore: a task checkpointed with criu is restored into a
-// new container and carries on from where it was.
+// TestCheckpointRestore: a running container with state in memory (a
+// counter) is checkpointed, then restored on the same containerd and, as
+// on another node, on a second containerd (its own root and state: the
+// checkpoint image exported and imported as ctr or nerdctl users move
+// one), and in both it carries on from where it stopped. On runc through
+// libcontainer in the shim and through runc's CLI; on gVisor with runsc's
+// own checkpointing. CRIU runs where it can: the cgroup v2 guest (make
+// test-cgroup2) has a kernel Debian's CRIU works on.
 func TestCheckpointRestore(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		if e.backend == "runc" {
 			_, err := exec.LookPath("criu")
 			harness.RequireDep(t, "criu (scripts/deps.sh installs it)", err)
-		}
-		if e.backend == "runc" {
 			if v, kernel, old := criuTooOld(t); old {
-				t.Skipf("criu %s cannot run on kernel %s (TestCheckpointOldCriu checks the error)", v, kernel)
+				t.Skipf("criu %s cannot run on kernel %s (TestCheckpointOldCriu checks the error; make test-cgroup2 runs this test)", v, kernel)
+			}
+			if out, err := exec.Command("criu", "check").CombinedOutput(); err != nil {
+				t.Fatalf("criu check fails on this host: %s", lastLine(string(out)))
 			}
 		}
-		// runsc checkpoints without criu.
-		criuWorks := e.backend == "runsc" || exec.Command("criu", "check").Run() == nil
-		ctx := testContext(t)
-		id := containerID(t, "")
-		// Counts up in a file, so the restored process shows it resumed.
-		c := newContainer(t, e, id, nil, oci.WithProcessArgs("sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"))
-		task, statusC := startTask(t, c, nil)
-		time.Sleep(500 * time.Millisecond)
-		checkpoint, err := c.Checkpoint(ctx, id+"-checkpoint", client.WithCheckpointRuntime, client.WithCheckpointRW, client.WithCheckpointTask)
-		if !criuWorks {
-			// criu is installed but cannot run on this kernel: the error
-			// must say so, and the task must be unharmed.
-			if err == nil || !strings.Contains(err.Error(), "criu") {
-				t.Fatalf("checkpoint with a broken criu: %v", err)
+		modes := map[string]any{"runsc": nil}
+		if e.backend == "runc" {
+			modes = map[string]any{
+				"in-process": nil,
+				"cli":        &runtimeoptions.Options{ConfigBody: []byte("[runc]\nmode = \"cli\"\n")},
 			}
-			if st, err := task.Status(ctx); err != nil || st.Status != client.Running {
-				t.Fatalf("task after failed checkpoint: %v %v", st, err)
-			}
-			out, _ := exec.Command("criu", "check").CombinedOutput()
-			t.Skipf("criu check fails on this host, restore not tested: %s", lastLine(string(out)))
 		}
-		if err != nil {
-			t.Fatalf("checkpoint: %v%s", err, criuLogTail(err, 40))
+		second := ownDaemon(t, e, nil) // the "other node", for every mode
+		for mode, opts := range modes {
+			t.Run(mode, func(t *testing.T) { checkpointRestore(t, e, second, opts) })
 		}
-		t.Cleanup(func() { _ = e.client.ImageService().Delete(nsCtx(ctx), checkpoint.Name()) })
-		// The checkpoint left the task running (containerd's default).
-		if err := task.Kill(ctx, 9); err != nil {
-			t.Fatal(err)
-		}
-		waitExit(t, statusC, 30*time.Second)
-		if _, err := task.Delete(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil {
-			t.Fatal(err)
-		}
-		c, err = e.client.Restore(ctx, id, checkpoint, client.WithRestoreImage, client.WithRestoreSpec, client.WithRestoreRuntime, client.WithRestoreRW)
-		if err != nil {
-			t.Fatalf("restore container: %v", err)
-		}
-		task, err = c.NewTask(ctx, cio.NullIO, client.WithTaskCheckpoint(checkpoint))
-		if err != nil {
-			t.Fatalf("restore task: %v", err)
-		}
-		statusC, _ = task.Wait(ctx)
-		if err := task.Start(ctx); err != nil {
-			t.Fatalf("start restored task: %v", err)
-		}
-		// It carries on counting from the checkpoint: the file grows.
-		count := func(execID string) int {
-			var out outputs
-			execToExit(t, c, task, execID, out.creator(), "cat", "/tmp/count")
-			n, _ := strconv.Atoi(strings.TrimSpace(out.stdout.String()))
-			return n
-		}
-		first := count("count1")
-		time.Sleep(scaled(time.Second))
-		if second := count("count2"); first == 0 || second <= first {
-			ps, _ := exec.Command("ps", "-eo", "pid,ppid,stat,args").CombinedOutput()
-			t.Fatalf("restored counter %d, then %d: the restored process does not run\n%s", first, second, ps)
-		}
-		if err := task.Kill(ctx, 9); err != nil {
-			t.Fatalf("kill the restored task: %v", err)
-		}
-		waitExit(t, statusC, 30*time.Second)
 	})
+}
+
+// counterArgs counts up in /tmp/count, so a restored process shows it
+// carried on rather than started again.
+var counterArgs = oci.WithProcessArgs("sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done")
+
+func checkpointRestore(t *testing.T, e, second *env, runtimeOpts any) {
+	ctx := testContext(t)
+	id := containerID(t, "")
+	c := newContainer(t, e, id, runtimeOpts, counterArgs)
+	task, statusC := startTask(t, c, nil)
+	// Counted far enough that a fresh start could not catch up in the
+	// checks below.
+	deadline := time.Now().Add(scaled(20 * time.Second))
+	for readCount(t, c, task, "warmup") < 30 {
+		if time.Now().After(deadline) {
+			t.Fatal("the counter did not reach 30")
+		}
+		time.Sleep(scaled(200 * time.Millisecond))
+	}
+	checkpoint, err := c.Checkpoint(ctx, id+"-checkpoint", client.WithCheckpointRuntime, client.WithCheckpointRW, client.WithCheckpointTask)
+	if err != nil {
+		t.Fatalf("checkpoint: %v%s", err, criuLogTail(err, 40))
+	}
+	t.Cleanup(func() { _ = e.client.ImageService().Delete(nsCtx(context.Background()), checkpoint.Name()) })
+	// The checkpoint left the task running (containerd's default); what
+	// it counts from now on is not in the checkpoint.
+	atCheckpoint := readCount(t, c, task, "at-checkpoint")
+	if err := task.Kill(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, statusC, 30*time.Second)
+	if _, err := task.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("same containerd", func(t *testing.T) {
+		restoreAndCheck(t, e, id, checkpoint, atCheckpoint)
+	})
+	t.Run("second containerd", func(t *testing.T) {
+		ctx := testContext(t)
+		var archive bytes.Buffer
+		if err := e.client.Export(ctx, &archive, archiveWithImage(e, checkpoint.Name())); err != nil {
+			t.Fatalf("export the checkpoint: %v", err)
+		}
+		if _, err := second.client.Import(ctx, &archive); err != nil {
+			t.Fatalf("import the checkpoint into the second containerd: %v", err)
+		}
+		moved, err := second.client.GetImage(ctx, checkpoint.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = second.client.ImageService().Delete(nsCtx(context.Background()), moved.Name()) })
+		restoreAndCheck(t, second, id, moved, atCheckpoint)
+	})
+}
+
+// restoreAndCheck restores checkpoint as a new container id on e and
+// checks it counts on from the checkpoint, then ends it.
+func restoreAndCheck(t *testing.T, e *env, id string, checkpoint client.Image, atCheckpoint int) {
+	ctx := testContext(t)
+	c, err := e.client.Restore(ctx, id, checkpoint, client.WithRestoreImage, client.WithRestoreSpec, client.WithRestoreRuntime, client.WithRestoreRW)
+	if err != nil {
+		t.Fatalf("restore container: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Delete(nsCtx(context.Background()), client.WithSnapshotCleanup) })
+	task, err := c.NewTask(ctx, cio.NullIO, client.WithTaskCheckpoint(checkpoint))
+	if err != nil {
+		t.Fatalf("restore task: %v%s", err, criuLogTail(err, 40))
+	}
+	statusC, err := task.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatalf("start restored task: %v", err)
+	}
+	first := readCount(t, c, task, "count1")
+	time.Sleep(scaled(time.Second))
+	second := readCount(t, c, task, "count2")
+	// From the checkpoint's count on (the checkpoint came at or before
+	// atCheckpoint was read; a fresh start would begin at 1), and counting.
+	if first < atCheckpoint-5 || second <= first {
+		t.Fatalf("restored counter %d, then %d (%d when the checkpoint was taken): the restored process did not carry on", first, second, atCheckpoint)
+	}
+	t.Logf("counter %d at the checkpoint, %d and %d after the restore", atCheckpoint, first, second)
+	if err := task.Kill(ctx, 9); err != nil {
+		t.Fatalf("kill the restored task: %v", err)
+	}
+	waitExit(t, statusC, 30*time.Second)
+	if _, err := task.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readCount reads the counter file through an exec.
+func readCount(t *testing.T, c client.Container, task client.Task, execID string) int {
+	t.Helper()
+	var out outputs
+	execToExit(t, c, task, execID, out.creator(), "cat", "/tmp/count")
+	n, _ := strconv.Atoi(strings.TrimSpace(out.stdout.String()))
+	return n
+}
+
+// archiveWithImage exports one image of e (a checkpoint: an index of
+// CRIU's image, the spec, the rw layer) with every blob it holds.
+func archiveWithImage(e *env, name string) archive.ExportOpt {
+	return archive.WithImage(e.client.ImageService(), name)
 }
 
 // TestCheckpointOldCriu: where CRIU is too old for the kernel (before 4.1
