@@ -28,7 +28,7 @@ cd "$root"
 export PATH=/usr/local/go/bin:$PATH
 
 # The subset: the tests that touch cgroups or the task lifecycle (README, "host setups").
-tests=${CGROUP2_TESTS:-TestExitCodes|TestSignals|TestExec|TestTTY|TestPauseResume|TestStatsAndUpdate|TestOOM|TestPodOOM|TestPodContainerChurnKeepsShimFds|TestShimCgroupAndIOOwner|TestSharedParentCgroup|TestGrouping|TestContainerdRestart|TestMetrics|TestCRIStdoutWhileContainerdDown|TestEventCompleteness|TestChurn|TestCtrRun|TestSandboxedPod|TestSandboxedPodShimKilled|TestSandboxedPodProcessDies|TestCrun|TestCheckpointRestore}
+tests=${CGROUP2_TESTS:-TestExitCodes|TestSignals|TestExec|TestTTY|TestPauseResume|TestStatsAndUpdate|TestOOM|TestPodOOM|TestPodContainerChurnKeepsShimFds|TestShimCgroupAndIOOwner|TestSharedParentCgroup|TestGrouping|TestContainerdRestart|TestMetrics|TestCRIStdoutWhileContainerdDown|TestEventCompleteness|TestChurn|TestCtrRun|TestSandboxedPod|TestSandboxedPodShimKilled|TestSandboxedPodProcessDies|TestCrun|TestCheckpointRestore|TestCRICheckpoint}
 timeout=${CGROUP2_TIMEOUT:-20m}
 backends=${CGROUP2_BACKENDS:-runc runsc}
 label="cgroup v2"; vminit=; append=
