@@ -20,6 +20,11 @@
 #   dns        /etc/resolv.conf from the cluster DNS config (dnsPolicy ClusterFirst:
 #              the kubelet's clusterDNS, the namespace's search path, ndots:5)
 #   logs       kubectl logs
+#   checkpoint (runc handlers) the kubelet's checkpoint API on the running container:
+#              where CRIU works, an archive with checkpoint/inventory.img, spec.dump and
+#              config.dump; where it cannot, HTTP 500 naming CRIU's version, the kernel and
+#              the fix; the Pod keeps running; kubelet_runtime_operations_total{operation_type=
+#              "checkpoint_container"} rises (its errors too, when it failed)
 #   exec       kubectl exec: output and exit code; stdin round trip
 #   one-shim   a two-container Pod runs in one shim process (processes whose
 #              command line carries the Pod's sandbox id); gVisor: one
@@ -325,6 +330,35 @@ EOF
   out=$(kc logs "$main" --tail=100 2>&1)
   ok=1; printf '%s\n' "$out" | grep -qx "hello-from-$H" && printf '%s\n' "$out" | grep -q 'tick 2' && ok=0
   check logs $ok "$(printf '%s\n' "$out" | head -3 | tr '\n' '|')"
+
+  # ---- the kubelet's checkpoint API (ContainerCheckpoint) on runc ---------------------
+  # where CRIU works: an archive with CRIU's images; where it cannot (CRIU < 4.1 on a
+  # kernel >= 6.13, this machine): an error naming CRIU's version and the kernel. Either
+  # way the container keeps running and kubelet counts the operation.
+  if ! is_gvisor "$H"; then
+    ops() { kubelet_get /metrics | awk -v f="$1" '$1 ~ "^"f"\\{" && $1 ~ /operation_type="checkpoint_container"/ {s += $2} END {print s + 0}'; }
+    tot0=$(ops kubelet_runtime_operations_total); err0=$(ops kubelet_runtime_operations_errors_total)
+    resp=$(curl -s -X POST --max-time 180 --cacert "$PKI/ca.crt" --cert "$PKI/apiserver-kubelet-client.crt" \
+      --key "$PKI/apiserver-kubelet-client.key" -w '\nHTTP %{http_code}' \
+      "https://127.0.0.1:$KUBELET_PORT/checkpoint/default/$main/main?timeout=120" 2>&1)
+    code=${resp##*HTTP }; body=${resp%$'\n'HTTP*}
+    tot=$(( $(ops kubelet_runtime_operations_total) - tot0 )); errs=$(( $(ops kubelet_runtime_operations_errors_total) - err0 ))
+    phase=$(kc get pod "$main" -o jsonpath='{.status.phase}')
+    ok=1
+    if criu check >/dev/null 2>&1; then
+      archive=$(sed -n 's/.*"items":\["\([^"]*\)".*/\1/p' <<<"$body")
+      listing=$(tar -tf "$archive" 2>/dev/null | tr '\n' ' ')
+      [ "$code" = 200 ] && [ "$tot" -ge 1 ] && [ "$errs" = 0 ] && [ "$phase" = Running ] &&
+        grep -q 'checkpoint/inventory.img' <<<"$listing" && grep -q 'spec.dump' <<<"$listing" && grep -q 'config.dump' <<<"$listing" && ok=0
+      check checkpoint $ok "HTTP $code, archive $archive ($(wc -w <<<"$listing") entries: inventory.img, spec.dump, config.dump present: $( { grep -q checkpoint/inventory.img <<<"$listing" && grep -q spec.dump <<<"$listing" && grep -q config.dump <<<"$listing"; } && echo yes || echo NO)); checkpoint_container operations +$tot, errors +$errs; Pod $phase"
+      rm -f "$archive"
+    else
+      v=$(criu --version 2>/dev/null | awk '/^Version:/ {print $2}')
+      [ "$code" = 500 ] && grep -q "criu $v" <<<"$body" && grep -q "kernel $(uname -r)" <<<"$body" && grep -q "4.1 or later" <<<"$body" &&
+        [ "$tot" -ge 1 ] && [ "$errs" -ge 1 ] && [ "$phase" = Running ] && ok=0
+      check checkpoint $ok "CRIU $v cannot run on kernel $(uname -r): HTTP $code, '$(tr '\n' ' ' <<<"$body" | cut -c1-300)'; checkpoint_container operations +$tot, errors +$errs; Pod $phase"
+    fi
+  fi
 
   # ---- exec -----------------------------------------------------------------------
   out=$(kc exec "$main" -- sh -c 'echo exec-ok; echo kernel=$(uname -r); exit 7' 2>&1); rc=$?
