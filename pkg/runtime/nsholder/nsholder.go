@@ -116,7 +116,7 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 	if p.UserNS != nil {
 		if flags&unix.CLONE_NEWPID != 0 {
 			if goR, goW, err = os.Pipe(); err != nil {
-				readyW.Close()
+				_ = readyW.Close()
 				return 0, err
 			}
 			defer goR.Close()

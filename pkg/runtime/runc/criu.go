@@ -215,10 +215,10 @@ func keepCriuLog(work, name, dst string) string {
 	return b.String()
 }
 
-// criuLogErrors returns up to max of criu's "Error (file:line): message"
+// criuLogErrors returns up to n of criu's "Error (file:line): message"
 // lines, joined with "; ", without their timestamps: the first ones (the
 // cause), then the last one if there are more.
-func criuLogErrors(log []byte, max int) string {
+func criuLogErrors(log []byte, n int) string {
 	var errs []string
 	for _, line := range strings.Split(string(log), "\n") {
 		i := strings.Index(line, "Error (")
@@ -227,8 +227,8 @@ func criuLogErrors(log []byte, max int) string {
 		}
 		errs = append(errs, strings.TrimSpace(line[i:]))
 	}
-	if len(errs) > max {
-		errs = append(errs[:max-1], "...", errs[len(errs)-1])
+	if len(errs) > n {
+		errs = append(errs[:n-1], "...", errs[len(errs)-1])
 	}
 	return strings.Join(errs, "; ")
 }
