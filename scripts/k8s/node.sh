@@ -664,50 +664,14 @@ up() {
     ts "node $NODE_NAME up: Ready ${ready_s}s after up started"
     return 0
   fi
-  # what the absent controller-manager would create: default ServiceAccount, kube-root-ca.crt
-  kc apply -f - >/dev/null <<EOF
-apiVersion: node.k8s.io/v1
-kind: RuntimeClass
-metadata: {name: $RUNC_HANDLER}
-handler: $RUNC_HANDLER
----
-apiVersion: node.k8s.io/v1
-kind: RuntimeClass
-metadata: {name: $GVISOR_HANDLER}
-handler: $GVISOR_HANDLER
----
-apiVersion: node.k8s.io/v1
-kind: RuntimeClass
-metadata: {name: $RUNC_SB_HANDLER}
-handler: $RUNC_SB_HANDLER
----
-apiVersion: node.k8s.io/v1
-kind: RuntimeClass
-metadata: {name: $GVISOR_SB_HANDLER}
-handler: $GVISOR_SB_HANDLER
----
-apiVersion: node.k8s.io/v1
-kind: RuntimeClass
-metadata: {name: $RUNC_POOL_HANDLER}
-handler: $RUNC_POOL_HANDLER
----
-apiVersion: node.k8s.io/v1
-kind: RuntimeClass
-metadata: {name: $USERNS_HANDLER}
-handler: $USERNS_HANDLER
----
-apiVersion: node.k8s.io/v1
-kind: RuntimeClass
-metadata: {name: $USERNS_SB_HANDLER}
-handler: $USERNS_SB_HANDLER
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: default, namespace: default}
-EOF
+  # a RuntimeClass per handler, and what the absent controller-manager would create:
+  # the default ServiceAccount, kube-root-ca.crt
+  local classes=("$RUNC_HANDLER" "$GVISOR_HANDLER" "$RUNC_SB_HANDLER" "$GVISOR_SB_HANDLER" "$RUNC_POOL_HANDLER" "$USERNS_HANDLER" "$USERNS_SB_HANDLER") h
+  { for h in "${classes[@]}"; do printf 'apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: %s}\nhandler: %s\n---\n' "$h" "$h"; done
+    printf 'apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default, namespace: default}\n'; } | kc apply -f - >/dev/null
   kc -n default create configmap kube-root-ca.crt --from-file=ca.crt="$PKI/ca.crt" \
     --dry-run=client -o yaml | kc apply -f - >/dev/null
-  ts "RuntimeClasses $RUNC_HANDLER, $GVISOR_HANDLER, $RUNC_SB_HANDLER, $GVISOR_SB_HANDLER, $RUNC_POOL_HANDLER, $USERNS_HANDLER, $USERNS_SB_HANDLER, default ServiceAccount, kube-root-ca.crt"
+  ts "RuntimeClasses ${classes[*]}, default ServiceAccount, kube-root-ca.crt"
 
   wait_for "metrics aggregator (static Pod) on https://127.0.0.1:$METRICS_PORT, TLS + basic auth" 120 \
     curl -sf --cacert "$METRICS_ETC/ca.crt" -u "prometheus:$(cat "$METRICS_ETC/password")" \
