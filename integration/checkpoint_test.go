@@ -60,9 +60,10 @@ func TestCheckpointRestore(t *testing.T) {
 	})
 }
 
-// counterArgs counts up in /tmp/count, so a restored process shows it
-// carried on rather than started again.
-var counterArgs = oci.WithProcessArgs("sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done")
+// counterArgs counts up in /tmp/count after writing a random id to
+// /tmp/boot once: a restored process keeps the id and the count it had (a
+// fresh start would write a new id and count from 1).
+var counterArgs = oci.WithProcessArgs("sh", "-c", "head -c 16 /dev/urandom | md5sum > /tmp/boot; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done")
 
 func checkpointRestore(t *testing.T, e, second *env, runtimeOpts any) {
 	ctx := testContext(t)
@@ -72,12 +73,15 @@ func checkpointRestore(t *testing.T, e, second *env, runtimeOpts any) {
 	// Counted far enough that a fresh start could not catch up in the
 	// checks below.
 	deadline := time.Now().Add(scaled(20 * time.Second))
-	for readCount(t, c, task, "warmup") < 30 {
+	warm := 0
+	for warm < 30 {
 		if time.Now().After(deadline) {
 			t.Fatal("the counter did not reach 30")
 		}
 		time.Sleep(scaled(200 * time.Millisecond))
+		warm = readCount(t, c, task, "warmup")
 	}
+	boot := readFile(t, c, task, "boot", "/tmp/boot")
 	checkpoint, err := c.Checkpoint(ctx, id+"-checkpoint", client.WithCheckpointRuntime, client.WithCheckpointRW, client.WithCheckpointTask)
 	if err != nil {
 		t.Fatalf("checkpoint: %v%s", err, criuLogTail(err, 40))
@@ -85,7 +89,6 @@ func checkpointRestore(t *testing.T, e, second *env, runtimeOpts any) {
 	t.Cleanup(func() { _ = e.client.ImageService().Delete(nsCtx(context.Background()), checkpoint.Name()) })
 	// The checkpoint left the task running (containerd's default); what
 	// it counts from now on is not in the checkpoint.
-	atCheckpoint := readCount(t, c, task, "at-checkpoint")
 	if err := task.Kill(ctx, 9); err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +101,7 @@ func checkpointRestore(t *testing.T, e, second *env, runtimeOpts any) {
 	}
 
 	t.Run("same containerd", func(t *testing.T) {
-		restoreAndCheck(t, e, id, checkpoint, atCheckpoint)
+		restoreAndCheck(t, e, id, checkpoint, warm, boot)
 	})
 	t.Run("second containerd", func(t *testing.T) {
 		ctx := testContext(t)
@@ -114,13 +117,14 @@ func checkpointRestore(t *testing.T, e, second *env, runtimeOpts any) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = second.client.ImageService().Delete(nsCtx(context.Background()), moved.Name()) })
-		restoreAndCheck(t, second, id, moved, atCheckpoint)
+		restoreAndCheck(t, second, id, moved, warm, boot)
 	})
 }
 
 // restoreAndCheck restores checkpoint as a new container id on e and
-// checks it counts on from the checkpoint, then ends it.
-func restoreAndCheck(t *testing.T, e *env, id string, checkpoint client.Image, atCheckpoint int) {
+// checks it carries on from the checkpoint (the same boot id, a count at
+// least the one read before the checkpoint, counting), then ends it.
+func restoreAndCheck(t *testing.T, e *env, id string, checkpoint client.Image, before int, boot string) {
 	ctx := testContext(t)
 	c, err := e.client.Restore(ctx, id, checkpoint, client.WithRestoreImage, client.WithRestoreSpec, client.WithRestoreRuntime, client.WithRestoreRW)
 	if err != nil {
@@ -131,6 +135,9 @@ func restoreAndCheck(t *testing.T, e *env, id string, checkpoint client.Image, a
 	if err != nil {
 		t.Fatalf("restore task: %v%s", err, criuLogTail(err, 40))
 	}
+	// A failed check must not leave the task running: the id is used again
+	// (on the other containerd, in the same runtime state directory).
+	t.Cleanup(func() { _, _ = task.Delete(nsCtx(context.Background()), client.WithProcessKill) })
 	statusC, err := task.Wait(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -138,15 +145,21 @@ func restoreAndCheck(t *testing.T, e *env, id string, checkpoint client.Image, a
 	if err := task.Start(ctx); err != nil {
 		t.Fatalf("start restored task: %v", err)
 	}
-	first := readCount(t, c, task, "count1")
-	time.Sleep(scaled(time.Second))
-	second := readCount(t, c, task, "count2")
-	// From the checkpoint's count on (the checkpoint came at or before
-	// atCheckpoint was read; a fresh start would begin at 1), and counting.
-	if first < atCheckpoint-5 || second <= first {
-		t.Fatalf("restored counter %d, then %d (%d when the checkpoint was taken): the restored process did not carry on", first, second, atCheckpoint)
+	if got := readFile(t, c, task, "boot2", "/tmp/boot"); got != boot {
+		t.Fatalf("boot id %q after the restore, %q before: the process started again", got, boot)
 	}
-	t.Logf("counter %d at the checkpoint, %d and %d after the restore", atCheckpoint, first, second)
+	first := readCount(t, c, task, "count1")
+	// Counting on (a restored sandbox may take a moment to run again on a
+	// loaded node).
+	second, deadline := first, time.Now().Add(scaled(10*time.Second))
+	for i := 2; second <= first && time.Now().Before(deadline); i++ {
+		time.Sleep(scaled(500 * time.Millisecond))
+		second = readCount(t, c, task, fmt.Sprintf("count%d", i))
+	}
+	if first < before || second <= first {
+		t.Fatalf("restored counter %d, then %d (%d before the checkpoint): the restored process did not carry on", first, second, before)
+	}
+	t.Logf("counter %d before the checkpoint, %d and %d after the restore", before, first, second)
 	if err := task.Kill(ctx, 9); err != nil {
 		t.Fatalf("kill the restored task: %v", err)
 	}
@@ -159,10 +172,16 @@ func restoreAndCheck(t *testing.T, e *env, id string, checkpoint client.Image, a
 // readCount reads the counter file through an exec.
 func readCount(t *testing.T, c client.Container, task client.Task, execID string) int {
 	t.Helper()
-	var out outputs
-	execToExit(t, c, task, execID, out.creator(), "cat", "/tmp/count")
-	n, _ := strconv.Atoi(strings.TrimSpace(out.stdout.String()))
+	n, _ := strconv.Atoi(readFile(t, c, task, execID, "/tmp/count"))
 	return n
+}
+
+// readFile reads a file of the container through an exec.
+func readFile(t *testing.T, c client.Container, task client.Task, execID, path string) string {
+	t.Helper()
+	var out outputs
+	execToExit(t, c, task, execID, out.creator(), "cat", path)
+	return strings.TrimSpace(out.stdout.String())
 }
 
 // archiveWithImage exports one image of e (a checkpoint: an index of
