@@ -82,10 +82,10 @@ func decodePodConfig(opts *anypb.Any, netnsPath string) (*podConfig, error) {
 		}
 		c.userns = u
 	}
-	if c.userns != nil && c.hostNetwork {
-		// kubelet refuses hostUsers: false with hostNetwork; CRI would give
-		// no network namespace whose owner the holder could join.
-		return nil, fmt.Errorf("PodSandboxConfig: a user namespace (hostUsers: false) with the host's network: %w", errdefs.ErrInvalidArgument)
+	if c.userns != nil && (c.hostNetwork || c.hostIPC || c.hostPID) {
+		// As Kubernetes' validation of hostUsers: false; with the host's
+		// network CRI gives no network namespace whose owner to join.
+		return nil, fmt.Errorf("PodSandboxConfig: a user namespace (hostUsers: false) with the host's network, IPC or PID namespace: %w", errdefs.ErrInvalidArgument)
 	}
 	if c.hostNetwork {
 		if netnsPath != "" {

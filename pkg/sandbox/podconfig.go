@@ -3,6 +3,7 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"math"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -272,6 +273,9 @@ func decodeIDMapping(typ protowire.Type, data []byte) (idMapping, error) {
 	err := fields(data, func(num protowire.Number, typ protowire.Type, _ []byte, v uint64) error {
 		if typ != protowire.VarintType {
 			return errWireType
+		}
+		if v > math.MaxUint32 {
+			return fmt.Errorf("IDMapping field %d: %d is not a uint32", num, v)
 		}
 		switch num {
 		case 1:

@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/anypb"
 	criapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -111,7 +112,14 @@ func TestDecodePodConfig(t *testing.T) {
 			pc := usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_CONTAINER, idm(0, 65536, 65536), idm(0, 65536, 65536))
 			pc.Linux.SecurityContext.NamespaceOptions.Network = criapi.NamespaceMode_NODE
 			return pc
-		}(), "", nil, errdefs.IsInvalidArgument, "host's network"},
+		}(), "", nil, errdefs.IsInvalidArgument, "host's network, IPC or PID"},
+		{"user namespace with the host's IPC", func() *criapi.PodSandboxConfig {
+			pc := usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_CONTAINER, idm(0, 65536, 65536), idm(0, 65536, 65536))
+			pc.Linux.SecurityContext.NamespaceOptions.Ipc = criapi.NamespaceMode_NODE
+			return pc
+		}(), "/n", nil, errdefs.IsInvalidArgument, "host's network, IPC or PID"},
+		{"user namespace with the host's PID namespace", usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_NODE, idm(0, 65536, 65536), idm(0, 65536, 65536)),
+			"/n", nil, errdefs.IsInvalidArgument, "host's network, IPC or PID"},
 		{"user namespace with a shared PID namespace", usernsOpts(criapi.NamespaceMode_POD, criapi.NamespaceMode_POD, idm(0, 65536, 65536), idm(0, 65536, 65536)),
 			"/n", func(c *podConfig) bool { return c.userns != nil && c.sharedPID }, nil, ""},
 		{"user namespace per container", &criapi.PodSandboxConfig{Linux: &criapi.LinuxPodSandboxConfig{SecurityContext: &criapi.LinuxSandboxSecurityContext{
@@ -315,5 +323,19 @@ func TestPodCgroupStatsSystemdParent(t *testing.T) {
 		if !errdefs.IsNotFound(err) {
 			t.Errorf("podCgroupStats(%q): %v, want NotFound (no such cgroup here)", parent, err)
 		}
+	}
+}
+
+// An IDMapping's fields are uint32: a wider varint is refused, not cut.
+func TestDecodeIDMappingRange(t *testing.T) {
+	b := protowire.AppendTag(nil, 1, protowire.VarintType)
+	b = protowire.AppendVarint(b, 1<<32+65536)
+	if m, err := decodeIDMapping(protowire.BytesType, b); err == nil {
+		t.Fatalf("host id 2^32+65536 decoded as %+v", m)
+	}
+	b = protowire.AppendTag(nil, 1, protowire.VarintType)
+	b = protowire.AppendVarint(b, 65536)
+	if m, err := decodeIDMapping(protowire.BytesType, b); err != nil || m.hostID != 65536 {
+		t.Fatalf("host id 65536: %+v %v", m, err)
 	}
 }

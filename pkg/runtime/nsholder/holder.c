@@ -209,8 +209,9 @@ static void join_userns(const char *uidmap, const char *gidmap, int flags)
 // for the holder's children only; its init, the holder the pod's containers
 // join, is a child made here as the shim's own (CLONE_PARENT: the shim's
 // reaper collects its exit, its pid cannot be reused under the shim). This
-// process reports "ok <pid> <start time>" and exits; the child returns and
-// holds. It waits for the shim to have put it in the pod's cgroup first.
+// process exits; the child reports "ok <pid> <start time>" (its own, from
+// the host's /proc/self/stat) and holds. The clone waits for the shim to
+// have put this process in the pod's cgroup, which the child inherits.
 static void clone_init(void)
 {
 	char c;
@@ -219,27 +220,31 @@ static void clone_init(void)
 		r = read(GO_FD, &c, 1);
 	while (r < 0 && errno == EINTR);
 	close(GO_FD);
+	// Every argument after the flags is 0: the same call on x86_64 and
+	// arm64, whose raw clone orders the pointer arguments differently.
 	pid_t pid = (pid_t)syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
 	if (pid < 0)
 		fail("user namespace: start the PID namespace's init: %s", strerror(errno));
-	if (pid == 0)
-		return;
-	char path[64], stat[1024], msg[64];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (pid > 0)
+		_exit(0);
+	// /proc is the host's: self is the host pid, field 22 the start time.
+	char stat[1024], msg[64];
+	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
 	ssize_t n = fd < 0 ? -1 : read(fd, stat, sizeof(stat) - 1);
+	int saved = errno;
 	if (fd >= 0)
 		close(fd);
-	char *p = n > 0 ? (stat[n] = '\0', strrchr(stat, ')')) : NULL;
+	if (n <= 0)
+		fail("user namespace: read /proc/self/stat: %s", n < 0 ? strerror(saved) : "empty");
+	stat[n] = '\0';
+	int self = 0;
 	unsigned long long start = 0;
-	// after ")": state, then fields 4..; the start time is field 22
-	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &start) != 1) {
-		kill(pid, SIGKILL);
-		fail("user namespace: read %s: %s", path, strerror(errno));
-	}
-	n = snprintf(msg, sizeof(msg), "ok %d %llu", (int)pid, start);
+	char *p = strrchr(stat, ')');
+	if (sscanf(stat, "%d", &self) != 1 || !p ||
+	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &start) != 1)
+		fail("user namespace: malformed /proc/self/stat");
+	n = snprintf(msg, sizeof(msg), "ok %d %llu", self, start);
 	write_all(READY_FD, msg, (size_t)n);
-	_exit(0);
 }
 
 static void __attribute__((noreturn)) hold(char *args, char *end)
@@ -268,6 +273,10 @@ static void __attribute__((noreturn)) hold(char *args, char *end)
 			fail("sandbox holder: --userns needs UIDMAP GIDMAP FLAGS");
 		int flags = (int)strtol(unsh, NULL, 0);
 		join_userns(uidmap, gidmap, flags);
+		// The credentials changed: the kernel reset dumpability to
+		// fs.suid_dumpable; no ptrace from the pod whatever that says.
+		if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+			fail("prctl(PR_SET_DUMPABLE): %s", strerror(errno));
 		userns_pid = (flags & CLONE_NEWPID) != 0;
 		args = unsh + strlen(unsh) + 1;
 	}
@@ -288,7 +297,7 @@ static void __attribute__((noreturn)) hold(char *args, char *end)
 		}
 	}
 	if (userns_pid)
-		clone_init(); // returns in the child, which reports nothing
+		clone_init(); // returns in the child, which has reported
 	else
 		write_all(READY_FD, "ok", 2);
 	close(READY_FD);

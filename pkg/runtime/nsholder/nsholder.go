@@ -85,15 +85,15 @@ func (h *Holder) CgroupPath() string {
 // Start implements runtime.PodSandbox.
 func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 	p := h.pod
+	if p.UserNS != nil && p.NetNS == "" {
+		return 0, fmt.Errorf("start sandbox holder: a user namespace needs the pod's network namespace, made inside it: %w", errdefs.ErrInvalidArgument)
+	}
 	ready, readyW, err := os.Pipe()
 	if err != nil {
 		return 0, err
 	}
 	defer ready.Close()
 	args := []string{Mode}
-	if p.UserNS != nil && p.NetNS == "" {
-		return 0, fmt.Errorf("start sandbox holder: a user namespace needs the pod's network namespace, made inside it: %w", errdefs.ErrInvalidArgument)
-	}
 	var flags uintptr
 	if p.NetNS != "" {
 		// A pod network of its own has a hostname of its own; a
@@ -187,6 +187,11 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 	defer func() {
 		if retErr != nil {
 			_ = h.signal(unix.SIGKILL)
+			if goW != nil {
+				// The init the holder may have made by then is not the
+				// process h.signal reaches: it is in the holder's cgroup.
+				h.killCgroup(ctx)
+			}
 		}
 	}()
 	cg, err := joinCgroup(p.CgroupParent, p.ID, pid)
@@ -214,6 +219,22 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 		return 0, err
 	}
 	return pid, nil
+}
+
+// killCgroup ends whatever runs in the holder's cgroup (a failed start's).
+func (h *Holder) killCgroup(ctx context.Context) {
+	h.mu.Lock()
+	cg := h.cgroup
+	h.mu.Unlock()
+	if cg == "" {
+		return
+	}
+	if !strings.Contains(cg, ":") {
+		cg = "/" + strings.TrimPrefix(cg, "/")
+	}
+	if err := cgroup.KillAll(cg); err != nil {
+		log.G(ctx).WithError(err).Warnf("kill what a failed sandbox holder left in %s", cg)
+	}
 }
 
 // idMap is a mapping as /proc/<pid>/uid_map shows it, blanks squeezed.
@@ -367,6 +388,11 @@ func (h *Holder) adoptInit(msg string) (int, error) {
 	defer resume()
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
+		// With the gate held the init, a child of the shim, keeps its pid
+		// even if it has exited: the start time is enough to end it.
+		if now, serr := startTime(pid); serr == nil && now == start {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
 		return 0, fmt.Errorf("sandbox holder: its init %d: %w", pid, err)
 	}
 	if now, err := startTime(pid); err != nil || now != start {

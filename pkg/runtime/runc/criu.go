@@ -227,7 +227,11 @@ func criuLogErrors(log []byte, n int) string {
 		}
 		errs = append(errs, strings.TrimSpace(line[i:]))
 	}
-	if len(errs) > n {
+	switch {
+	case len(errs) <= n:
+	case n < 2:
+		errs = errs[:n]
+	default:
 		errs = append(errs[:n-1], "...", errs[len(errs)-1])
 	}
 	return strings.Join(errs, "; ")

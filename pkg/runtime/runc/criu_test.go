@@ -252,6 +252,9 @@ func TestCriuLogErrors(t *testing.T) {
 	if got := criuLogErrors(log, 3); got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}
+	if got := criuLogErrors(log, 1); got != "Error (criu/sockets.c:209): sockets: Diag module missing (-2)" {
+		t.Errorf("first error only: %q", got)
+	}
 	if got := criuLogErrors([]byte("(00.1) Info all good\n"), 3); got != "" {
 		t.Errorf("no errors: %q", got)
 	}

@@ -69,18 +69,23 @@ func (b *libBackend) Restore(ctx context.Context, cc *runtime.CreateConfig, r *r
 	if err != nil {
 		return 0, fmt.Errorf("restore container %s: %w", cc.ID, libError(err))
 	}
+	// The restored object does not know its init's start time (runc's CLI
+	// loads the state Restore saved for every later command), so Signal
+	// would call the restored init not running, here and in the cleanup
+	// above: use that state from now on.
+	loaded, err := libcontainer.Load(b.root, cc.ID)
+	if err != nil {
+		// The restored process's handle (os.FindProcess: a pidfd) still
+		// names it, whatever became of its pid.
+		_ = proc.Signal(unix.SIGKILL)
+		return 0, fmt.Errorf("restore container %s: load its state: %w", cc.ID, libError(err))
+	}
+	c = loaded
 	if err := writePidFile(cc.PidFile, pid); err != nil {
 		return 0, err
 	}
-	// The restored object does not know its init's start time (runc's CLI
-	// loads the state Restore saved for every later command), so Signal
-	// would call the restored init not running: use that state too.
-	loaded, err := libcontainer.Load(b.root, cc.ID)
-	if err != nil {
-		return 0, fmt.Errorf("restore container %s: load its state: %w", cc.ID, libError(err))
-	}
 	b.mu.Lock()
-	b.container = loaded
+	b.container = c
 	b.mu.Unlock()
 	return pid, nil
 }
