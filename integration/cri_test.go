@@ -209,13 +209,20 @@ func TestCRIStdoutWhileContainerdDown(t *testing.T) {
 		if _, err := rc.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: ctrID, Timeout: 2}); err != nil {
 			t.Fatalf("StopContainer after the restart: %v", err)
 		}
-		st, err = rc.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: ctrID})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Status.State != runtimeapi.ContainerState_CONTAINER_EXITED {
-			t.Fatalf("writer is %v after StopContainer", st.Status.State)
-		}
+		// Right after a restart CRI's StopContainer can return before its
+		// exit handler has recorded the exit (its Kill meets the task's
+		// closed connection and takes the dead-shim path): the state
+		// kubelet polls for must follow within moments.
+		eventually(t, 30*time.Second, "writer EXITED after StopContainer", func() error {
+			st, err := rc.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: ctrID})
+			if err != nil {
+				return err
+			}
+			if st.Status.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+				return fmt.Errorf("writer is %v", st.Status.State)
+			}
+			return nil
+		})
 		lines, lost, err := contiguousLog(logPath, down, up)
 		if err != nil {
 			t.Errorf("container output across the restart: %v", err)
