@@ -7,10 +7,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"testing"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -101,7 +102,7 @@ func criCheckpoint(t *testing.T, like *env, kind string) {
 	}
 	for _, want := range []string{"checkpoint/inventory.img", "spec.dump", "config.dump"} {
 		if _, ok := names[want]; !ok {
-			t.Errorf("the checkpoint archive lacks %s; it holds %v", want, sortedKeys(names))
+			t.Errorf("the checkpoint archive lacks %s; it holds %v", want, slices.Sorted(maps.Keys(names)))
 		}
 	}
 	st, err := rc.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cc.ContainerId})
@@ -146,13 +147,4 @@ func archiveNames(path string) (map[string]struct{}, error) {
 		name := filepath.Clean(h.Name)
 		names[name] = struct{}{}
 	}
-}
-
-func sortedKeys(m map[string]struct{}) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

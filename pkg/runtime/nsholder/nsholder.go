@@ -151,10 +151,7 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Setpgid: true, PidFD: &pidfd}
 	// Tracked under the gate, so that the reaper collects its exit even
 	// while a container's create holds the gate.
-	gate := p.Reaper
-	if gate == nil {
-		gate = runtime.NoReaper{}
-	}
+	gate := h.gate()
 	resume := gate.Pause()
 	err = h.startIn(p.NetNS, cmd)
 	if err == nil {
@@ -219,6 +216,14 @@ func (h *Holder) Start(ctx context.Context) (_ int, retErr error) {
 		return 0, err
 	}
 	return pid, nil
+}
+
+// gate is the shim's reaper gate, or none (the "delete" action).
+func (h *Holder) gate() runtime.ReaperGate {
+	if h.pod.Reaper == nil {
+		return runtime.NoReaper{}
+	}
+	return h.pod.Reaper
 }
 
 // killCgroup ends whatever runs in the holder's cgroup (a failed start's).
@@ -380,10 +385,7 @@ func (h *Holder) adoptInit(msg string) (int, error) {
 	if n, _ := fmt.Sscanf(msg, "ok %d %d", &pid, &start); n != 2 || pid <= 0 {
 		return 0, fmt.Errorf("sandbox holder: malformed report %q", msg)
 	}
-	gate := h.pod.Reaper
-	if gate == nil {
-		gate = runtime.NoReaper{}
-	}
+	gate := h.gate()
 	resume := gate.Pause()
 	defer resume()
 	pidfd, err := unix.PidfdOpen(pid, 0)
